@@ -1,1 +1,236 @@
-fn main() {}
+//! The `eddy` binary: configuration (flags, `EDDY_*` environment, TOML), the `serve` command
+//! that wires the broker to its listeners, and `bench`. Only this crate reads configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use eddy_broker::{Broker, BrokerConfig, FsyncPolicy};
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(name = "eddy", version, about = "Eddy: a message broker (AMQP 0-9-1) on a durable log", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker. With no flags: data in ./data, AMQP on 127.0.0.1:5672, guest/guest from loopback only.
+    ///
+    /// Precedence: flags > EDDY_* environment variables > --config TOML file > defaults.
+    Serve(ServeArgs),
+    /// Load generators that run against Eddy or any peer speaking the same protocol.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// AMQP 0-9-1 publish/consume throughput and latency (works against RabbitMQ too).
+    Amqp(eddy_bench::AmqpBenchArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Fsync {
+    /// fsync before every confirm (group commit: concurrent writers share one fsync)
+    Always,
+    /// fsync at most every --fsync-interval-ms; confirms wait for it
+    Batch,
+    /// never fsync on the publish path (confirms after the write to the OS)
+    Never,
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct ServeArgs {
+    /// TOML configuration file (keys: data_dir, amqp, fsync, fsync_interval_ms, memory_high_watermark, disk_free_limit, heartbeat, frame_max, segment_bytes, [[users]] name/password)
+    #[arg(long, env = "EDDY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for metadata and message logs [default: ./data]
+    #[arg(long, env = "EDDY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// AMQP 0-9-1 listener address [default: 127.0.0.1:5672]
+    #[arg(long, env = "EDDY_AMQP")]
+    amqp: Option<SocketAddr>,
+    /// When writes are fsynced; a publisher confirm is sent only after it [default: always]
+    #[arg(long, env = "EDDY_FSYNC", value_enum)]
+    fsync: Option<Fsync>,
+    /// With --fsync batch: the longest a write waits for its fsync [default: 5]
+    #[arg(long, env = "EDDY_FSYNC_INTERVAL_MS")]
+    fsync_interval_ms: Option<u64>,
+    /// Block publishers while queued message bytes exceed this [default: 40% of RAM]
+    #[arg(long, env = "EDDY_MEMORY_HIGH_WATERMARK")]
+    memory_high_watermark: Option<u64>,
+    /// Block publishers while free disk space is below this many bytes [default: 50000000]
+    #[arg(long, env = "EDDY_DISK_FREE_LIMIT")]
+    disk_free_limit: Option<u64>,
+    /// Heartbeat interval proposed to clients, seconds; 0 disables [default: 60]
+    #[arg(long, env = "EDDY_HEARTBEAT")]
+    heartbeat: Option<u16>,
+    /// Largest AMQP frame accepted [default: 131072]
+    #[arg(long, env = "EDDY_FRAME_MAX")]
+    frame_max: Option<u32>,
+    /// Queue log segment size in bytes [default: 67108864]
+    #[arg(long, env = "EDDY_SEGMENT_BYTES")]
+    segment_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    amqp: Option<SocketAddr>,
+    fsync: Option<Fsync>,
+    fsync_interval_ms: Option<u64>,
+    memory_high_watermark: Option<u64>,
+    disk_free_limit: Option<u64>,
+    heartbeat: Option<u16>,
+    frame_max: Option<u32>,
+    segment_bytes: Option<u64>,
+    users: Option<Vec<UserConfig>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct UserConfig {
+    name: String,
+    password: String,
+    #[serde(default)]
+    loopback_only: bool,
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(4 << 30)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Bench {
+            what: BenchCommand::Amqp(args),
+        } => rt.block_on(async move {
+            let report = eddy_bench::run_amqp(args).await?;
+            let _ = report;
+            Ok(())
+        }),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./data"));
+    let amqp_addr = args
+        .amqp
+        .or(file.amqp)
+        .unwrap_or_else(|| "127.0.0.1:5672".parse().expect("valid default"));
+    let fsync = match args.fsync.or(file.fsync).unwrap_or(Fsync::Always) {
+        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Batch => FsyncPolicy::Batch(Duration::from_millis(
+            args.fsync_interval_ms
+                .or(file.fsync_interval_ms)
+                .unwrap_or(5),
+        )),
+        Fsync::Never => FsyncPolicy::Never,
+    };
+    let mut config = BrokerConfig {
+        data_dir: data_dir.clone(),
+        fsync,
+        memory_high_watermark: args
+            .memory_high_watermark
+            .or(file.memory_high_watermark)
+            .unwrap_or(total_memory() * 2 / 5),
+        disk_free_limit: args
+            .disk_free_limit
+            .or(file.disk_free_limit)
+            .unwrap_or(50_000_000),
+        segment_bytes: args
+            .segment_bytes
+            .or(file.segment_bytes)
+            .unwrap_or(64 << 20),
+        ..BrokerConfig::default()
+    };
+    if let Some(users) = file.users {
+        config.users = users
+            .iter()
+            .map(|u| (u.name.clone(), u.password.clone()))
+            .collect();
+        config.loopback_users = users
+            .iter()
+            .filter(|u| u.loopback_only || u.name == "guest")
+            .map(|u| u.name.clone())
+            .collect();
+    }
+    let amqp_cfg = eddy_amqp::AmqpConfig {
+        heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(60),
+        frame_max: args
+            .frame_max
+            .or(file.frame_max)
+            .unwrap_or(131072)
+            .max(4096),
+        ..eddy_amqp::AmqpConfig::default()
+    };
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+        .await
+        .context("opening the data directory")?
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let housekeeping = broker.spawn_housekeeping();
+    let listener = tokio::net::TcpListener::bind(amqp_addr)
+        .await
+        .with_context(|| format!("binding AMQP listener on {amqp_addr}"))?;
+    tracing::info!(amqp = %amqp_addr, data_dir = %data_dir.display(), fsync = ?fsync, "eddy started");
+    let server = tokio::spawn(eddy_amqp::serve(listener, broker.clone(), amqp_cfg));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.abort();
+    housekeeping.abort();
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.shutdown()).await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

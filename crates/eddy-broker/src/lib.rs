@@ -1,1 +1,28 @@
-//! placeholder
+//! `eddy-broker`: Eddy's protocol-neutral broker core — vhosts, exchanges and bindings, routing,
+//! classic queues with acknowledgements, prefetch-driven dispatch, TTL, max-length,
+//! dead-lettering and priorities, metadata persistence and resource alarms.
+//!
+//! The shaping decision: a queue is an in-memory structure guarded by one short-held lock,
+//! plus (when durable) an `eddy-log` log of its persistent messages and acknowledgements.
+//! Publishing routes and enqueues in the caller's task; a queue hands deliveries straight to a
+//! [`ConsumerSink`] (a front end's channel) so the hot path has no task hop. The broker knows no
+//! wire format: front ends map [`BrokerError`] kinds to their protocol's codes. Message
+//! properties use AMQP 0-9-1's basic-properties model (via `amq-protocol`'s types), the richest
+//! of the protocols; other front ends map into it.
+
+pub mod args;
+mod broker;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod vhost;
+
+pub use amq_protocol::protocol::BasicProperties;
+pub use amq_protocol::types;
+pub use broker::{Alarms, Broker, BrokerConfig};
+pub use eddy_log::{FsyncPolicy, Log};
+pub use error::{BrokerError, Result};
+pub use message::Message;
+pub use queue::{ConsumerSink, Delivery, GetResult, Queue, QueueCounts};
+pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};

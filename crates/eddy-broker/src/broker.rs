@@ -1,0 +1,506 @@
+//! The broker: vhosts, users, metadata persistence, recovery, housekeeping and resource alarms.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amq_protocol::types::FieldTable;
+use eddy_log::{FsyncPolicy, Log, LogConfig, Syncer};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{BrokerError, Result};
+use crate::exchange::{Binding, Destination, ExchangeKind};
+use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+
+/// Broker settings (the binary fills these from flags, environment and TOML).
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where metadata and queue logs live.
+    pub data_dir: PathBuf,
+    /// When appends are fsynced (confirms wait for it).
+    pub fsync: FsyncPolicy,
+    /// Publishers are blocked while in-memory message bytes exceed this.
+    pub memory_high_watermark: u64,
+    /// Publishers are blocked while free disk space is below this.
+    pub disk_free_limit: u64,
+    /// Queue log segment size.
+    pub segment_bytes: u64,
+    /// Users: name → password.
+    pub users: Vec<(String, String)>,
+    /// Users that may only connect from loopback (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("./data"),
+            fsync: FsyncPolicy::Always,
+            memory_high_watermark: 1 << 30,
+            disk_free_limit: 50 << 20,
+            segment_bytes: 64 << 20,
+            users: vec![("guest".into(), "guest".into())],
+            loopback_users: vec!["guest".into()],
+        }
+    }
+}
+
+/// Resource alarms; publishers are blocked while any is raised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Alarms {
+    /// Memory above the high watermark.
+    pub memory: bool,
+    /// Free disk below the limit.
+    pub disk: bool,
+}
+
+impl Alarms {
+    /// Any alarm raised.
+    pub fn blocked(&self) -> bool {
+        self.memory || self.disk
+    }
+}
+
+pub(crate) struct BrokerInner {
+    pub(crate) config: BrokerConfig,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    pub(crate) syncer: Arc<Syncer>,
+    pub(crate) memory: Arc<AtomicI64>,
+    alarms: watch::Sender<Alarms>,
+    next_conn: AtomicU64,
+    meta_lock: Mutex<()>,
+    loading: AtomicBool,
+}
+
+/// Handle to the broker (cheap to clone).
+#[derive(Clone)]
+pub struct Broker(Arc<BrokerInner>);
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("data_dir", &self.0.config.data_dir)
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Metadata {
+    vhosts: Vec<VHostMeta>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VHostMeta {
+    name: String,
+    exchanges: Vec<ExchangeMeta>,
+    queues: Vec<QueueMeta>,
+    bindings: Vec<BindingMeta>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExchangeMeta {
+    name: String,
+    kind: ExchangeKind,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: FieldTable,
+}
+
+#[derive(Serialize, Deserialize)]
+struct QueueMeta {
+    name: String,
+    auto_delete: bool,
+    arguments: FieldTable,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BindingMeta {
+    source: String,
+    #[serde(flatten)]
+    binding: Binding,
+}
+
+/// Hex-escape anything but `[A-Za-z0-9._-]` so any queue or vhost name is a safe file name.
+fn encode_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '%');
+    }
+    out
+}
+
+impl Broker {
+    /// Open the data directory: load metadata, recover durable queues.
+    pub fn open(config: BrokerConfig) -> Result<Broker> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            BrokerError::Internal(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let syncer = Syncer::new(config.fsync);
+        let (alarms, _) = watch::channel(Alarms::default());
+        let inner = Arc::new(BrokerInner {
+            config,
+            vhosts: RwLock::new(HashMap::new()),
+            syncer,
+            memory: Arc::new(AtomicI64::new(0)),
+            alarms,
+            next_conn: AtomicU64::new(1),
+            meta_lock: Mutex::new(()),
+            loading: AtomicBool::new(true),
+        });
+        let broker = Broker(inner);
+        broker.load_metadata()?;
+        if broker.vhost("/").is_none() {
+            broker.add_vhost("/");
+        }
+        broker.0.loading.store(false, Ordering::SeqCst);
+        Ok(broker)
+    }
+
+    /// The broker's configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.0.config
+    }
+
+    /// Create a vhost if missing.
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        let mut vs = self.0.vhosts.write();
+        vs.entry(name.to_owned())
+            .or_insert_with(|| VHost::new(name, Arc::downgrade(&self.0)))
+            .clone()
+    }
+
+    /// Look up a vhost.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.0.vhosts.read().get(name).cloned()
+    }
+
+    /// All vhosts.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.0.vhosts.read().values().cloned().collect()
+    }
+
+    /// Check credentials. `guest`-like loopback users are refused from other addresses.
+    pub fn authenticate(&self, user: &str, pass: &str, from_loopback: bool) -> Result<()> {
+        let ok = self
+            .0
+            .config
+            .users
+            .iter()
+            .any(|(u, p)| u == user && p == pass);
+        if !ok {
+            return Err(BrokerError::AccessRefused(format!(
+                "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{user}')"
+            )));
+        }
+        if !from_loopback && self.0.config.loopback_users.iter().any(|u| u == user) {
+            return Err(BrokerError::AccessRefused(format!(
+                "ACCESS_REFUSED - user '{user}' can only connect via localhost"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A fresh connection id (owner of exclusive queues).
+    pub fn next_connection_id(&self) -> u64 {
+        self.0.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Clean up after a connection: its exclusive queues are deleted.
+    pub fn connection_closed(&self, conn: u64) {
+        for v in self.vhosts() {
+            v.connection_closed(conn);
+        }
+    }
+
+    /// Watch resource alarms.
+    pub fn alarms(&self) -> watch::Receiver<Alarms> {
+        self.0.alarms.subscribe()
+    }
+
+    /// Bytes of messages held in memory.
+    pub fn memory_used(&self) -> i64 {
+        self.0.memory.load(Ordering::Relaxed)
+    }
+
+    /// Number of fsyncs the group committer has made.
+    pub fn fsync_count(&self) -> u64 {
+        self.0.syncer.fsync_count()
+    }
+
+    /// Run periodic work (TTL expiry, x-expires, log compaction, alarms) until the runtime stops.
+    pub fn spawn_housekeeping(&self) -> tokio::task::JoinHandle<()> {
+        let inner = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last_disk = Instant::now() - Duration::from_secs(10);
+            let mut disk_alarm = false;
+            loop {
+                tick.tick().await;
+                let Some(inner) = inner.upgrade() else { break };
+                let b = Broker(inner);
+                let now = Instant::now();
+                for v in b.vhosts() {
+                    for q in v.queues() {
+                        if q.tick(now) {
+                            tracing::info!(queue = %q.name, vhost = %v.name, "deleting queue unused for its x-expires period");
+                            v.remove_queue(&q);
+                        }
+                    }
+                }
+                if now.duration_since(last_disk) >= Duration::from_secs(1) {
+                    last_disk = now;
+                    if let Some(free) = free_disk_bytes(&b.0.config.data_dir) {
+                        disk_alarm = free < b.0.config.disk_free_limit;
+                    }
+                }
+                let mem_alarm = b.memory_used() > b.0.config.memory_high_watermark as i64;
+                let new = Alarms {
+                    memory: mem_alarm,
+                    disk: disk_alarm,
+                };
+                b.0.alarms.send_if_modified(|cur| {
+                    if *cur != new {
+                        if new.blocked() {
+                            tracing::warn!(
+                                memory = new.memory,
+                                disk = new.disk,
+                                used = b.memory_used(),
+                                "resource alarm raised: publishers are blocked until it clears"
+                            );
+                        } else {
+                            tracing::info!("resource alarm cleared: publishers unblocked");
+                        }
+                        *cur = new;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+        })
+    }
+
+    /// Flush and fsync everything (clean shutdown).
+    pub fn shutdown(&self) {
+        for v in self.vhosts() {
+            for q in v.queues() {
+                q.flush_acks();
+                if let Some(log) = q.log() {
+                    if let Err(e) = log.close() {
+                        tracing::error!(queue = %q.name, "closing queue log failed: {e}");
+                    }
+                }
+            }
+        }
+        self.0.syncer.shutdown();
+    }
+
+    fn load_metadata(&self) -> Result<()> {
+        let path = self.0.config.data_dir.join("metadata.json");
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(BrokerError::Internal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let meta: Metadata = serde_json::from_slice(&text)
+            .map_err(|e| BrokerError::Internal(format!("corrupt {}: {e}", path.display())))?;
+        for vm in meta.vhosts {
+            let v = self.add_vhost(&vm.name);
+            for e in vm.exchanges {
+                v.declare_exchange(ExchangeDeclare {
+                    name: e.name.clone(),
+                    kind: e.kind.as_str().into(),
+                    passive: false,
+                    durable: e.durable,
+                    auto_delete: e.auto_delete,
+                    internal: e.internal,
+                    arguments: e.arguments,
+                })
+                .or_else(|err| match err {
+                    // amq.* exist already
+                    BrokerError::AccessRefused(_) => Ok(()),
+                    other => Err(other),
+                })?;
+            }
+            for q in vm.queues {
+                v.declare_queue(
+                    QueueDeclare {
+                        name: q.name.clone(),
+                        passive: false,
+                        durable: true,
+                        exclusive: false,
+                        auto_delete: q.auto_delete,
+                        arguments: q.arguments,
+                    },
+                    0,
+                )?;
+                if let Some(queue) = v.queue(&q.name) {
+                    let n = queue.recover()?;
+                    tracing::info!(queue = %q.name, vhost = %vm.name, messages = n, "recovered durable queue");
+                }
+            }
+            for b in vm.bindings {
+                if let Some(src) = v.exchange(&b.source) {
+                    src.bind(b.binding);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BrokerInner {
+    /// Open (or create) the log of a durable queue.
+    pub(crate) fn open_queue_log(&self, vhost: &str, queue: &str) -> Result<Arc<Log>> {
+        let dir = queue_dir(&self.config.data_dir, vhost, queue);
+        let cfg = LogConfig {
+            segment_bytes: self.config.segment_bytes,
+            ..LogConfig::default()
+        };
+        Ok(Log::open(&dir, cfg, self.syncer.clone())?)
+    }
+
+    /// Write metadata of every durable exchange, queue and binding (atomically: temp file,
+    /// fsync, rename, fsync of the directory).
+    pub(crate) fn save_metadata(&self) {
+        if self.loading.load(Ordering::SeqCst) {
+            return;
+        }
+        let _g = self.meta_lock.lock();
+        let mut meta = Metadata::default();
+        let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        for v in vhosts {
+            let mut vm = VHostMeta {
+                name: v.name.clone(),
+                exchanges: vec![],
+                queues: vec![],
+                bindings: vec![],
+            };
+            let exchanges = v.exchanges();
+            let durable_ex: Vec<String> = exchanges
+                .iter()
+                .filter(|e| e.durable)
+                .map(|e| e.name.clone())
+                .collect();
+            for e in &exchanges {
+                if e.durable && !e.name.is_empty() && !e.name.starts_with("amq.") {
+                    vm.exchanges.push(ExchangeMeta {
+                        name: e.name.clone(),
+                        kind: e.kind,
+                        durable: e.durable,
+                        auto_delete: e.auto_delete,
+                        internal: e.internal,
+                        arguments: e.arguments.clone(),
+                    });
+                }
+            }
+            let queues = v.queues();
+            let durable_q: Vec<String> = queues
+                .iter()
+                .filter(|q| q.durable && q.exclusive_owner.is_none())
+                .map(|q| q.name.clone())
+                .collect();
+            for q in &queues {
+                if q.durable && q.exclusive_owner.is_none() {
+                    vm.queues.push(QueueMeta {
+                        name: q.name.clone(),
+                        auto_delete: q.auto_delete,
+                        arguments: q.arguments.clone(),
+                    });
+                }
+            }
+            for e in &exchanges {
+                if !e.durable {
+                    continue;
+                }
+                for b in e.bindings() {
+                    let keep = match &b.destination {
+                        Destination::Queue(n) => durable_q.contains(n),
+                        Destination::Exchange(n) => durable_ex.contains(n),
+                    };
+                    if keep {
+                        vm.bindings.push(BindingMeta {
+                            source: e.name.clone(),
+                            binding: b,
+                        });
+                    }
+                }
+            }
+            vm.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+            vm.queues.sort_by(|a, b| a.name.cmp(&b.name));
+            meta.vhosts.push(vm);
+        }
+        if let Err(e) = write_atomically(
+            &self.config.data_dir,
+            "metadata.json",
+            &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+        ) {
+            tracing::error!("failed to persist metadata: {e}");
+        }
+    }
+}
+
+fn queue_dir(data: &Path, vhost: &str, queue: &str) -> PathBuf {
+    data.join("queues")
+        .join(encode_name(vhost))
+        .join(encode_name(queue))
+}
+
+fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn free_disk_bytes(path: &Path) -> Option<u64> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_file_safe() {
+        assert_eq!(encode_name("/"), "%2f");
+        assert_eq!(encode_name("hello"), "hello");
+        assert_eq!(encode_name(".."), "%..");
+        assert_eq!(encode_name("a b"), "a%20b");
+    }
+}

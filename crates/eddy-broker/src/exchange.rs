@@ -1,0 +1,313 @@
+//! Exchanges, bindings and routing (direct, fanout, topic, headers).
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BrokerError, Result};
+
+/// The exchange types RabbitMQ clients use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeKind {
+    /// Exact routing-key match.
+    Direct,
+    /// Every bound destination.
+    Fanout,
+    /// Dot-separated words with `*` (one word) and `#` (zero or more words).
+    Topic,
+    /// Header match with `x-match` all/any.
+    Headers,
+}
+
+impl ExchangeKind {
+    /// Parse an exchange type name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "direct" => Ok(ExchangeKind::Direct),
+            "fanout" => Ok(ExchangeKind::Fanout),
+            "topic" => Ok(ExchangeKind::Topic),
+            "headers" => Ok(ExchangeKind::Headers),
+            other => Err(BrokerError::CommandInvalid(format!(
+                "invalid exchange type '{other}'"
+            ))),
+        }
+    }
+
+    /// The type's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+/// Where a binding leads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Destination {
+    /// A queue by name.
+    Queue(String),
+    /// An exchange by name (exchange-to-exchange binding).
+    Exchange(String),
+}
+
+/// A binding from an exchange to a destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Binding {
+    /// Destination.
+    pub destination: Destination,
+    /// Binding key.
+    pub routing_key: String,
+    /// Binding arguments (headers exchanges match on these).
+    pub arguments: FieldTable,
+}
+
+/// An exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Name (empty for the default exchange).
+    pub name: String,
+    /// Type.
+    pub kind: ExchangeKind,
+    /// Survives restart.
+    pub durable: bool,
+    /// Deleted when its last binding (as source) goes.
+    pub auto_delete: bool,
+    /// Cannot be published to by clients.
+    pub internal: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+    bindings: RwLock<Vec<Binding>>,
+}
+
+impl Exchange {
+    /// A new exchange with no bindings.
+    pub fn new(
+        name: impl Into<String>,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        Exchange {
+            name: name.into(),
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            bindings: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The `alternate-exchange` argument, if set.
+    pub fn alternate_exchange(&self) -> Option<String> {
+        match self.arguments.inner().get("alternate-exchange") {
+            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Add a binding; false when an identical one exists.
+    pub fn bind(&self, b: Binding) -> bool {
+        let mut bs = self.bindings.write();
+        if bs.contains(&b) {
+            return false;
+        }
+        bs.push(b);
+        true
+    }
+
+    /// Remove a binding; false when it did not exist.
+    pub fn unbind(&self, b: &Binding) -> bool {
+        let mut bs = self.bindings.write();
+        let before = bs.len();
+        bs.retain(|x| x != b);
+        bs.len() != before
+    }
+
+    /// Remove every binding to `dest`.
+    pub fn unbind_destination(&self, dest: &Destination) -> usize {
+        let mut bs = self.bindings.write();
+        let before = bs.len();
+        bs.retain(|x| &x.destination != dest);
+        before - bs.len()
+    }
+
+    /// A snapshot of the bindings.
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.bindings.read().clone()
+    }
+
+    /// Number of bindings.
+    pub fn binding_count(&self) -> usize {
+        self.bindings.read().len()
+    }
+
+    /// Destinations matching a routing key and headers, appended to `out`.
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
+        let bs = self.bindings.read();
+        for b in bs.iter() {
+            let hit = match self.kind {
+                ExchangeKind::Direct => b.routing_key == routing_key,
+                ExchangeKind::Fanout => true,
+                ExchangeKind::Topic => topic_matches(&b.routing_key, routing_key),
+                ExchangeKind::Headers => headers_match(&b.arguments, headers),
+            };
+            if hit && !out.contains(&b.destination) {
+                out.push(b.destination.clone());
+            }
+        }
+    }
+}
+
+/// Topic matching: words separated by `.`, `*` matches exactly one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = if key.is_empty() {
+        vec![""]
+    } else {
+        key.split('.').collect()
+    };
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match p.first() {
+            None => k.is_empty(),
+            Some(&"#") => {
+                // '#' absorbs zero or more words
+                (0..=k.len()).any(|i| go(&p[1..], &k[i..]))
+            }
+            Some(&w) => match k.first() {
+                Some(&kw) if w == "*" || w == kw => go(&p[1..], &k[1..]),
+                _ => false,
+            },
+        }
+    }
+    // an empty key matches only "#" or ""
+    if key.is_empty() {
+        return pattern.is_empty() || p.iter().all(|w| *w == "#");
+    }
+    go(&p, &k)
+}
+
+/// Headers matching per RabbitMQ: `x-match` = all (default) / any / all-with-x / any-with-x;
+/// keys beginning `x-` are ignored unless the `-with-x` forms are used; a binding value of type
+/// void matches on presence alone.
+pub fn headers_match(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
+    let mode = match binding.inner().get("x-match") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => "all".to_owned(),
+    };
+    let (any, with_x) = match mode.as_str() {
+        "any" => (true, false),
+        "any-with-x" => (true, true),
+        "all-with-x" => (false, true),
+        _ => (false, false),
+    };
+    let empty = FieldTable::default();
+    let headers = headers.unwrap_or(&empty).inner();
+    let mut considered = 0usize;
+    let mut matched = 0usize;
+    for (k, v) in binding.inner() {
+        if k.as_str() == "x-match" || (!with_x && k.as_str().starts_with("x-")) {
+            continue;
+        }
+        considered += 1;
+        let ok = match headers.get(k.as_str()) {
+            Some(hv) => matches!(v, AMQPValue::Void) || values_equal(v, hv),
+            None => false,
+        };
+        if ok {
+            matched += 1;
+        }
+    }
+    if any {
+        matched > 0
+    } else {
+        matched == considered
+    }
+}
+
+fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
+    use AMQPValue::*;
+    match (a, b) {
+        (LongString(x), ShortString(y)) | (ShortString(y), LongString(x)) => {
+            x.as_bytes() == y.as_str().as_bytes()
+        }
+        _ => {
+            if let (Some(x), Some(y)) = (as_i128(a), as_i128(b)) {
+                x == y
+            } else {
+                a == b
+            }
+        }
+    }
+}
+
+fn as_i128(v: &AMQPValue) -> Option<i128> {
+    use AMQPValue::*;
+    Some(match v {
+        ShortShortInt(x) => *x as i128,
+        ShortShortUInt(x) => *x as i128,
+        ShortInt(x) => *x as i128,
+        ShortUInt(x) => *x as i128,
+        LongInt(x) => *x as i128,
+        LongUInt(x) => *x as i128,
+        LongLongInt(x) => *x as i128,
+        Timestamp(x) => *x as i128,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::LongString;
+
+    #[test]
+    fn topic() {
+        assert!(topic_matches("a.*.c", "a.b.c"));
+        assert!(!topic_matches("a.*.c", "a.b.b.c"));
+        assert!(topic_matches("a.#", "a"));
+        assert!(topic_matches("a.#", "a.b.c"));
+        assert!(topic_matches("#", "anything.at.all"));
+        assert!(topic_matches("#.c", "a.b.c"));
+        assert!(topic_matches("*.b.#", "a.b"));
+        assert!(!topic_matches("*", "a.b"));
+        assert!(topic_matches("#", ""));
+        assert!(!topic_matches("a", ""));
+        assert!(topic_matches("a.#.#.b", "a.b"));
+    }
+
+    #[test]
+    fn headers() {
+        let mut b = FieldTable::default();
+        b.insert(
+            "x-match".into(),
+            AMQPValue::LongString(LongString::from("any")),
+        );
+        b.insert("a".into(), AMQPValue::LongString(LongString::from("1")));
+        b.insert("b".into(), AMQPValue::LongInt(2));
+        let mut h = FieldTable::default();
+        h.insert("b".into(), AMQPValue::ShortShortInt(2));
+        assert!(headers_match(&b, Some(&h)));
+        b.insert(
+            "x-match".into(),
+            AMQPValue::LongString(LongString::from("all")),
+        );
+        assert!(!headers_match(&b, Some(&h)));
+        h.insert("a".into(), AMQPValue::ShortString("1".into()));
+        assert!(headers_match(&b, Some(&h)));
+        assert!(!headers_match(&b, None));
+    }
+}
