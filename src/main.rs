@@ -136,8 +136,7 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchCommand::Amqp(args),
         } => rt.block_on(async move {
-            let report = eddy_bench::run_amqp(args).await?;
-            let _ = report;
+            eddy_bench::run_amqp(args).await?;
             Ok(())
         }),
     }

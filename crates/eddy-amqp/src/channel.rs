@@ -36,13 +36,18 @@ impl Outbound {
         })
     }
 
-    /// Append frames and wake the writer.
+    /// Append frames and wake the writer. Only the append that makes the buffer non-empty
+    /// wakes it: a writer busy with a write picks up everything appended meanwhile.
     pub fn with<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let mut b = self.buf.lock();
+        let was_empty = b.is_empty();
         let r = f(&mut b);
         self.buffered.store(b.len(), Ordering::Relaxed);
+        let wake = was_empty && !b.is_empty();
         drop(b);
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
         r
     }
 }
