@@ -1,0 +1,99 @@
+"""Eddy-only: kill -9 durability, memory-alarm flow control, heartbeat dead-peer detection."""
+import time
+
+import pika
+import pytest
+
+from helpers import drain, params, qname, wait_for
+
+
+def test_kill9_loses_no_confirmed_message(own_eddy):
+    s = own_eddy()
+    conn = pika.BlockingConnection(params(s))
+    ch = conn.channel()
+    q = qname("crash")
+    ch.queue_declare(q, durable=True)
+    ch.confirm_delivery()
+    confirmed = []
+    deadline = time.monotonic() + 1.5
+    i = 0
+    while time.monotonic() < deadline:
+        # BlockingChannel.basic_publish returns once the broker confirmed it
+        ch.basic_publish("", q, f"{i:012}".encode(), pika.BasicProperties(delivery_mode=2))
+        confirmed.append(i)
+        i += 1
+    s.kill9()
+    s.restart()
+    conn2 = pika.BlockingConnection(params(s))
+    seen = {int(b) for b in drain(conn2.channel(), q)}
+    conn2.close()
+    lost = [x for x in confirmed if x not in seen]
+    print(f"pika crash test: confirmed={len(confirmed)} recovered={len(seen)} lost={len(lost)}")
+    assert len(confirmed) > 100
+    assert not lost, f"lost {len(lost)} confirmed messages, first {lost[:10]}\n{s.log_tail()}"
+
+
+def test_durable_topology_survives_restart_transient_does_not(own_eddy):
+    s = own_eddy()
+    conn = pika.BlockingConnection(params(s))
+    ch = conn.channel()
+    ch.exchange_declare("keep-ex", "topic", durable=True)
+    ch.queue_declare("keep-q", durable=True, arguments={"x-max-priority": 5})
+    ch.queue_bind("keep-q", "keep-ex", "a.#")
+    ch.queue_declare("drop-q", durable=False)
+    ch.basic_publish("keep-ex", "a.b", b"persistent", pika.BasicProperties(delivery_mode=2))
+    ch.basic_publish("keep-ex", "a.b", b"transient")
+    conn.close()
+    s.kill9()
+    s.restart()
+    conn = pika.BlockingConnection(params(s))
+    ch = conn.channel()
+    assert drain(ch, "keep-q") == [b"persistent"]
+    ch.basic_publish("keep-ex", "a.c", b"routed-after-restart")
+    assert drain(ch, "keep-q") == [b"routed-after-restart"]
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare("drop-q", passive=True)
+    assert e.value.reply_code == 404
+    conn.close()
+
+
+def test_memory_alarm_blocks_publishers(own_eddy):
+    s = own_eddy("--memory-high-watermark", "200000")
+    blocked = []
+    conn = pika.BlockingConnection(params(s, blocked_connection_timeout=30))
+    conn.add_on_connection_blocked_callback(lambda c, m: blocked.append(m.method.reason))
+    ch = conn.channel()
+    q = qname("mem")
+    ch.queue_declare(q, auto_delete=False)
+    body = b"x" * 10000
+    for _ in range(40):  # 400 kB, twice the watermark
+        ch.basic_publish("", q, body)
+    deadline = time.monotonic() + 10
+    while not blocked and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+        ch.basic_publish("", q, body)
+    assert blocked, "connection.blocked was not sent"
+    # consuming from another connection clears the alarm
+    other = pika.BlockingConnection(params(s))
+    drained = drain(other.channel(), q)
+    other.close()
+    assert len(drained) >= 40
+    conn.close()
+
+
+def test_dead_peer_is_detected_and_its_messages_requeued(own_eddy):
+    s = own_eddy()
+    q = qname("hb")
+    setup = pika.BlockingConnection(params(s))
+    setup.channel().queue_declare(q)
+    setup.channel().basic_publish("", q, b"held")
+    # a client that negotiates 1 s heartbeats, takes the message unacked, then goes silent
+    silent = pika.BlockingConnection(params(s, heartbeat=1))
+    sch = silent.channel()
+    m, _, body = sch.basic_get(q)
+    assert body == b"held"
+    time.sleep(3.5)  # the silent client sends nothing: the broker must give up on it
+    ch = setup.channel()
+    m2 = wait_for(lambda: (lambda r: r if r[0] else None)(ch.basic_get(q, auto_ack=True)), timeout=10, what="requeue after missed heartbeats")
+    assert m2[2] == b"held" and m2[0].redelivered
+    setup.close()
