@@ -1,5 +1,5 @@
-//! Malformed input over a raw socket: the server answers with the protocol's error and keeps
-//! serving everyone else.
+//! Raw-socket protocol tests: malformed input gets the protocol's error while the server keeps
+//! serving everyone else; the connection close handshake behaves as RabbitMQ's.
 
 mod common;
 
@@ -147,4 +147,78 @@ fn bad_credentials_are_access_refused() {
     );
     let (code, text) = close_code(&read_frames(&mut t)).expect("close");
     assert_eq!(code, 403, "{text}");
+}
+
+#[test]
+fn after_client_close_ok_the_client_closes_the_socket() {
+    let s = Server::start(&["--heartbeat", "0"]);
+    let mut t = connect(&s);
+    handshake_to_tune(&mut t);
+    send(
+        &mut t,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 16,
+                frame_max: 131072,
+                heartbeat: 0,
+            })),
+        ),
+    );
+    send(
+        &mut t,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        ),
+    );
+    send(
+        &mut t,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 200,
+                reply_text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        ),
+    );
+    // open-ok then close-ok, and no end of stream: RabbitMQ leaves closing the socket to the
+    // client, and clients such as lapin report an early end of stream as a broken connection
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    t.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut close_ok = false;
+    loop {
+        match t.read(&mut chunk) {
+            Ok(0) => panic!("server closed the socket after close-ok (close-ok seen: {close_ok})"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{e}"
+                );
+                break;
+            }
+        }
+        while let Ok((rest, f)) = parse_frame(&buf[..]) {
+            close_ok |= matches!(
+                f,
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))
+            );
+            buf.drain(..buf.len() - rest.len());
+        }
+    }
+    assert!(close_ok, "no connection.close-ok");
+    drop(t);
+    // the server is fine and serves the next client
+    let mut t2 = connect(&s);
+    handshake_to_tune(&mut t2);
 }

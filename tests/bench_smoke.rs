@@ -8,7 +8,9 @@ use std::process::Command;
 use common::Server;
 
 fn field(json: &str, key: &str) -> f64 {
-    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}"));
+    let at = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {json}"));
     let rest = &json[at + key.len() + 3..];
     let end = rest.find([',', '}']).unwrap();
     rest[..end].parse().unwrap()
@@ -16,11 +18,24 @@ fn field(json: &str, key: &str) -> f64 {
 
 fn run(s: &Server, extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["bench", "amqp", "--uri", &s.uri(), "--seconds", "1", "--json"])
+        .args([
+            "bench",
+            "amqp",
+            "--uri",
+            &s.uri(),
+            "--seconds",
+            "1",
+            "--json",
+        ])
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "bench failed: {}\n{}", String::from_utf8_lossy(&out.stderr), s.log_text());
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log_text()
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

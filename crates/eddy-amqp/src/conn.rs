@@ -182,6 +182,9 @@ struct Conn {
     client_caps: FieldTable,
     wake: Arc<Notify>,
     blocked_sent: bool,
+    /// The client closed the connection: after close-ok, leave closing the socket to it (as
+    /// RabbitMQ does; clients such as lapin report an early EOF as an error).
+    linger: bool,
     alarms: watch::Receiver<Alarms>,
 }
 
@@ -209,6 +212,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, broker: Broker, cfg: Ar
         client_caps: FieldTable::default(),
         wake: wake.clone(),
         blocked_sent: false,
+        linger: false,
     };
     let mut rbuf = BytesMut::with_capacity(128 * 1024);
     let mut hb_task: Option<tokio::task::JoinHandle<()>> = None;
@@ -261,10 +265,38 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, broker: Broker, cfg: Ar
     conn.cleanup();
     out.closed.store(true, Ordering::Relaxed);
     out.notify.notify_one();
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let wr = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if let Ok(Ok(Some(mut wr))) = wr {
+        if conn.linger && result.is_ok() {
+            // close-ok is flushed; wait (bounded) for the client to close its end
+            let wait = match conn.heartbeat {
+                0 => CLOSING_TIMEOUT,
+                h => CLOSING_TIMEOUT.min(Duration::from_secs(h as u64)),
+            };
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(wait, async {
+                while let Ok(n) = rd.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        let _ = wr.shutdown().await;
+    }
 }
 
-async fn writer_task(out: Arc<Outbound>, mut wr: OwnedWriteHalf, wake: Arc<Notify>) {
+/// Longest wait for a client to close its socket after connection.close-ok.
+const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Flush the outbound buffer until the connection is closed; hands the socket back once
+/// everything is written (None after a write error).
+async fn writer_task(
+    out: Arc<Outbound>,
+    mut wr: OwnedWriteHalf,
+    wake: Arc<Notify>,
+) -> Option<OwnedWriteHalf> {
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
         {
@@ -287,7 +319,7 @@ async fn writer_task(out: Arc<Outbound>, mut wr: OwnedWriteHalf, wake: Arc<Notif
         if wr.write_all(&spare).await.is_err() {
             out.closed.store(true, Ordering::Relaxed);
             wake.notify_one();
-            break;
+            return None;
         }
         out.wrote_since_tick.store(true, Ordering::Relaxed);
         spare.clear();
@@ -295,7 +327,7 @@ async fn writer_task(out: Arc<Outbound>, mut wr: OwnedWriteHalf, wake: Arc<Notif
             spare = Vec::with_capacity(64 * 1024);
         }
     }
-    let _ = wr.shutdown().await;
+    Some(wr)
 }
 
 async fn heartbeat_task(out: Arc<Outbound>, heartbeat: u16) {
@@ -370,10 +402,8 @@ impl Conn {
             }
             self.close_channel(channel, e);
         }
-        if self.phase == Phase::Closing && self.out.closed.load(Ordering::Relaxed) {
-            return Err("closed".into());
-        }
-        Ok(true)
+        // closed: the caller stops reading frames
+        Ok(!(self.phase == Phase::Closing && self.out.closed.load(Ordering::Relaxed)))
     }
 
     fn send_start(&self) {
@@ -775,6 +805,7 @@ impl Conn {
                 self.cleanup();
                 self.send(0, AMQPClass::Connection(C::CloseOk(connection::CloseOk {})));
                 self.phase = Phase::Closing;
+                self.linger = true;
                 self.out.closed.store(true, Ordering::Relaxed);
                 self.out.notify.notify_one();
                 Ok(())

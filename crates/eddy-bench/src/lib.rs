@@ -3,9 +3,9 @@
 //!
 //! The AMQP generator uses lapin: N producers and M consumers, each on its own connection, one
 //! fresh queue; bodies carry their send time so consumers measure end-to-end latency; with
-//! `--confirm` producers keep a bounded window of unconfirmed publishes in flight (pipelined).
+//! `--confirm` producers keep a bounded window of unconfirmed publishes in flight (pipelined);
+//! `--rate` offers a fixed load so latency compares at equal throughput.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +56,14 @@ pub struct AmqpBenchArgs {
     /// (0 = unlimited)
     #[arg(long, default_value_t = 2000)]
     pub max_backlog: u64,
+    /// Offered load in messages/s over all producers (0 = as fast as the broker takes them).
+    /// Latency is only comparable between brokers at the same offered load
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Publishes a lapin producer keeps in flight at once, so lapin can put many frames in
+    /// one write (with `--client lapin`)
+    #[arg(long, default_value_t = 64)]
+    pub pipeline: usize,
     /// Consumer prefetch (basic.qos)
     #[arg(long, default_value_t = 1000)]
     pub prefetch: u16,
@@ -200,6 +208,8 @@ async fn connect(uri: &str) -> Result<Connection> {
 
 pub(crate) struct Shared {
     consumers: usize,
+    /// Messages/s per producer (0 = unpaced).
+    rate_per_producer: f64,
     max_backlog: u64,
     epoch: Instant,
     published: AtomicU64,
@@ -225,6 +235,48 @@ impl Shared {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
     }
+
+    /// How many messages a producer that started at `start` and has sent `sent` may send now,
+    /// at most `max`; with `--rate` it sleeps until at least one is due.
+    pub(crate) async fn pace(&self, start: Instant, sent: u64, max: usize) -> usize {
+        if self.rate_per_producer <= 0.0 {
+            return max;
+        }
+        loop {
+            let due = (start.elapsed().as_secs_f64() * self.rate_per_producer) as u64;
+            if due > sent {
+                return ((due - sent) as usize).min(max);
+            }
+            let wait = (sent + 1) as f64 / self.rate_per_producer - start.elapsed().as_secs_f64();
+            tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
+        }
+    }
+}
+
+/// Await every future, polling them together (lapin then writes their frames in one go).
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }
 
 pub(crate) fn hist() -> Histogram<u64> {
@@ -284,8 +336,13 @@ async fn run_once(args: &AmqpBenchArgs, uri: &str) -> Result<AmqpReport> {
         .queue
         .clone()
         .unwrap_or_else(|| format!("eddy-bench-{}-{}", std::process::id(), rand_suffix()));
+    anyhow::ensure!(
+        args.rate >= 0.0 && args.rate.is_finite(),
+        "--rate must be a non-negative number of messages/s"
+    );
     let shared = Arc::new(Shared {
         consumers: args.consumers,
+        rate_per_producer: args.rate / args.producers.max(1) as f64,
         max_backlog: args.max_backlog,
         epoch: Instant::now(),
         published: AtomicU64::new(0),
@@ -490,47 +547,60 @@ async fn produce(
         BasicProperties::default()
     };
     let mut body = vec![0u8; args.size];
-    let mut in_flight: VecDeque<(u64, lapin::PublisherConfirm)> = VecDeque::new();
-    let mut local = hist();
+    // confirms are awaited, in publish order, by a collector task, so their latency is taken
+    // when they arrive; the window bounds how many are unconfirmed
+    let window = Arc::new(tokio::sync::Semaphore::new(args.confirm_window.max(1)));
+    let (confirms, mut to_collect) =
+        tokio::sync::mpsc::unbounded_channel::<(u64, lapin::PublisherConfirm)>();
+    let collector = {
+        let (shared, window) = (shared.clone(), window.clone());
+        tokio::spawn(async move {
+            let mut local = hist();
+            while let Some((t0, pc)) = to_collect.recv().await {
+                if pc.await?.is_ack() {
+                    shared.confirmed.fetch_add(1, Ordering::Relaxed);
+                }
+                let now = shared.epoch.elapsed().as_nanos() as u64;
+                let _ = local.record((now.saturating_sub(t0) / 1000).max(1));
+                window.add_permits(1);
+            }
+            Ok::<_, lapin::Error>(local)
+        })
+    };
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let pipeline = args.pipeline.max(1).min(args.confirm_window.max(1));
     while Instant::now() < deadline {
         shared.throttle().await;
-        // check the clock every 64 messages
-        for _ in 0..64 {
-            let t = shared.epoch.elapsed().as_nanos() as u64;
-            body[..8].copy_from_slice(&t.to_le_bytes());
-            let pc = ch
-                .basic_publish(
+        let n = shared.pace(start, sent, pipeline).await;
+        if args.confirm {
+            window.acquire_many(n as u32).await?.forget();
+        }
+        // one send time for the batch; its publishes are in flight together
+        let t = shared.epoch.elapsed().as_nanos() as u64;
+        body[..8].copy_from_slice(&t.to_le_bytes());
+        let publishes = (0..n)
+            .map(|_| {
+                ch.basic_publish(
                     "".into(),
                     queue.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,
                     props.clone(),
                 )
-                .await?;
+            })
+            .collect();
+        for pc in join_all(publishes).await {
+            let pc = pc?;
             if args.confirm {
-                in_flight.push_back((t, pc));
-                while in_flight.len() >= args.confirm_window {
-                    let (t0, pc) = in_flight.pop_front().expect("non-empty");
-                    let c = pc.await?;
-                    if c.is_ack() {
-                        shared.confirmed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = local.record(
-                        ((shared.epoch.elapsed().as_nanos() as u64).saturating_sub(t0) / 1000)
-                            .max(1),
-                    );
-                }
+                let _ = confirms.send((t, pc));
             }
         }
-        shared.published.fetch_add(64, Ordering::Relaxed);
+        sent += n as u64;
+        shared.published.fetch_add(n as u64, Ordering::Relaxed);
     }
-    while let Some((t0, pc)) = in_flight.pop_front() {
-        if pc.await?.is_ack() {
-            shared.confirmed.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = local
-            .record(((shared.epoch.elapsed().as_nanos() as u64).saturating_sub(t0) / 1000).max(1));
-    }
+    drop(confirms);
+    let local = collector.await.context("confirm collector")??;
     shared.confirm_lat.lock().add(&local).ok();
     let _ = conn.close(200, "bench done".into()).await;
     Ok(())

@@ -389,20 +389,24 @@ pub async fn produce(
     };
     let batch = 64usize;
     let mut out = Vec::with_capacity(template.len() * batch);
+    let start = Instant::now();
+    let mut sent = 0u64;
     while Instant::now() < deadline {
         shared.throttle().await;
+        let due = shared.pace(start, sent, batch).await;
         let n = if args.confirm {
             let permit = window.acquire_many(1).await?;
             permit.forget();
-            // take as many as are free, up to a batch
-            let extra = window.available_permits().min(batch - 1);
+            // take as many as are free, up to what is due
+            let extra = window.available_permits().min(due - 1);
             if extra > 0 {
                 window.acquire_many(extra as u32).await?.forget();
             }
             1 + extra
         } else {
-            batch
+            due
         };
+        sent += n as u64;
         out.clear();
         let t = shared.epoch.elapsed().as_nanos() as u64;
         {
