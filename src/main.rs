@@ -49,7 +49,7 @@ enum Fsync {
 
 #[derive(clap::Args, Debug, Default)]
 struct ServeArgs {
-    /// TOML configuration file (keys: data_dir, amqp, fsync, fsync_interval_ms, memory_high_watermark, disk_free_limit, heartbeat, frame_max, segment_bytes, [[users]] name/password)
+    /// TOML configuration file (keys: data_dir, amqp, fsync, fsync_interval_ms, memory_high_watermark, disk_free_limit, heartbeat, frame_max, segment_bytes, segment_ms, [[users]] name/password)
     #[arg(long, env = "EDDY_CONFIG")]
     config: Option<PathBuf>,
     /// Directory for metadata and message logs [default: ./data]
@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Queue log segment size in bytes [default: 67108864]
     #[arg(long, env = "EDDY_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
+    /// Roll a queue log segment once it is this old (ms), so acknowledged data is reclaimed
+    /// on quiet queues too [default: 3600000]
+    #[arg(long, env = "EDDY_SEGMENT_MS")]
+    segment_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -93,6 +97,7 @@ struct FileConfig {
     heartbeat: Option<u16>,
     frame_max: Option<u32>,
     segment_bytes: Option<u64>,
+    segment_ms: Option<u64>,
     users: Option<Vec<UserConfig>>,
 }
 
@@ -183,6 +188,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .segment_bytes
             .or(file.segment_bytes)
             .unwrap_or(64 << 20),
+        segment_ms: Some(args.segment_ms.or(file.segment_ms).unwrap_or(3_600_000)),
         ..BrokerConfig::default()
     };
     if let Some(users) = file.users {
@@ -214,10 +220,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding AMQP listener on {amqp_addr}"))?;
     tracing::info!(amqp = %amqp_addr, data_dir = %data_dir.display(), fsync = ?fsync, "eddy started");
-    let server = tokio::spawn(eddy_amqp::serve(listener, broker.clone(), amqp_cfg));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(eddy_amqp::serve(
+        listener,
+        broker.clone(),
+        amqp_cfg,
+        stopped,
+    ));
     shutdown_signal().await;
     tracing::info!("shutting down");
-    server.abort();
+    let _ = stop.send(true);
+    // connections are closed (320 CONNECTION_FORCED) before the logs are
+    if tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not close in time");
+    }
     housekeeping.abort();
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.shutdown()).await.ok();

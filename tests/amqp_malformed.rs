@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{FieldTable, LongString};
 use common::Server;
 
@@ -219,6 +219,202 @@ fn after_client_close_ok_the_client_closes_the_socket() {
     assert!(close_ok, "no connection.close-ok");
     drop(t);
     // the server is fine and serves the next client
+    let mut t2 = connect(&s);
+    handshake_to_tune(&mut t2);
+}
+
+/// A connection that has finished the handshake and opened channel 1.
+fn open_channel(s: &Server) -> TcpStream {
+    let mut t = connect(s);
+    handshake_to_tune(&mut t);
+    send(
+        &mut t,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 16,
+                frame_max: 131072,
+                heartbeat: 0,
+            })),
+        ),
+    );
+    send(
+        &mut t,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        ),
+    );
+    send(
+        &mut t,
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        ),
+    );
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = t.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed during the handshake");
+        buf.extend_from_slice(&chunk[..n]);
+        while let Ok((rest, f)) = parse_frame(&buf[..]) {
+            if matches!(
+                f,
+                AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
+            ) {
+                return t;
+            }
+            buf.drain(..buf.len() - rest.len());
+        }
+    }
+}
+
+/// A field table value nested `depth` arrays deep, encoded by hand (the codec's own encoder
+/// recurses too).
+fn deep_array(depth: usize) -> Vec<u8> {
+    let mut v = vec![b'V'];
+    for _ in 0..depth {
+        let mut outer = vec![b'A'];
+        outer.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        outer.extend_from_slice(&v);
+        v = outer;
+    }
+    v
+}
+
+fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+#[test]
+fn deeply_nested_tables_are_refused_not_a_crash() {
+    let s = Server::start(&[]);
+    // connection.start-ok whose client-properties nest 20,000 arrays deep (before login)
+    let mut t = connect(&s);
+    t.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let mut table = vec![1, b'k'];
+    table.extend_from_slice(&deep_array(20_000));
+    let mut p = vec![0, 10, 0, 11];
+    p.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    p.extend_from_slice(&table);
+    p.extend_from_slice(&[5, b'P', b'L', b'A', b'I', b'N', 0, 0, 0, 12]);
+    p.extend_from_slice(b"\0guest\0guest");
+    p.extend_from_slice(&[5, b'e', b'n', b'_', b'U', b'S']);
+    t.write_all(&frame(1, 0, &p)).unwrap();
+    let (code, text) = close_code(&read_frames(&mut t)).expect("connection.close");
+    assert_eq!(code, 502, "{text}");
+    assert!(text.contains("nesting"), "{text}");
+
+    // a publish whose headers nest 20,000 deep
+    let mut t = open_channel(&s);
+    let mut publish = vec![0, 60, 0, 40, 0, 0, 0, 1, b'q', 0];
+    t.write_all(&frame(1, 1, &publish)).unwrap();
+    let mut headers = vec![1, b'h'];
+    headers.extend_from_slice(&deep_array(20_000));
+    let mut h = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x20, 0];
+    h.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    h.extend_from_slice(&headers);
+    t.write_all(&frame(2, 1, &h)).unwrap();
+    let (code, text) = close_code(&read_frames(&mut t)).expect("connection.close");
+    assert_eq!(code, 502, "{text}");
+
+    // shallow nesting is fine, and the server still serves
+    let mut t = open_channel(&s);
+    publish.truncate(10);
+    t.write_all(&frame(1, 1, &publish)).unwrap();
+    let mut headers = vec![1, b'h'];
+    headers.extend_from_slice(&deep_array(8));
+    let mut h = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x20, 0];
+    h.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    h.extend_from_slice(&headers);
+    t.write_all(&frame(2, 1, &h)).unwrap();
+    t.write_all(&frame(3, 1, b"x")).unwrap();
+    t.write_all(&frame(1, 1, &[0, 20, 0, 40, 0, 200, 0, 0, 0, 0, 0]))
+        .unwrap(); // channel.close
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    'read: loop {
+        let n = t.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+        while let Ok((rest, f)) = parse_frame(&buf[..]) {
+            if matches!(
+                f,
+                AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)))
+            ) {
+                break 'read;
+            }
+            assert!(
+                !matches!(
+                    f,
+                    AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_)))
+                ),
+                "{f:?}"
+            );
+            buf.drain(..buf.len() - rest.len());
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_does_not_read_cannot_make_the_server_buffer_without_bound() {
+    let s = Server::start(&[]);
+    let pid = s.child.as_ref().unwrap().id();
+    let before = rss_kib(pid);
+    let mut t = open_channel(&s);
+    // mandatory publishes of 1 MiB that route nowhere: each comes back as basic.return,
+    // which this client never reads
+    let body = vec![7u8; 1 << 20];
+    let publish = AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "no-such-queue".into(),
+            mandatory: true,
+            immediate: false,
+        })),
+    );
+    let mut one = gen_frame(&publish)(WriteContext::from(Vec::new()))
+        .unwrap()
+        .write;
+    let mut h = vec![0, 60, 0, 0];
+    h.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    one.extend_from_slice(&frame(2, 1, &h));
+    for part in body.chunks(131072 - 8) {
+        one.extend_from_slice(&frame(3, 1, part));
+    }
+    t.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut sent = 0usize;
+    while sent < 600 {
+        match t.write_all(&one) {
+            Ok(()) => sent += 1,
+            Err(_) => break, // the server stopped reading: what we want
+        }
+    }
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    assert!(
+        sent < 600 && grown_mib < 150,
+        "sent {sent} MiB of returns-to-be while not reading; server grew {grown_mib} MiB"
+    );
+    // other clients are served meanwhile
     let mut t2 = connect(&s);
     handshake_to_tune(&mut t2);
 }

@@ -1,4 +1,7 @@
-"""Eddy-only: kill -9 durability, memory-alarm flow control, heartbeat dead-peer detection."""
+"""Eddy-only: kill -9 durability, restart, memory-alarm flow control, heartbeat dead-peer
+detection, clean shutdown."""
+import signal
+import threading
 import time
 
 import pika
@@ -73,11 +76,20 @@ def test_memory_alarm_blocks_publishers(own_eddy):
         conn.process_data_events(time_limit=0.1)
         ch.basic_publish("", q, body)
     assert blocked, "connection.blocked was not sent"
+    unblocked = []
+    conn.add_on_connection_unblocked_callback(lambda c, m: unblocked.append(m))
     # consuming from another connection clears the alarm
     other = pika.BlockingConnection(params(s))
     drained = drain(other.channel(), q)
     other.close()
     assert len(drained) >= 40
+    # the blocked publisher hears connection.unblocked (pika would otherwise give up on it
+    # after blocked_connection_timeout) and can publish again
+    deadline = time.monotonic() + 10
+    while not unblocked and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    assert unblocked, "connection.unblocked was not sent"
+    ch.basic_publish("", q, b"after")
     conn.close()
 
 
@@ -97,3 +109,82 @@ def test_dead_peer_is_detected_and_its_messages_requeued(own_eddy):
     m2 = wait_for(lambda: (lambda r: r if r[0] else None)(ch.basic_get(q, auto_ack=True)), timeout=10, what="requeue after missed heartbeats")
     assert m2[2] == b"held" and m2[0].redelivered
     setup.close()
+
+
+def test_messages_recovered_after_a_crash_are_marked_redelivered(own_eddy):
+    s = own_eddy()
+    conn = pika.BlockingConnection(params(s))
+    ch = conn.channel()
+    q = qname("redeliver")
+    ch.queue_declare(q, durable=True)
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"taken", pika.BasicProperties(delivery_mode=2))
+    m, _, _ = ch.basic_get(q)  # delivered, never acked
+    assert not m.redelivered
+    s.kill9()
+    s.restart()
+    conn = pika.BlockingConnection(params(s))
+    m, _, body = conn.channel().basic_get(q, auto_ack=True)
+    assert body == b"taken" and m.redelivered
+    conn.close()
+
+
+def test_shutdown_closes_connections_with_320(own_eddy):
+    s = own_eddy()
+    conn = pika.BlockingConnection(params(s))
+    ch = conn.channel()
+    q = qname()
+    ch.queue_declare(q, durable=True)
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"kept", pika.BasicProperties(delivery_mode=2))
+    s.proc.send_signal(signal.SIGTERM)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.1)
+    assert e.value.reply_code == 320
+    assert "shutdown" in e.value.reply_text
+    assert s.proc.wait(timeout=10) == 0
+    s.start()
+    conn = pika.BlockingConnection(params(s))
+    assert drain(conn.channel(), q) == [b"kept"]
+    conn.close()
+
+
+def test_publishing_while_the_queue_is_deleted_keeps_the_connection(own_eddy):
+    """A publish racing a queue deletion is simply not routed (as in RabbitMQ): the
+    publisher's connection must stay open, whatever the interleaving."""
+    s = own_eddy()
+    q = qname("race")
+    stop = threading.Event()
+    errors = []
+
+    def churn():
+        c = pika.BlockingConnection(params(s))
+        ch = c.channel()
+        try:
+            while not stop.is_set():
+                ch.queue_declare(q, durable=True, auto_delete=False)
+                ch.queue_delete(q)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            c.close()
+
+    t = threading.Thread(target=churn)
+    t.start()
+    pub = pika.BlockingConnection(params(s))
+    ch = pub.channel()
+    ch.confirm_delivery()
+    sent = 0
+    deadline = time.monotonic() + 2
+    try:
+        while time.monotonic() < deadline:
+            ch.basic_publish("", q, b"x" * 100, pika.BasicProperties(delivery_mode=2))
+            sent += 1
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert pub.is_open and sent > 100
+    pub.close()

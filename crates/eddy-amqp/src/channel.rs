@@ -13,6 +13,9 @@ use crate::codec;
 
 /// Bytes buffered for a connection before consumers stop receiving.
 pub const OUTBOUND_LIMIT: usize = 1 << 20;
+/// Bytes buffered for a connection before its reader stops taking frames (replies, returns
+/// and get-oks to a client that does not read would otherwise grow without bound).
+pub const READ_PAUSE_LIMIT: usize = 4 * OUTBOUND_LIMIT;
 
 /// The write side of a connection: frames are appended here and a writer task flushes them.
 pub struct Outbound {
@@ -36,13 +39,25 @@ impl Outbound {
         })
     }
 
+    /// Whether more than `limit` bytes wait for the writer. If so, the writer will wake the
+    /// connection (its `wake`) when it takes the buffer: the flag is set before the second
+    /// look, and the writer empties the buffer before it reads the flag, so a wake-up cannot be
+    /// missed.
+    pub fn over_limit(&self, limit: usize) -> bool {
+        if self.buffered.load(Ordering::SeqCst) < limit {
+            return false;
+        }
+        self.stalled.store(true, Ordering::SeqCst);
+        self.buffered.load(Ordering::SeqCst) >= limit
+    }
+
     /// Append frames and wake the writer. Only the append that makes the buffer non-empty
     /// wakes it: a writer busy with a write picks up everything appended meanwhile.
     pub fn with<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let mut b = self.buf.lock();
         let was_empty = b.is_empty();
         let r = f(&mut b);
-        self.buffered.store(b.len(), Ordering::Relaxed);
+        self.buffered.store(b.len(), Ordering::SeqCst);
         let wake = was_empty && !b.is_empty();
         drop(b);
         if wake {
@@ -139,6 +154,8 @@ pub struct ChannelConsumer {
     pub unacked: AtomicU32,
     pub queue: Arc<Queue>,
     pub cancelled_by_broker: AtomicBool,
+    /// Set once basic.consume-ok is written: no delivery may precede it.
+    pub active: AtomicBool,
     pub wake: Arc<Notify>,
     pub me: std::sync::Weak<ChannelConsumer>,
 }
@@ -146,11 +163,13 @@ pub struct ChannelConsumer {
 impl ConsumerSink for ChannelConsumer {
     fn can_accept(&self) -> bool {
         let ch = &self.channel;
-        if ch.closed.load(Ordering::Relaxed) || !ch.flow_active.load(Ordering::Relaxed) {
+        if !self.active.load(Ordering::Acquire)
+            || ch.closed.load(Ordering::Relaxed)
+            || !ch.flow_active.load(Ordering::Relaxed)
+        {
             return false;
         }
-        if ch.out.buffered.load(Ordering::Relaxed) >= OUTBOUND_LIMIT {
-            ch.out.stalled.store(true, Ordering::Relaxed);
+        if ch.out.over_limit(OUTBOUND_LIMIT) {
             return false;
         }
         if self.no_ack {

@@ -65,14 +65,192 @@ pub fn split_frame(
     )))
 }
 
-/// Append a method frame.
+/// Append a method frame (on an encoding failure, which would be a bug, nothing is appended
+/// and the frames already in `out` stay).
 pub fn put_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) {
     let frame = AMQPFrame::Method(channel, method);
-    let buf = std::mem::take(out);
-    let res = gen_frame(&frame)(WriteContext::from(buf));
+    let res = gen_frame(&frame)(WriteContext::from(Vec::new()));
     match res {
-        Ok(ctx) => *out = ctx.write,
+        Ok(ctx) => out.extend_from_slice(&ctx.write),
         Err(e) => tracing::error!("failed to encode {frame}: {e:?}"),
+    }
+}
+
+/// Deepest nesting of field tables and arrays accepted. RabbitMQ's own headers need 4
+/// (headers → x-death array → table → routing-keys array); the codec parses nesting by
+/// recursion, so unbounded depth from the network would overflow the stack.
+pub const MAX_TABLE_DEPTH: usize = 32;
+
+/// A field table nested deeper than [`MAX_TABLE_DEPTH`].
+#[derive(Debug, thiserror::Error)]
+#[error("field table nesting deeper than {MAX_TABLE_DEPTH} levels")]
+pub struct TooDeep;
+
+/// Check the nesting depth of every field table in a method frame's payload before it is
+/// decoded. Only the methods that carry tables are inspected; anything malformed is left for
+/// the decoder to report (it meets the same structure in the same order, so it cannot get
+/// deeper than this scan did).
+pub fn check_method_nesting(payload: &[u8]) -> Result<(), TooDeep> {
+    if payload.len() < 4 {
+        return Ok(());
+    }
+    let class = u16::from_be_bytes([payload[0], payload[1]]);
+    let method = u16::from_be_bytes([payload[2], payload[3]]);
+    let mut r = Reader {
+        buf: payload,
+        pos: 4,
+    };
+    // the arguments before the table: s = short string, 2 = u16, 1 = octet (bits)
+    let layout: &[u8] = match (class, method) {
+        (10, 10) => b"11",               // connection.start: version major, minor
+        (10, 11) => b"",                 // connection.start-ok: client-properties first
+        (40, 10) => b"2ss1",             // exchange.declare
+        (40, 30) | (40, 40) => b"2sss1", // exchange.bind / unbind
+        (50, 10) => b"2s1",              // queue.declare
+        (50, 20) => b"2sss1",            // queue.bind
+        (50, 50) => b"2sss",             // queue.unbind
+        (60, 20) => b"2ss1",             // basic.consume
+        _ => return Ok(()),
+    };
+    for f in layout {
+        let ok = match f {
+            b's' => r.short_str(),
+            b'2' => r.skip(2),
+            _ => r.skip(1),
+        };
+        if !ok {
+            return Ok(());
+        }
+    }
+    r.table(1)
+}
+
+/// Check the headers table of a basic content header (payload: class, weight, body size,
+/// property flags, properties).
+pub fn check_header_nesting(payload: &[u8]) -> Result<(), TooDeep> {
+    if payload.len() < 14 {
+        return Ok(());
+    }
+    let flags = u16::from_be_bytes([payload[12], payload[13]]);
+    const CONTENT_TYPE: u16 = 1 << 15;
+    const CONTENT_ENCODING: u16 = 1 << 14;
+    const HEADERS: u16 = 1 << 13;
+    if flags & HEADERS == 0 {
+        return Ok(());
+    }
+    let mut r = Reader {
+        buf: payload,
+        pos: 14,
+    };
+    if flags & CONTENT_TYPE != 0 && !r.short_str() {
+        return Ok(());
+    }
+    if flags & CONTENT_ENCODING != 0 && !r.short_str() {
+        return Ok(());
+    }
+    r.table(1)
+}
+
+/// Check a field table given as its content (no length prefix), e.g. an AMQPLAIN response.
+pub fn check_table_content_nesting(content: &[u8]) -> Result<(), TooDeep> {
+    Reader {
+        buf: content,
+        pos: 0,
+    }
+    .entries(content.len(), 1)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn skip(&mut self, n: usize) -> bool {
+        if self.buf.len() - self.pos < n {
+            return false;
+        }
+        self.pos += n;
+        true
+    }
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+    fn u32(&mut self) -> Option<usize> {
+        let b = self.buf.get(self.pos..self.pos + 4)?;
+        self.pos += 4;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    fn short_str(&mut self) -> bool {
+        match self.u8() {
+            Some(n) => self.skip(n as usize),
+            None => false,
+        }
+    }
+    /// A length-prefixed table at `depth`; Ok when it is shallow enough or malformed.
+    fn table(&mut self, depth: usize) -> Result<(), TooDeep> {
+        let Some(len) = self.u32() else { return Ok(()) };
+        self.entries(len, depth)
+    }
+    fn entries(&mut self, len: usize, depth: usize) -> Result<(), TooDeep> {
+        if depth > MAX_TABLE_DEPTH {
+            return Err(TooDeep);
+        }
+        let Some(end) = self.pos.checked_add(len).filter(|e| *e <= self.buf.len()) else {
+            return Ok(());
+        };
+        while self.pos < end {
+            if !self.short_str() {
+                return Ok(());
+            }
+            if !self.value(end, depth)? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+    fn array(&mut self, depth: usize) -> Result<(), TooDeep> {
+        if depth > MAX_TABLE_DEPTH {
+            return Err(TooDeep);
+        }
+        let Some(len) = self.u32() else { return Ok(()) };
+        let Some(end) = self.pos.checked_add(len).filter(|e| *e <= self.buf.len()) else {
+            return Ok(());
+        };
+        while self.pos < end {
+            if !self.value(end, depth)? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+    /// One typed value (type octet first) within `end`; Ok(false) when malformed.
+    fn value(&mut self, end: usize, depth: usize) -> Result<bool, TooDeep> {
+        let Some(t) = self.u8() else { return Ok(false) };
+        let fixed = match t {
+            b't' | b'b' | b'B' => 1,
+            b's' | b'U' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'D' => 5,
+            b'V' => 0,
+            b'S' | b'x' => match self.u32() {
+                Some(n) => n,
+                None => return Ok(false),
+            },
+            b'F' => {
+                self.table(depth + 1)?;
+                return Ok(self.pos <= end);
+            }
+            b'A' => {
+                self.array(depth + 1)?;
+                return Ok(self.pos <= end);
+            }
+            _ => return Ok(false),
+        };
+        Ok(self.pos.checked_add(fixed).is_some_and(|e| e <= end) && self.skip(fixed))
     }
 }
 
@@ -144,6 +322,120 @@ mod tests {
     use super::*;
     use amq_protocol::frame::parse_frame;
     use amq_protocol::protocol::basic;
+
+    fn nested(depth: usize) -> amq_protocol::types::FieldTable {
+        use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+        let mut v = AMQPValue::LongString("leaf".into());
+        for i in 0..depth.saturating_sub(1) {
+            v = if i % 2 == 0 {
+                AMQPValue::FieldArray(FieldArray::from(vec![v]))
+            } else {
+                let mut t = FieldTable::default();
+                t.insert("k".into(), v);
+                AMQPValue::FieldTable(t)
+            };
+        }
+        let mut t = FieldTable::default();
+        t.insert("x-nested".into(), v);
+        t.insert("after".into(), AMQPValue::LongLongInt(7));
+        t
+    }
+
+    fn method_payload(m: AMQPClass) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_method(&mut out, 1, m);
+        out[7..out.len() - 1].to_vec()
+    }
+
+    #[test]
+    fn table_nesting_is_bounded_in_methods_and_headers() {
+        use amq_protocol::protocol::{connection, exchange, queue};
+        for (depth, ok) in [
+            (1, true),
+            (4, true),
+            (MAX_TABLE_DEPTH, true),
+            (MAX_TABLE_DEPTH + 1, false),
+            (500, false),
+        ] {
+            let declare = method_payload(AMQPClass::Queue(queue::AMQPMethod::Declare(
+                queue::Declare {
+                    queue: "q".into(),
+                    passive: false,
+                    durable: true,
+                    exclusive: false,
+                    auto_delete: false,
+                    nowait: false,
+                    arguments: nested(depth),
+                },
+            )));
+            assert_eq!(
+                check_method_nesting(&declare).is_ok(),
+                ok,
+                "queue.declare depth {depth}"
+            );
+            let bind = method_payload(AMQPClass::Exchange(exchange::AMQPMethod::Bind(
+                exchange::Bind {
+                    destination: "d".into(),
+                    source: "s".into(),
+                    routing_key: "rk".into(),
+                    nowait: false,
+                    arguments: nested(depth),
+                },
+            )));
+            assert_eq!(
+                check_method_nesting(&bind).is_ok(),
+                ok,
+                "exchange.bind depth {depth}"
+            );
+            let unbind =
+                method_payload(AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
+                    queue: "q".into(),
+                    exchange: "e".into(),
+                    routing_key: "rk".into(),
+                    arguments: nested(depth),
+                })));
+            assert_eq!(
+                check_method_nesting(&unbind).is_ok(),
+                ok,
+                "queue.unbind depth {depth}"
+            );
+            let start_ok = method_payload(AMQPClass::Connection(connection::AMQPMethod::StartOk(
+                connection::StartOk {
+                    client_properties: nested(depth),
+                    mechanism: "PLAIN".into(),
+                    response: "\0a\0b".into(),
+                    locale: "en_US".into(),
+                },
+            )));
+            assert_eq!(
+                check_method_nesting(&start_ok).is_ok(),
+                ok,
+                "start-ok depth {depth}"
+            );
+            let mut header = Vec::new();
+            let props = basic::AMQPProperties::default()
+                .with_content_type("text/plain".into())
+                .with_headers(nested(depth));
+            let f = AMQPFrame::Header(
+                1,
+                amq_protocol::frame::AMQPContentHeader {
+                    class_id: 60,
+                    body_size: 3,
+                    properties: props,
+                },
+            );
+            header.extend_from_slice(&gen_frame(&f)(WriteContext::from(Vec::new())).unwrap().write);
+            assert_eq!(
+                check_header_nesting(&header[7..header.len() - 1]).is_ok(),
+                ok,
+                "header depth {depth}"
+            );
+        }
+        // garbage and truncation are left to the decoder, never a false alarm or a panic
+        assert!(check_method_nesting(&[0, 50, 0, 10, 0, 0, 200]).is_ok());
+        assert!(check_header_nesting(&[0; 14]).is_ok());
+        assert!(check_table_content_nesting(&[5, b'a']).is_ok());
+    }
 
     #[test]
     fn deliver_matches_codec() {

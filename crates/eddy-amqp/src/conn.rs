@@ -20,7 +20,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::channel::{ChannelConsumer, ChannelShared, Outbound, Unacked};
+use crate::channel::{ChannelConsumer, ChannelShared, Outbound, Unacked, READ_PAUSE_LIMIT};
 use crate::codec::{
     self, split_frame, FrameError, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
     PROTOCOL_HEADER,
@@ -29,6 +29,7 @@ use crate::AmqpConfig;
 
 // reply codes
 const NO_ROUTE: u16 = 312;
+const CONNECTION_FORCED: u16 = 320;
 const ACCESS_REFUSED: u16 = 403;
 const NOT_FOUND: u16 = 404;
 const RESOURCE_LOCKED: u16 = 405;
@@ -97,7 +98,7 @@ impl From<BrokerError> for AmqpError {
                 AmqpError::channel(ACCESS_REFUSED, format!("ACCESS_REFUSED - {text}"))
             }
             BrokerError::ResourceError(_) => {
-                AmqpError::channel(RESOURCE_ERROR, format!("RESOURCE_ERROR - {text}"))
+                AmqpError::conn(RESOURCE_ERROR, format!("RESOURCE_ERROR - {text}"))
             }
             BrokerError::NotAllowed(_) => {
                 AmqpError::conn(NOT_ALLOWED, format!("NOT_ALLOWED - {text}"))
@@ -189,7 +190,13 @@ struct Conn {
 }
 
 /// Serve one connection until it closes.
-pub async fn handle(stream: TcpStream, peer: SocketAddr, broker: Broker, cfg: Arc<AmqpConfig>) {
+pub async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Broker,
+    cfg: Arc<AmqpConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let out = Outbound::new();
@@ -239,6 +246,16 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, broker: Broker, cfg: Ar
             } else {
                 Duration::from_secs(30) // handshake must finish
             };
+            if out.over_limit(READ_PAUSE_LIMIT) && !out.closed.load(Ordering::Relaxed) {
+                // the client is not reading what we send: stop reading from it until the
+                // writer catches up (bounded memory), and give up after the idle timeout
+                let idle = Duration::from_secs(if conn.heartbeat > 0 { conn.heartbeat as u64 * 2 } else { 600 });
+                tokio::select! {
+                    _ = wake.notified() => conn.on_wake(),
+                    _ = tokio::time::sleep(idle) => return Err(format!("client read nothing for {}s while {} bytes waited for it", idle.as_secs(), out.buffered.load(Ordering::Relaxed))),
+                }
+                continue;
+            }
             if rbuf.capacity() - rbuf.len() < 16 * 1024 {
                 rbuf.reserve(64 * 1024);
             }
@@ -251,6 +268,11 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, broker: Broker, cfg: Ar
                 },
                 _ = wake.notified() => conn.on_wake(),
                 _ = conn.alarms.changed() => conn.on_alarm(),
+                r = shutdown.changed(), if conn.phase != Phase::Closing => {
+                    if r.is_err() || *shutdown.borrow() {
+                        conn.close_connection(AmqpError::conn(CONNECTION_FORCED, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"));
+                    }
+                }
             }
         }
     }
@@ -303,7 +325,7 @@ async fn writer_task(
             let mut b = out.buf.lock();
             if !b.is_empty() {
                 std::mem::swap(&mut *b, &mut spare);
-                out.buffered.store(0, Ordering::Relaxed);
+                out.buffered.store(0, Ordering::SeqCst);
             }
         }
         if spare.is_empty() {
@@ -313,7 +335,7 @@ async fn writer_task(
             out.notify.notified().await;
             continue;
         }
-        if out.stalled.swap(false, Ordering::Relaxed) {
+        if out.stalled.swap(false, Ordering::SeqCst) {
             wake.notify_one();
         }
         if wr.write_all(&spare).await.is_err() {
@@ -377,6 +399,9 @@ impl Conn {
             self.send_start();
             self.phase = Phase::StartOk;
             return Ok(true);
+        }
+        if self.out.over_limit(READ_PAUSE_LIMIT) {
+            return Ok(false); // the caller waits for the writer before taking more frames
         }
         let (kind, channel, used) = match split_frame(rbuf, self.frame_max) {
             Ok(None) => return Ok(false),
@@ -571,8 +596,10 @@ impl Conn {
     /// Block while a resource alarm is raised (RabbitMQ stops reading from publishers).
     async fn wait_unblocked(&mut self) {
         loop {
-            let a = *self.alarms.borrow();
+            let a = *self.alarms.borrow_and_update();
             if !a.blocked() {
+                // this wait consumed the change the select loop would have seen
+                self.on_alarm();
                 return;
             }
             if !self.blocked_sent {
@@ -604,6 +631,24 @@ impl Conn {
         match kind {
             FRAME_HEARTBEAT => Ok(()),
             FRAME_METHOD => {
+                if let Err(e) = codec::check_method_nesting(&payload) {
+                    let mut e = AmqpError::conn(SYNTAX_ERROR, format!("SYNTAX_ERROR - {e}"));
+                    if payload.len() >= 4 {
+                        e.class_id = u16::from_be_bytes([payload[0], payload[1]]);
+                        e.method_id = u16::from_be_bytes([payload[2], payload[3]]);
+                    }
+                    return Err(e);
+                }
+                // basic.qos: the codec drops prefetch_size, which RabbitMQ refuses unless 0
+                if payload.len() >= 8 && payload[..4] == [0, 60, 0, 10] && payload[4..8] != [0; 4] {
+                    let size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    let mut e = AmqpError::conn(
+                        NOT_IMPLEMENTED,
+                        format!("NOT_IMPLEMENTED - prefetch_size!=0 ({size})"),
+                    );
+                    (e.class_id, e.method_id) = (60, 10);
+                    return Err(e);
+                }
                 let method = match parse_class(&payload[..]) {
                     Ok(([], m)) => m,
                     Ok(_) | Err(_) => {
@@ -704,6 +749,13 @@ impl Conn {
                     }
                     "AMQPLAIN" => {
                         let raw = s.response.as_bytes();
+                        if let Err(e) = codec::check_table_content_nesting(raw) {
+                            return Err(AmqpError::conn(
+                                SYNTAX_ERROR,
+                                format!("SYNTAX_ERROR - AMQPLAIN response: {e}"),
+                            )
+                            .at(&m));
+                        }
                         let mut framed = (raw.len() as u32).to_be_bytes().to_vec();
                         framed.extend_from_slice(raw);
                         let t = parse_field_table(&framed[..])
@@ -736,7 +788,14 @@ impl Conn {
                 let loopback = self.peer.ip().is_loopback();
                 if let Err(e) = self.broker.authenticate(&user, &pass, loopback) {
                     tracing::warn!(peer = %self.peer, user = %user, "authentication failed: {e}");
-                    return Err(AmqpError::conn(ACCESS_REFUSED, e.to_string()).at(&m));
+                    return Err(AmqpError::conn(
+                        ACCESS_REFUSED,
+                        format!(
+                            "ACCESS_REFUSED - Login was refused using authentication mechanism {}: {e}",
+                            s.mechanism.as_str()
+                        ),
+                    )
+                    .at(&m));
                 }
                 self.user = user;
                 self.send(
@@ -934,8 +993,13 @@ impl Conn {
                 );
                 Ok(())
             }
-            AMQPClass::Exchange(em) => self.handle_exchange(id, &vhost, em),
-            AMQPClass::Queue(qm) => self.handle_queue(id, &vhost, conn, qm),
+            // these may write metadata (fsynced) or remove queue logs: off the async workers
+            AMQPClass::Exchange(em) => {
+                tokio::task::block_in_place(|| self.handle_exchange(id, &vhost, em))
+            }
+            AMQPClass::Queue(qm) => {
+                tokio::task::block_in_place(|| self.handle_queue(id, &vhost, conn, qm))
+            }
             AMQPClass::Basic(bm) => self.handle_basic(id, &vhost, conn, bm).await,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 let out = self.out.clone();
@@ -948,7 +1012,7 @@ impl Conn {
                 }
                 if ch.confirm.is_none() {
                     let (txs, rx) = mpsc::unbounded_channel();
-                    tokio::spawn(confirm_task(rx, out, id));
+                    tokio::spawn(confirm_task(rx, out, ch.shared.clone()));
                     ch.confirm = Some((0, txs));
                 }
                 if !s.nowait {
@@ -1168,9 +1232,13 @@ impl Conn {
                     unacked: Default::default(),
                     queue: q.clone(),
                     cancelled_by_broker: Default::default(),
+                    active: Default::default(),
                     wake,
                     me: me.clone(),
                 });
+                // registered inactive: consume-ok goes out only if the queue accepts the
+                // consumer, and before any delivery
+                q.consume(tag_arc, consumer.clone(), c.no_ack, c.exclusive)?;
                 ch.consumers.insert(tag.clone(), consumer.clone());
                 if !c.nowait {
                     self.send(
@@ -1180,12 +1248,8 @@ impl Conn {
                         })),
                     );
                 }
-                if let Err(e) = q.consume(tag_arc, consumer, c.no_ack, c.exclusive) {
-                    if let Ok(ch) = self.channel_mut(id) {
-                        ch.consumers.remove(&tag);
-                    }
-                    return Err(e.into());
-                }
+                consumer.active.store(true, Ordering::Release);
+                q.dispatch();
             }
             B::Cancel(c) => {
                 let ch = self.channel_mut(id)?;
@@ -1286,8 +1350,13 @@ impl Conn {
         Ok(())
     }
 
-    fn recover(&mut self, id: u16, _requeue: bool) -> AResult<()> {
-        // RabbitMQ always requeues on recover
+    fn recover(&mut self, id: u16, requeue_all: bool) -> AResult<()> {
+        if !requeue_all {
+            return Err(AmqpError::conn(
+                NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - requeue=false",
+            ));
+        }
         let ch = self.channel_mut(id)?;
         let shared = ch.shared.clone();
         let all: Vec<Unacked> = std::mem::take(&mut shared.state.lock().unacked)
@@ -1316,6 +1385,11 @@ impl Conn {
             if multiple {
                 if tag == 0 {
                     std::mem::take(&mut st.unacked).into_values().collect()
+                } else if !st.unacked.contains_key(&tag) {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
+                    ));
                 } else {
                     let rest = st.unacked.split_off(&(tag + 1));
                     let taken = std::mem::replace(&mut st.unacked, rest);
@@ -1333,12 +1407,6 @@ impl Conn {
                 }
             }
         };
-        if taken.is_empty() && multiple && tag != 0 {
-            return Err(AmqpError::channel(
-                PRECONDITION_FAILED,
-                format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
-            ));
-        }
         for u in &taken {
             release_credit(&shared, u);
         }
@@ -1430,6 +1498,7 @@ impl Conn {
 
     async fn handle_content(&mut self, kind: u8, id: u16, payload: Bytes) -> AResult<()> {
         let max_size = self.cfg.max_message_size;
+        let frame_max = self.frame_max as usize;
         let ch = self.channel_mut(id)?;
         if ch.closing {
             return Ok(());
@@ -1442,6 +1511,12 @@ impl Conn {
                 return Err(AmqpError::conn(
                     UNEXPECTED_FRAME,
                     format!("UNEXPECTED_FRAME - second content header on channel {id}"),
+                ));
+            }
+            if let Err(e) = codec::check_header_nesting(&payload) {
+                return Err(AmqpError::conn(
+                    SYNTAX_ERROR,
+                    format!("SYNTAX_ERROR - content header: {e}"),
                 ));
             }
             let h = match parse_content_header(&payload[..]) {
@@ -1467,7 +1542,8 @@ impl Conn {
                 return Err(AmqpError::channel(PRECONDITION_FAILED, format!("PRECONDITION_FAILED - message size {} is larger than configured max size {max_size}", h.body_size)));
             }
             let raw = payload.slice(12..);
-            p.body.reserve(h.body_size as usize);
+            // grow with the data that arrives, not with what the header claims
+            p.body.reserve((h.body_size as usize).min(frame_max));
             p.header = Some((h.properties, raw, h.body_size));
         } else {
             let Some((_, _, size)) = &p.header else {
@@ -1525,7 +1601,8 @@ impl Conn {
                 let item = match &result {
                     Ok(o) => ConfirmItem {
                         tag,
-                        nack: o.rejected && !o.routed,
+                        // RabbitMQ: rejected by any queue (x-overflow reject-publish) → nack
+                        nack: o.rejected,
                         waits: o.durable.clone(),
                     },
                     Err(_) => ConfirmItem {
@@ -1595,7 +1672,14 @@ fn requeue(unacked: Vec<Unacked>) {
 
 /// Sends publisher confirms in order once each publish is durable, coalescing runs of acks
 /// into one `multiple` ack.
-async fn confirm_task(mut rx: mpsc::UnboundedReceiver<ConfirmItem>, out: Arc<Outbound>, ch: u16) {
+/// Stops when the channel closes: a reopened channel with the same number must not receive
+/// the old channel's confirms.
+async fn confirm_task(
+    mut rx: mpsc::UnboundedReceiver<ConfirmItem>,
+    out: Arc<Outbound>,
+    channel: Arc<ChannelShared>,
+) {
+    let ch = channel.id;
     let mut batch: Vec<ConfirmItem> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -1619,7 +1703,11 @@ async fn confirm_task(mut rx: mpsc::UnboundedReceiver<ConfirmItem>, out: Arc<Out
         if out.closed.load(Ordering::Relaxed) {
             break;
         }
-        out.with(|buf| {
+        let written = out.with(|buf| {
+            // checked under the buffer lock: channel.close-ok is appended after `closed` is set
+            if channel.closed.load(Ordering::Relaxed) {
+                return false;
+            }
             let mut i = 0;
             while i < results.len() {
                 if results[i].1 {
@@ -1650,7 +1738,11 @@ async fn confirm_task(mut rx: mpsc::UnboundedReceiver<ConfirmItem>, out: Arc<Out
                 );
                 i = j + 1;
             }
+            true
         });
+        if !written {
+            break;
+        }
     }
 }
 

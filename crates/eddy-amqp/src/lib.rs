@@ -11,9 +11,11 @@ mod codec;
 mod conn;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use eddy_broker::Broker;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Protocol limits and identity advertised to clients.
 #[derive(Debug, Clone)]
@@ -45,23 +47,43 @@ impl Default for AmqpConfig {
     }
 }
 
-/// Accept connections until the listener fails; each connection runs in its own task.
+/// Accept connections until `shutdown` turns true; each connection runs in its own task.
+/// On shutdown every connection is closed with 320 CONNECTION_FORCED (as RabbitMQ does) and
+/// this returns once they are gone (or after a grace period).
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     config: AmqpConfig,
+    mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        tokio::spawn(conn::handle(stream, peer, broker.clone(), config.clone()));
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    conns.spawn(conn::handle(stream, peer, broker.clone(), config.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
     }
+    drop(listener);
+    if !conns.is_empty() {
+        tracing::info!(connections = conns.len(), "closing AMQP connections");
+    }
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.abort_all();
+    }
+    Ok(())
 }

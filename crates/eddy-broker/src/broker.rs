@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     pub disk_free_limit: u64,
     /// Queue log segment size.
     pub segment_bytes: u64,
+    /// Queue log segment age at which it is rolled (None: by size only).
+    pub segment_ms: Option<u64>,
     /// Users: name → password.
     pub users: Vec<(String, String)>,
     /// Users that may only connect from loopback (RabbitMQ's `loopback_users`).
@@ -44,6 +46,7 @@ impl Default for BrokerConfig {
             memory_high_watermark: 1 << 30,
             disk_free_limit: 50 << 20,
             segment_bytes: 64 << 20,
+            segment_ms: Some(3_600_000),
             users: vec![("guest".into(), "guest".into())],
             loopback_users: vec!["guest".into()],
         }
@@ -73,8 +76,20 @@ pub(crate) struct BrokerInner {
     pub(crate) memory: Arc<AtomicI64>,
     alarms: watch::Sender<Alarms>,
     next_conn: AtomicU64,
-    meta_lock: Mutex<()>,
+    meta: Mutex<MetaSync>,
+    meta_written: parking_lot::Condvar,
     loading: AtomicBool,
+}
+
+/// Group commit for metadata: callers that change metadata while a write is in progress share
+/// the next write.
+#[derive(Default)]
+struct MetaSync {
+    /// Changes requested so far.
+    wanted: u64,
+    /// Changes covered by a completed write.
+    written: u64,
+    writing: bool,
 }
 
 /// Handle to the broker (cheap to clone).
@@ -160,7 +175,8 @@ impl Broker {
             memory: Arc::new(AtomicI64::new(0)),
             alarms,
             next_conn: AtomicU64::new(1),
-            meta_lock: Mutex::new(()),
+            meta: Mutex::new(MetaSync::default()),
+            meta_written: parking_lot::Condvar::new(),
             loading: AtomicBool::new(true),
         });
         let broker = Broker(inner);
@@ -205,12 +221,12 @@ impl Broker {
             .any(|(u, p)| u == user && p == pass);
         if !ok {
             return Err(BrokerError::AccessRefused(format!(
-                "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile. (user '{user}')"
+                "invalid credentials for user '{user}'"
             )));
         }
         if !from_loopback && self.0.config.loopback_users.iter().any(|u| u == user) {
             return Err(BrokerError::AccessRefused(format!(
-                "ACCESS_REFUSED - user '{user}' can only connect via localhost"
+                "user '{user}' can only connect via localhost"
             )));
         }
         Ok(())
@@ -377,18 +393,54 @@ impl BrokerInner {
         let dir = queue_dir(&self.config.data_dir, vhost, queue);
         let cfg = LogConfig {
             segment_bytes: self.config.segment_bytes,
+            segment_ms: self.config.segment_ms,
             ..LogConfig::default()
         };
-        Ok(Log::open(&dir, cfg, self.syncer.clone())?)
+        let log = Log::open(&dir, cfg, self.syncer.clone())?;
+        let report = log.recovery_report();
+        if report.lost_sealed_data() {
+            for r in &report.repairs {
+                tracing::error!(vhost, queue, "queue log damaged on disk, data lost: {r}");
+            }
+        }
+        Ok(log)
     }
 
     /// Write metadata of every durable exchange, queue and binding (atomically: temp file,
     /// fsync, rename, fsync of the directory).
+    ///
+    /// Returns once a write that started after this call has completed; concurrent callers
+    /// share writes. Blocks the calling thread (front ends call it off the async workers).
     pub(crate) fn save_metadata(&self) {
         if self.loading.load(Ordering::SeqCst) {
             return;
         }
-        let _g = self.meta_lock.lock();
+        let mine = {
+            let mut m = self.meta.lock();
+            m.wanted += 1;
+            m.wanted
+        };
+        let mut m = self.meta.lock();
+        loop {
+            if m.written >= mine {
+                return;
+            }
+            if m.writing {
+                self.meta_written.wait(&mut m);
+                continue;
+            }
+            m.writing = true;
+            let target = m.wanted;
+            drop(m);
+            self.write_metadata();
+            m = self.meta.lock();
+            m.writing = false;
+            m.written = target;
+            self.meta_written.notify_all();
+        }
+    }
+
+    fn write_metadata(&self) {
         let mut meta = Metadata::default();
         let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
         for v in vhosts {

@@ -113,6 +113,23 @@ impl Exchange {
         }
     }
 
+    /// Refuse binding arguments this exchange cannot use (RabbitMQ: an invalid `x-match` on a
+    /// headers exchange is a precondition failure).
+    pub fn check_binding_arguments(&self, arguments: &FieldTable) -> Result<()> {
+        if self.kind != ExchangeKind::Headers {
+            return Ok(());
+        }
+        match arguments.inner().get("x-match") {
+            None => Ok(()),
+            Some(v) => match crate::args::value_as_string(v).as_deref() {
+                Some("all" | "any" | "all-with-x" | "any-with-x") => Ok(()),
+                _ => Err(BrokerError::PreconditionFailed(format!(
+                    "invalid x-match field value {v:?}; expected one of all, any, all-with-x, any-with-x"
+                ))),
+            },
+        }
+    }
+
     /// Add a binding; false when an identical one exists.
     pub fn bind(&self, b: Binding) -> bool {
         let mut bs = self.bindings.write();
@@ -172,31 +189,45 @@ impl Exchange {
 }
 
 /// Topic matching: words separated by `.`, `*` matches exactly one word, `#` zero or more.
+/// An empty key or pattern is zero words (as RabbitMQ splits them). Runs in
+/// O(pattern words × key words) whatever the pattern: a row of reachable key positions per
+/// pattern word, so runs of `#` cannot make it backtrack.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
-    let k: Vec<&str> = if key.is_empty() {
-        vec![""]
-    } else {
-        key.split('.').collect()
-    };
-    fn go(p: &[&str], k: &[&str]) -> bool {
-        match p.first() {
-            None => k.is_empty(),
-            Some(&"#") => {
-                // '#' absorbs zero or more words
-                (0..=k.len()).any(|i| go(&p[1..], &k[i..]))
-            }
-            Some(&w) => match k.first() {
-                Some(&kw) if w == "*" || w == kw => go(&p[1..], &k[1..]),
-                _ => false,
-            },
+    fn words(s: &str) -> Vec<&str> {
+        if s.is_empty() {
+            Vec::new()
+        } else {
+            s.split('.').collect()
         }
     }
-    // an empty key matches only "#" or ""
-    if key.is_empty() {
-        return pattern.is_empty() || p.iter().all(|w| *w == "#");
+    let k = words(key);
+    let mut p = words(pattern);
+    p.dedup_by(|a, b| *a == "#" && *b == "#");
+    // reach[j]: the pattern words so far match the first j key words
+    let mut reach = vec![false; k.len() + 1];
+    let mut next = vec![false; k.len() + 1];
+    reach[0] = true;
+    for w in &p {
+        next.iter_mut().for_each(|x| *x = false);
+        if *w == "#" {
+            let mut any = false;
+            for j in 0..=k.len() {
+                any |= reach[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 0..k.len() {
+                if reach[j] && (*w == "*" || *w == k[j]) {
+                    next[j + 1] = true;
+                }
+            }
+        }
+        std::mem::swap(&mut reach, &mut next);
+        if !reach.contains(&true) {
+            return false;
+        }
     }
-    go(&p, &k)
+    reach[k.len()]
 }
 
 /// Headers matching per RabbitMQ: `x-match` = all (default) / any / all-with-x / any-with-x;
@@ -287,6 +318,81 @@ mod tests {
         assert!(topic_matches("#", ""));
         assert!(!topic_matches("a", ""));
         assert!(topic_matches("a.#.#.b", "a.b"));
+        assert!(topic_matches("", ""));
+        assert!(!topic_matches("*", ""));
+        assert!(topic_matches("#.#", ""));
+        assert!(topic_matches("a..b", "a..b"));
+        assert!(topic_matches("*.*", "a."));
+        assert!(topic_matches("#.a.#", "b.a.c"));
+        assert!(!topic_matches("#.a.#", "b.c"));
+        assert!(topic_matches("0.1.#", "0.1"));
+        assert!(!topic_matches("0.1.*", "0.1"));
+    }
+
+    #[test]
+    fn topic_with_many_hashes_is_fast() {
+        // backtracking matchers take exponential time here; this must be instant
+        let pattern = vec!["#"; 40].join(".") + ".z";
+        let key = vec!["a"; 200].join(".");
+        let t = std::time::Instant::now();
+        assert!(!topic_matches(&pattern, &key));
+        let pattern = vec!["#.x"; 30].join(".");
+        assert!(!topic_matches(&pattern, &key));
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    /// The matcher agrees with a plain recursive definition on every small case.
+    #[test]
+    fn topic_matches_reference() {
+        fn reference(p: &[&str], k: &[&str]) -> bool {
+            match p.split_first() {
+                None => k.is_empty(),
+                Some((&"#", rest)) => (0..=k.len()).any(|i| reference(rest, &k[i..])),
+                Some((w, rest)) => match k.split_first() {
+                    Some((kw, krest)) if *w == "*" || w == kw => reference(rest, krest),
+                    _ => false,
+                },
+            }
+        }
+        let alphabet = ["a", "b", "*", "#"];
+        let keys = ["", "a", "b", "a.b", "b.a", "a.a.b", "a.b.a.b", "b.b.b"];
+        let mut patterns = vec![String::new()];
+        for len in 1..=4u32 {
+            for n in 0..alphabet.len().pow(len) {
+                let mut words = Vec::new();
+                let mut m = n;
+                for _ in 0..len {
+                    words.push(alphabet[m % alphabet.len()]);
+                    m /= alphabet.len();
+                }
+                patterns.push(words.join("."));
+            }
+        }
+        let split = |s: &'static str| -> Vec<&'static str> {
+            if s.is_empty() {
+                vec![]
+            } else {
+                s.split('.').collect()
+            }
+        };
+        for p in &patterns {
+            let pw: Vec<&str> = if p.is_empty() {
+                vec![]
+            } else {
+                p.split('.').collect()
+            };
+            for k in keys {
+                assert_eq!(
+                    topic_matches(p, k),
+                    reference(&pw, &split(k)),
+                    "pattern {p:?} key {k:?}"
+                );
+            }
+        }
     }
 
     #[test]

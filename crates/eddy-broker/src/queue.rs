@@ -346,11 +346,12 @@ impl Queue {
             let id = st.next_id;
             st.next_id += 1;
             st.live_log.insert(off);
+            // it may have been delivered before the restart: say so, as RabbitMQ does
             st.ready.push_back(Entry {
                 id,
                 msg,
                 log_offset: Some(off),
-                redelivered: false,
+                redelivered: true,
                 expires_at,
             });
         }
@@ -367,10 +368,31 @@ impl Queue {
 
     /// Enqueue a routed message. Persistent messages in durable queues are appended to the log;
     /// the returned offset must be durable before a publisher confirm.
+    ///
+    /// The append happens under the queue lock, so an offset is in `live_log` before anyone
+    /// can see it in the log (compaction never deletes a message it has not yet been told
+    /// about) and a deleted queue's closed log is never appended to.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Result<Enqueued> {
-        if self.args.overflow != Overflow::DropHead {
-            let st = self.state.lock();
-            if self.is_full(&st, msg.body_size() as u64) {
+        let ttl = self.effective_ttl(&msg);
+        let record = match (&self.log, msg.persistent()) {
+            (Some(_), true) => {
+                let mut buf = Vec::with_capacity(msg.body.len() + msg.raw_properties.len() + 64);
+                buf.push(REC_PUBLISH);
+                msg.encode(&mut buf);
+                Some(buf)
+            }
+            _ => None,
+        };
+        let mut dead = Vec::new();
+        let mut settled = Vec::new();
+        let mut durable = None;
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Ok(Enqueued::default());
+            }
+            if self.args.overflow != Overflow::DropHead && self.is_full(&st, msg.body_size() as u64)
+            {
                 drop(st);
                 if self.args.overflow == Overflow::RejectPublishDlx {
                     self.dead_letter(vec![(msg, DeathReason::MaxLen)]);
@@ -380,42 +402,25 @@ impl Queue {
                     durable: None,
                 });
             }
-        }
-        let ttl = self.effective_ttl(&msg);
-        if ttl == Some(0) && self.state.lock().consumers.is_empty() {
-            // RabbitMQ: a message with TTL 0 is delivered only if a consumer can take it now
-            self.dead_letter(vec![(msg, DeathReason::Expired)]);
-            return Ok(Enqueued::default());
-        }
-        let mut durable = None;
-        let mut log_offset = None;
-        if let (Some(log), true) = (&self.log, msg.persistent()) {
-            let mut buf = Vec::with_capacity(msg.body.len() + msg.raw_properties.len() + 64);
-            buf.push(REC_PUBLISH);
-            msg.encode(&mut buf);
-            let off = log.append(1, now_ms(), &buf)?;
-            log_offset = Some(off);
-            durable = Some((log.clone(), off + 1));
-        }
-        let expires_at = ttl.map(|t| Instant::now() + Duration::from_millis(t));
-        self.memory
-            .fetch_add(msg.memory_size() as i64, Ordering::Relaxed);
-        let mut dead = Vec::new();
-        let mut settled = Vec::new();
-        {
-            let mut st = self.state.lock();
-            if st.deleted {
+            if ttl == Some(0) && st.consumers.is_empty() {
+                // RabbitMQ: a message with TTL 0 is delivered only if a consumer can take it now
                 drop(st);
-                self.memory
-                    .fetch_sub(msg.memory_size() as i64, Ordering::Relaxed);
+                self.dead_letter(vec![(msg, DeathReason::Expired)]);
                 return Ok(Enqueued::default());
             }
+            let mut log_offset = None;
+            if let (Some(log), Some(record)) = (&self.log, &record) {
+                let off = log.append(1, now_ms(), record)?;
+                st.live_log.insert(off);
+                log_offset = Some(off);
+                durable = Some((log.clone(), off + 1));
+            }
+            let expires_at = ttl.map(|t| Instant::now() + Duration::from_millis(t));
+            self.memory
+                .fetch_add(msg.memory_size() as i64, Ordering::Relaxed);
             let id = st.next_id;
             st.next_id += 1;
             st.stats.published += 1;
-            if let Some(off) = log_offset {
-                st.live_log.insert(off);
-            }
             st.ready.push_back(Entry {
                 id,
                 msg,
@@ -771,6 +776,7 @@ impl Queue {
         let mut settled = Vec::new();
         let expired_queue;
         let min_live;
+        let upto;
         {
             let mut st = self.state.lock();
             if st.deleted {
@@ -791,13 +797,17 @@ impl Queue {
                 st.consumers.is_empty()
                     && now.duration_since(st.last_used) >= Duration::from_millis(ms)
             });
+            // read under the lock: publishes append under it, so every offset below `upto`
+            // is either settled or in `live_log`
+            upto = self
+                .log
+                .as_ref()
+                .map(|log| st.live_log.first().copied().unwrap_or(log.next_offset()));
             min_live = st.live_log.first().copied();
         }
         self.finish(dead, settled);
         self.flush_acks();
-        if let Some(log) = &self.log {
-            let next = log.next_offset();
-            let upto = min_live.unwrap_or(next);
+        if let (Some(log), Some(upto)) = (&self.log, upto) {
             if upto > log.start_offset()
                 && (log.segment_count() > 1 || (min_live.is_none() && log.size_bytes() > (8 << 20)))
             {
@@ -810,6 +820,11 @@ impl Queue {
     }
 
     /// Dead-letter messages per x-dead-letter-exchange (or drop them when none is set).
+    ///
+    /// Dead-lettering can cascade (a dead-lettered message expires or overflows in the next
+    /// queue); the cascade runs as a loop on the outermost call, never as recursion, and a
+    /// message that would come back to a queue it already died in without being rejected on
+    /// the way is dropped, as RabbitMQ does (so TTL cycles end).
     fn dead_letter(&self, msgs: Vec<(Arc<Message>, DeathReason)>) {
         let Some(dlx) = self.args.dead_letter_exchange.clone() else {
             return;
@@ -817,15 +832,48 @@ impl Queue {
         let Some(vhost) = self.vhost.upgrade() else {
             return;
         };
-        for (msg, reason) in msgs {
+        let jobs = msgs.into_iter().map(|(msg, reason)| {
             let rk = self
                 .args
                 .dead_letter_routing_key
                 .clone()
                 .unwrap_or_else(|| msg.routing_key.clone());
             let dl = self.dead_lettered_copy(&msg, reason, &rk);
-            if let Err(e) = vhost.publish_internal(&dlx, Arc::new(dl)) {
-                tracing::debug!(queue = %self.name, "dead-lettering to '{dlx}' failed: {e}");
+            let cycle = if reason == DeathReason::Rejected {
+                Vec::new()
+            } else {
+                queues_died_in_without_rejection(&dl)
+            };
+            DeadLetter {
+                vhost: vhost.clone(),
+                exchange: dlx.clone(),
+                msg: Arc::new(dl),
+                cycle,
+                from: self.name.clone(),
+            }
+        });
+        let outermost = DEAD_LETTERS.with(|d| {
+            let mut d = d.borrow_mut();
+            let outermost = d.is_none();
+            d.get_or_insert_with(VecDeque::new).extend(jobs);
+            outermost
+        });
+        if !outermost {
+            return; // the outermost call on this thread delivers it
+        }
+        /// Ends the cascade even if a publish panics.
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                DEAD_LETTERS.with(|d| *d.borrow_mut() = None);
+            }
+        }
+        let _done = Done;
+        loop {
+            let job = DEAD_LETTERS.with(|d| d.borrow_mut().as_mut().and_then(|v| v.pop_front()));
+            let Some(j) = job else { break };
+            if let Err(e) = j.vhost.publish_dead_lettered(&j.exchange, j.msg, &j.cycle) {
+                tracing::debug!(queue = %j.from, "dead-lettering to '{}' failed: {e}", j.exchange);
             }
         }
     }
@@ -895,6 +943,45 @@ impl Queue {
         m.routing_key = rk.to_owned();
         m
     }
+}
+
+/// A dead-lettered message on its way to its dead-letter exchange.
+struct DeadLetter {
+    vhost: Arc<VHost>,
+    exchange: String,
+    msg: Arc<Message>,
+    /// Queues it must not reach again (a dead-letter cycle).
+    cycle: Vec<String>,
+    from: String,
+}
+
+thread_local! {
+    /// Dead letters produced while dead-lettering on this thread (None: not dead-lettering).
+    static DEAD_LETTERS: std::cell::RefCell<Option<VecDeque<DeadLetter>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The queues named in `x-death` (newest first) up to the first rejection: routing the
+/// message to one of them again would be a cycle with no consumer involved.
+fn queues_died_in_without_rejection(msg: &Message) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(AMQPValue::FieldArray(deaths)) = msg.headers().and_then(|h| h.inner().get("x-death"))
+    else {
+        return out;
+    };
+    for d in deaths.as_slice() {
+        let AMQPValue::FieldTable(t) = d else {
+            continue;
+        };
+        let get = |k: &str| t.inner().get(k).and_then(crate::args::value_as_string);
+        if get("reason").as_deref() == Some("rejected") {
+            break;
+        }
+        if let Some(q) = get("queue") {
+            out.push(q);
+        }
+    }
+    out
 }
 
 fn strip_expiration(

@@ -78,6 +78,9 @@ pub struct VHost {
     pub(crate) exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     pub(crate) queues: RwLock<HashMap<String, Arc<Queue>>>,
     pub(crate) broker: Weak<BrokerInner>,
+    /// Held while a queue is created or removed, so a durable queue's log directory is opened
+    /// by one declare only and never removed under a queue that was just declared again.
+    lifecycle: parking_lot::Mutex<()>,
 }
 
 impl std::fmt::Debug for VHost {
@@ -101,6 +104,7 @@ impl VHost {
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             broker,
+            lifecycle: parking_lot::Mutex::new(()),
         });
         let mut ex = vh.exchanges.write();
         for (n, k) in [
@@ -180,6 +184,11 @@ impl VHost {
 
     /// exchange.declare
     pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<()> {
+        if d.name.is_empty() && !d.passive {
+            return Err(BrokerError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
         if let Some(ex) = self.exchange(&d.name) {
             if d.passive {
                 return Ok(());
@@ -293,6 +302,7 @@ impl VHost {
         mut d: QueueDeclare,
         conn: u64,
     ) -> Result<QueueDeclared> {
+        let _lifecycle = self.lifecycle.lock();
         if !d.name.is_empty() {
             if let Some(q) = self.queue(&d.name) {
                 self.check_owner(&q, conn)?;
@@ -323,9 +333,6 @@ impl VHost {
             d.name = server_name();
         }
         let args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
-        if let Some(max) = args.max_priority {
-            let _ = max;
-        }
         let broker = self
             .broker
             .upgrade()
@@ -349,19 +356,8 @@ impl VHost {
             log,
             broker.memory.clone(),
         );
-        {
-            let mut qs = self.queues.write();
-            if let Some(existing) = qs.get(&d.name) {
-                // lost a race with another declare of the same name
-                let c = existing.counts();
-                return Ok(QueueDeclared {
-                    name: d.name,
-                    message_count: c.ready as u32,
-                    consumer_count: c.consumers as u32,
-                });
-            }
-            qs.insert(d.name.clone(), q);
-        }
+        self.queues.write().insert(d.name.clone(), q);
+        drop(_lifecycle);
         if durable {
             self.persist();
         }
@@ -447,7 +443,8 @@ impl VHost {
     ) -> Result<u64> {
         let q = match self.queue(name) {
             Some(q) => q,
-            None => return Err(self.not_found_queue(name)),
+            // RabbitMQ answers delete-ok (0 messages) for a queue that does not exist
+            None => return Ok(0),
         };
         self.check_owner(&q, conn)?;
         let c = q.counts();
@@ -468,6 +465,7 @@ impl VHost {
 
     /// Remove a queue and its bindings (auto-delete, exclusive owner gone, x-expires).
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u64 {
+        let lifecycle = self.lifecycle.lock();
         let removed = {
             let mut qs = self.queues.write();
             match qs.get(&q.name) {
@@ -479,11 +477,15 @@ impl VHost {
             return 0;
         }
         let dest = Destination::Queue(q.name.clone());
+        let mut durable_exchange_gone = false;
         for e in self.exchanges() {
-            e.unbind_destination(&dest);
+            if e.unbind_destination(&dest) > 0 && self.after_unbind(&e) {
+                durable_exchange_gone |= e.durable;
+            }
         }
         let n = q.destroy();
-        if q.durable {
+        drop(lifecycle);
+        if q.durable || durable_exchange_gone {
             self.persist();
         }
         n
@@ -505,6 +507,7 @@ impl VHost {
     ) -> Result<()> {
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
+        ex.check_binding_arguments(&arguments)?;
         let durable = q.durable && ex.durable;
         if ex.bind(Binding {
             destination: Destination::Queue(q.name.clone()),
@@ -549,6 +552,7 @@ impl VHost {
     ) -> Result<()> {
         let dst = self.bindable_exchange(destination)?;
         let src = self.bindable_exchange(source)?;
+        src.check_binding_arguments(&arguments)?;
         if src.bind(Binding {
             destination: Destination::Exchange(dst.name.clone()),
             routing_key: routing_key.into(),
@@ -582,14 +586,26 @@ impl VHost {
         Ok(())
     }
 
-    fn after_unbind(&self, ex: &Arc<Exchange>) {
-        if ex.auto_delete
+    /// An auto-delete exchange goes with its last binding (and so do the bindings that lead
+    /// to it). Returns true when it was removed.
+    fn after_unbind(&self, ex: &Arc<Exchange>) -> bool {
+        let goes = ex.auto_delete
             && ex.binding_count() == 0
             && !ex.name.is_empty()
-            && !ex.name.starts_with("amq.")
-        {
-            self.exchanges.write().remove(&ex.name);
+            && !ex.name.starts_with("amq.");
+        if !goes {
+            return false;
         }
+        if self.exchanges.write().remove(&ex.name).is_none() {
+            return false;
+        }
+        let dest = Destination::Exchange(ex.name.clone());
+        for e in self.exchanges() {
+            if e.unbind_destination(&dest) > 0 {
+                self.after_unbind(&e);
+            }
+        }
+        true
     }
 
     fn bindable_exchange(&self, name: &str) -> Result<Arc<Exchange>> {
@@ -616,16 +632,26 @@ impl VHost {
         self.route_and_enqueue(&ex, msg)
     }
 
-    /// Publish from inside the broker (dead-lettering): no internal-exchange check.
-    pub(crate) fn publish_internal(
+    /// Publish a dead-lettered message (no internal-exchange check), skipping the queues in
+    /// `cycle`.
+    pub(crate) fn publish_dead_lettered(
         self: &Arc<Self>,
         exchange: &str,
         msg: Arc<Message>,
+        cycle: &[String],
     ) -> Result<PublishOutcome> {
         let ex = self
             .exchange(exchange)
             .ok_or_else(|| self.not_found_exchange(exchange))?;
-        self.route_and_enqueue(&ex, msg)
+        let mut queues = self.route(&ex, &msg);
+        queues.retain(|q| {
+            let looped = cycle.contains(&q.name);
+            if looped {
+                tracing::warn!(queue = %q.name, vhost = %self.name, "dead-letter cycle detected: message dropped");
+            }
+            !looped
+        });
+        self.enqueue_all(&queues, &msg)
     }
 
     fn route_and_enqueue(
@@ -633,17 +659,14 @@ impl VHost {
         ex: &Arc<Exchange>,
         msg: Arc<Message>,
     ) -> Result<PublishOutcome> {
-        let mut out = PublishOutcome::default();
-        if ex.name.is_empty() {
-            // the default exchange: every queue is bound by its own name
-            if let Some(q) = self.queue(&msg.routing_key) {
-                self.enqueue(&q, &msg, &mut out)?;
-            }
-            return Ok(out);
-        }
         let queues = self.route(ex, &msg);
-        for q in &queues {
-            self.enqueue(q, &msg, &mut out)?;
+        self.enqueue_all(&queues, &msg)
+    }
+
+    fn enqueue_all(&self, queues: &[Arc<Queue>], msg: &Arc<Message>) -> Result<PublishOutcome> {
+        let mut out = PublishOutcome::default();
+        for q in queues {
+            self.enqueue(q, msg, &mut out)?;
         }
         Ok(out)
     }
@@ -664,6 +687,10 @@ impl VHost {
     /// The queues a message reaches from `ex`, following exchange-to-exchange bindings and
     /// alternate exchanges; each queue once.
     fn route(&self, ex: &Arc<Exchange>, msg: &Message) -> Vec<Arc<Queue>> {
+        if ex.name.is_empty() {
+            // the default exchange: every queue is bound by its own name
+            return self.queue(&msg.routing_key).into_iter().collect();
+        }
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         let mut visited: Vec<String> = Vec::new();
         let mut pending: Vec<Arc<Exchange>> = vec![ex.clone()];

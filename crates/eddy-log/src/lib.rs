@@ -6,8 +6,9 @@
 //! needs durability awaits [`Log::wait_durable`].
 //!
 //! # On-disk format
-//! A log is a directory of segments. Segment `{base:020}.log` holds batches back to back; each
-//! batch is a 28-byte little-endian header followed by the payload:
+//! A log is a directory of segments. Segment `{base:020}.log` (exactly 20 decimal digits; other
+//! names are ignored) holds batches back to back; each batch is a 28-byte little-endian header
+//! followed by the payload:
 //!
 //! | bytes | field |
 //! |---|---|
@@ -20,17 +21,38 @@
 //! When a segment is sealed (rolled), a sidecar `{base:020}.index` is written: magic `EIDX`,
 //! version u32 = 1, segment size u64, next offset u64, max timestamp i64, entry count u32, then
 //! entries of (relative offset u32, file position u32, max timestamp so far i64) — a sparse
-//! offset index and time index in one, an entry every `index_interval_bytes`. A missing or
-//! invalid sidecar is rebuilt by scanning the segment.
+//! offset index and time index in one, an entry every `index_interval_bytes` (batches that do
+//! not fit the u32 fields are not indexed). A missing or invalid sidecar is rebuilt by scanning
+//! the segment (and rewritten).
+//!
+//! Offsets normally run contiguously from one segment to the next (a segment's next offset is
+//! the following segment's base). After recovery from corruption in a sealed segment they may
+//! have a gap, which reads skip.
 //!
 //! # Recovery
-//! On open the active (last) segment is scanned from the start; the first batch that is short,
-//! has an impossible length or a bad CRC ends the log: the file is truncated there (a torn
-//! write from a crash). Sealed segments were fsynced when sealed.
+//! On open the segments are taken in offset order.
+//!
+//! * The active (last) segment is scanned from the start; the first batch that is short, has an
+//!   impossible length, offset or record count, or a bad CRC ends the log: the file is truncated
+//!   there. That is a torn write from a crash: bytes past the last fsync, never acknowledged as
+//!   durable. Logged at WARN.
+//! * A sealed segment is loaded from its sidecar when the sidecar matches the file (size, offsets
+//!   within the segment's range); otherwise it is scanned like the active one, also requiring
+//!   every batch to end at or below the next segment's base offset. Sealed segments were fsynced
+//!   when sealed, so an invalid batch there is disk corruption: the segment is truncated at it
+//!   (the rest of that segment is lost), later segments are kept, and the lost offsets become a
+//!   gap. Logged at ERROR.
+//!
+//! Every repair is also returned by [`Log::recovery_report`]. Open never allocates from a length
+//! read from disk (payload checksums go through a fixed buffer; sidecars are size-checked before
+//! they are read), and an I/O error while scanning fails the open instead of truncating.
+//! Corruption inside a sealed segment whose sidecar is valid is not looked for at open (that
+//! would read every segment); [`Log::read`] reports it as [`LogError::Corrupt`].
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -133,6 +155,70 @@ pub struct Batch {
     pub timestamp_ms: i64,
     /// The payload.
     pub payload: Vec<u8>,
+}
+
+/// What [`Log::open`] found and repaired (see the module doc's *Recovery*).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments cut short by this open, in offset order.
+    pub repairs: Vec<SegmentRepair>,
+    /// Offset ranges missing between consecutive segments after recovery (left by this or an
+    /// earlier repair of a sealed segment); reads skip them.
+    pub gaps: Vec<Range<u64>>,
+}
+
+impl RecoveryReport {
+    /// Nothing was repaired.
+    pub fn is_clean(&self) -> bool {
+        self.repairs.is_empty()
+    }
+
+    /// Data in a sealed (fsynced) segment was lost: disk corruption, worth an ERROR.
+    pub fn lost_sealed_data(&self) -> bool {
+        self.repairs.iter().any(|r| r.sealed)
+    }
+}
+
+/// One segment cut short on open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentRepair {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Its base offset.
+    pub base_offset: u64,
+    /// A sealed segment (fsynced: this is corruption) rather than the active one (a torn write
+    /// after a crash: data never acknowledged as durable).
+    pub sealed: bool,
+    /// Bytes kept.
+    pub valid_bytes: u64,
+    /// Bytes cut off (0 when a sealed segment ended early, on a batch boundary).
+    pub truncated_bytes: u64,
+    /// The segment's next offset after the repair.
+    pub end_offset: u64,
+    /// For a sealed segment, the offsets lost (up to the next segment's base); unknown (`None`)
+    /// for the active segment's tail.
+    pub lost_offsets: Option<Range<u64>>,
+    /// Why the scan stopped.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for SegmentRepair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} segment {} cut to {} bytes ({} bytes dropped), ends at offset {}: {}",
+            if self.sealed { "sealed" } else { "active" },
+            self.path.display(),
+            self.valid_bytes,
+            self.truncated_bytes,
+            self.end_offset,
+            self.reason
+        )?;
+        if let Some(lost) = &self.lost_offsets {
+            write!(f, "; offsets {}..{} lost", lost.start, lost.end)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -318,6 +404,7 @@ pub struct Log {
     inner: Mutex<Inner>,
     sync: Arc<SyncTarget>,
     syncer: Arc<Syncer>,
+    recovery: RecoveryReport,
 }
 
 impl std::fmt::Debug for Log {
@@ -376,59 +463,105 @@ fn parse_header(h: &[u8; HEADER]) -> Parsed {
     }
 }
 
-/// Scan a segment from position 0: returns (valid size, next offset, max ts, index) and stops at
-/// the first invalid batch.
+/// An index entry, unless the batch's relative offset or position does not fit the u32 fields
+/// (such batches are simply not indexed: reads scan forward from an earlier entry).
+fn index_entry(seg_base: u64, batch_base: u64, pos: u64, max_ts: i64) -> Option<IndexEntry> {
+    Some(IndexEntry {
+        rel: u32::try_from(batch_base.checked_sub(seg_base)?).ok()?,
+        pos: u32::try_from(pos).ok()?,
+        max_ts,
+    })
+}
+
+/// The result of scanning a segment.
+struct Scan {
+    /// Bytes of valid batches from position 0.
+    size: u64,
+    /// Offset after the last valid batch.
+    next: u64,
+    max_ts: i64,
+    index: Vec<IndexEntry>,
+    /// Why the scan stopped before the end of the file (None: it reached the end exactly).
+    stop: Option<&'static str>,
+}
+
+/// Buffer for checksumming payloads while scanning: memory use does not depend on lengths read
+/// from disk.
+const SCAN_CHUNK: usize = 64 << 10;
+
+/// Scan a segment from position 0 and stop at the first invalid batch: short, impossible length
+/// or record count, wrong base offset, ending beyond `max_next` (the next segment's base), or a
+/// bad CRC. Only I/O errors are errors.
 fn scan_segment(
     file: &File,
     base: u64,
     file_len: u64,
+    max_next: u64,
     interval: u32,
-) -> (u64, u64, i64, Vec<IndexEntry>) {
+) -> std::io::Result<Scan> {
     let mut pos = 0u64;
     let mut next = base;
     let mut max_ts = i64::MIN;
     let mut index = Vec::new();
     let mut last_indexed: Option<u64> = None;
-    let mut payload = Vec::new();
-    loop {
+    let mut buf = vec![0u8; SCAN_CHUNK];
+    let stop = loop {
+        if pos == file_len {
+            break None;
+        }
         if pos + HEADER as u64 > file_len {
-            break;
+            break Some("short batch header");
         }
         let mut h = [0u8; HEADER];
-        if file.read_exact_at(&mut h, pos).is_err() {
-            break;
-        }
+        file.read_exact_at(&mut h, pos)?;
         let p = parse_header(&h);
-        if p.len > MAX_BATCH_BYTES
-            || p.count == 0
-            || p.base != next
-            || pos + (HEADER + p.len) as u64 > file_len
-        {
-            break;
+        if p.len > MAX_BATCH_BYTES {
+            break Some("batch length beyond the limit");
         }
-        payload.resize(p.len, 0);
-        if file
-            .read_exact_at(&mut payload, pos + HEADER as u64)
-            .is_err()
-        {
-            break;
+        let end = pos + (HEADER + p.len) as u64;
+        if end > file_len {
+            break Some("batch extends past the end of the file");
         }
-        if crc32c::crc32c_append(crc32c::crc32c(&h[16..28]), &payload) != p.crc {
-            break;
+        if p.count == 0 {
+            break Some("record count of zero");
+        }
+        if p.base != next {
+            break Some("unexpected base offset");
+        }
+        let Some(batch_next) = next.checked_add(p.count as u64) else {
+            break Some("offset overflow");
+        };
+        if batch_next > max_next {
+            break Some("batch overlaps the next segment's offsets");
+        }
+        let mut crc = crc32c::crc32c(&h[16..28]);
+        let mut done = 0usize;
+        while done < p.len {
+            let n = (p.len - done).min(SCAN_CHUNK);
+            file.read_exact_at(&mut buf[..n], pos + (HEADER + done) as u64)?;
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            done += n;
+        }
+        if crc != p.crc {
+            break Some("crc mismatch");
         }
         max_ts = max_ts.max(p.ts);
         if last_indexed.is_none_or(|l| pos - l >= interval as u64) {
-            index.push(IndexEntry {
-                rel: (p.base - base) as u32,
-                pos: pos as u32,
-                max_ts,
-            });
-            last_indexed = Some(pos);
+            if let Some(e) = index_entry(base, p.base, pos, max_ts) {
+                index.push(e);
+                last_indexed = Some(pos);
+            }
         }
-        pos += (HEADER + p.len) as u64;
-        next = p.base + p.count as u64;
-    }
-    (pos, next, max_ts, index)
+        pos = end;
+        next = batch_next;
+    };
+    Ok(Scan {
+        size: pos,
+        next,
+        max_ts,
+        index,
+        stop,
+    })
 }
 
 fn write_index(seg: &Segment) -> std::io::Result<()> {
@@ -449,10 +582,24 @@ fn write_index(seg: &Segment) -> std::io::Result<()> {
     f.sync_data()
 }
 
-/// Load a sidecar index; None when missing or not matching the segment.
-fn read_index(path: &Path, file_len: u64) -> Option<(u64, i64, Vec<IndexEntry>)> {
-    let b = fs::read(path).ok()?;
-    if b.len() < 32 || &b[0..4] != INDEX_MAGIC || u32::from_le_bytes(b[4..8].try_into().ok()?) != 1
+/// Load a sidecar index; None when missing or not matching the segment (`base..max_next` is
+/// the segment's possible offset range). The sidecar's size is checked before it is read.
+fn read_index(
+    path: &Path,
+    base: u64,
+    file_len: u64,
+    max_next: u64,
+) -> Option<(u64, i64, Vec<IndexEntry>)> {
+    let f = File::open(path).ok()?;
+    // at most one entry per batch, and a batch takes at least a header
+    let limit = 36 + 16 * (file_len / HEADER as u64 + 1);
+    let meta_len = f.metadata().ok()?.len();
+    if meta_len > limit {
+        return None;
+    }
+    let mut b = Vec::with_capacity(meta_len as usize);
+    f.take(limit + 1).read_to_end(&mut b).ok()?;
+    if b.len() < 36 || &b[0..4] != INDEX_MAGIC || u32::from_le_bytes(b[4..8].try_into().ok()?) != 1
     {
         return None;
     }
@@ -460,10 +607,15 @@ fn read_index(path: &Path, file_len: u64) -> Option<(u64, i64, Vec<IndexEntry>)>
     let next = u64::from_le_bytes(b[16..24].try_into().ok()?);
     let max_ts = i64::from_le_bytes(b[24..32].try_into().ok()?);
     let n = u32::from_le_bytes(b.get(32..36)?.try_into().ok()?) as usize;
-    if size != file_len || b.len() != 36 + n * 16 {
+    if size != file_len
+        || b.len() != 36 + n * 16
+        || next < base
+        || next > max_next
+        || (size == 0) != (next == base)
+    {
         return None;
     }
-    let index = b[36..]
+    let index: Vec<IndexEntry> = b[36..]
         .chunks_exact(16)
         .map(|c| IndexEntry {
             rel: u32::from_le_bytes(c[0..4].try_into().unwrap_or_default()),
@@ -471,11 +623,32 @@ fn read_index(path: &Path, file_len: u64) -> Option<(u64, i64, Vec<IndexEntry>)>
             max_ts: i64::from_le_bytes(c[8..16].try_into().unwrap_or_default()),
         })
         .collect();
+    // entries must point inside the segment, in increasing order
+    let in_range = index
+        .iter()
+        .all(|e| e.pos as u64 + HEADER as u64 <= size && base.saturating_add(e.rel as u64) < next);
+    let ordered = index
+        .windows(2)
+        .all(|w| w[0].rel < w[1].rel && w[0].pos < w[1].pos);
+    if !(in_range && ordered) {
+        return None;
+    }
     Some((next, max_ts, index))
 }
 
+/// fsync a directory so that file creations and removals in it are durable (best effort, as
+/// not every platform supports it).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 impl Log {
-    /// Open or create the log in `dir`, recovering from a crash.
+    /// Open or create the log in `dir`, recovering from a crash: a torn tail of the active
+    /// segment is truncated, and so is a sealed segment at its first invalid batch (later
+    /// segments are kept). What was repaired is in [`Log::recovery_report`]. Only I/O errors
+    /// fail the open.
     pub fn open(dir: &Path, config: LogConfig, syncer: Arc<Syncer>) -> Result<Arc<Log>, LogError> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut bases: Vec<u64> = fs::read_dir(dir)
@@ -483,55 +656,102 @@ impl Log {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".log")?.parse::<u64>().ok()
+                let base = name.strip_suffix(".log")?.parse::<u64>().ok()?;
+                // only canonical names, so that two files never claim one base
+                (name.len() == 24).then_some(base)
             })
             .collect();
         bases.sort_unstable();
+        let mut report = RecoveryReport::default();
         let mut segments = Vec::new();
-        let n = bases.len();
-        for (i, base) in bases.into_iter().enumerate() {
+        for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(dir, base);
             let file = open_rw(&path)?;
             let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
-            let is_last = i + 1 == n;
-            let sidecar = if is_last {
-                None
+            // a sealed segment's offsets end at or below the next segment's base
+            let following = bases.get(i + 1).copied();
+            let sealed = following.is_some();
+            let max_next = following.unwrap_or(u64::MAX);
+            let sidecar = if sealed {
+                read_index(&path.with_extension("index"), base, len, max_next)
             } else {
-                read_index(&path.with_extension("index"), len)
+                None
             };
-            let (size, next, max_ts, index) = match sidecar {
-                Some((next, max_ts, index)) => (len, next, max_ts, index),
-                None => scan_segment(&file, base, len, config.index_interval_bytes),
+            let had_sidecar = sidecar.is_some();
+            let scan = match sidecar {
+                Some((next, max_ts, index)) => Scan {
+                    size: len,
+                    next,
+                    max_ts,
+                    index,
+                    stop: None,
+                },
+                None => scan_segment(&file, base, len, max_next, config.index_interval_bytes)
+                    .map_err(|e| io_err(&path, e))?,
             };
-            if size < len {
-                if is_last {
-                    tracing::warn!(path = %path.display(), valid = size, length = len, "truncating torn or corrupt tail of log segment");
-                    file.set_len(size).map_err(|e| io_err(&path, e))?;
-                    file.sync_all().map_err(|e| io_err(&path, e))?;
-                } else {
-                    return Err(LogError::Corrupt {
-                        path,
-                        position: size,
-                        reason: "invalid batch in a sealed segment".into(),
-                    });
-                }
+            let mut repair = None;
+            if let Some(reason) = scan.stop {
+                file.set_len(scan.size).map_err(|e| io_err(&path, e))?;
+                file.sync_all().map_err(|e| io_err(&path, e))?;
+                repair = Some((len - scan.size, reason));
+            } else if sealed && !had_sidecar && scan.next < max_next {
+                // intact batches, but fewer than when the segment was sealed
+                repair = Some((
+                    0,
+                    "sealed segment ends before the next segment's base offset",
+                ));
             }
-            let last_indexed_pos = index.last().map(|e| e.pos as u64).unwrap_or(0);
-            segments.push(Segment {
+            if let Some((truncated_bytes, reason)) = repair {
+                let r = SegmentRepair {
+                    path: path.clone(),
+                    base_offset: base,
+                    sealed,
+                    valid_bytes: scan.size,
+                    truncated_bytes,
+                    end_offset: scan.next,
+                    lost_offsets: following.map(|f| scan.next..f),
+                    reason,
+                };
+                if sealed {
+                    tracing::error!(path = %path.display(), valid = scan.size, length = len, "corrupt sealed log segment, data lost: {r}");
+                } else {
+                    tracing::warn!(path = %path.display(), valid = scan.size, length = len, "truncating torn or corrupt tail of log segment: {r}");
+                }
+                report.repairs.push(r);
+            }
+            if let Some(f) = following.filter(|&f| scan.next < f) {
+                if repair.is_none() {
+                    tracing::warn!(path = %path.display(), "log has no data for offsets {}..{f} (lost in an earlier recovery)", scan.next);
+                }
+                report.gaps.push(scan.next..f);
+            }
+            let last_indexed_pos = scan.index.last().map(|e| e.pos as u64).unwrap_or(0);
+            let seg = Segment {
                 base,
                 path,
                 file: Arc::new(file),
-                size,
-                next,
-                max_ts,
+                size: scan.size,
+                next: scan.next,
+                max_ts: scan.max_ts,
                 created: Instant::now(),
-                index,
+                index: scan.index,
                 last_indexed_pos,
-            });
+            };
+            if sealed && !had_sidecar {
+                if let Err(e) = write_index(&seg) {
+                    tracing::warn!(path = %seg.path.display(), "could not write segment index (it will be rebuilt): {e}");
+                }
+            }
+            segments.push(seg);
         }
         if segments.is_empty() {
             let path = segment_path(dir, 0);
             let file = open_rw(&path)?;
+            // make the new file (and a new directory) durable before anything is acknowledged
+            sync_dir(dir);
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent);
+            }
             segments.push(Segment {
                 base: 0,
                 path,
@@ -567,7 +787,14 @@ impl Log {
             }),
             sync,
             syncer,
+            recovery: report,
         }))
+    }
+
+    /// What this log's [`Log::open`] repaired. A broker should log
+    /// [`RecoveryReport::lost_sealed_data`] at ERROR: it means fsynced data was lost.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
     }
 
     /// The log's directory.
@@ -627,17 +854,17 @@ impl Log {
         a.next = base + count as u64;
         a.max_ts = a.max_ts.max(timestamp_ms);
         if a.index.is_empty() || pos - a.last_indexed_pos >= interval {
-            a.index.push(IndexEntry {
-                rel: (base - a.base) as u32,
-                pos: pos as u32,
-                max_ts: a.max_ts,
-            });
-            a.last_indexed_pos = pos;
+            if let Some(e) = index_entry(a.base, base, pos, a.max_ts) {
+                a.index.push(e);
+                a.last_indexed_pos = pos;
+            }
         }
         inner.next_offset = base + count as u64;
         let end = inner.next_offset;
         drop(inner);
-        self.sync.written_end.store(end, Ordering::Release);
+        // fetch_max: a concurrent appender that stores after us must not move the end back, or
+        // the syncer could publish less than we wait for and never be woken again
+        self.sync.written_end.fetch_max(end, Ordering::AcqRel);
         if self.syncer.policy() == FsyncPolicy::Never {
             self.sync
                 .durable
@@ -659,10 +886,11 @@ impl Log {
             }
         }
         let path = segment_path(&self.dir, base);
+        // a sidecar left from a segment of this base that was lost in a crash must not be
+        // taken for the new segment's
+        let _ = fs::remove_file(path.with_extension("index"));
         let file = Arc::new(open_rw(&path)?);
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(&self.dir);
         *self.sync.active.lock() = file.clone();
         *self.sync.active_path.lock() = path.clone();
         inner.segments.push(Segment {
@@ -724,7 +952,8 @@ impl Log {
     }
 
     /// Batches from the one containing `from_offset` on, up to about `max_bytes` of payload
-    /// (at least one batch when any exists).
+    /// (at least one batch when any exists). When `from_offset` is no longer stored (deleted, or
+    /// in a gap left by recovery) the batches start at the next offset that is.
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Vec<Batch>, LogError> {
         // snapshot the segments to read without holding the lock during I/O
         let snapshot: Vec<(u64, PathBuf, Arc<File>, u64, u64, u64)> = {
@@ -847,7 +1076,16 @@ impl Log {
     }
 
     /// Delete whole segments all of whose offsets are below `offset` (rolling the active one
-    /// first when it qualifies).
+    /// first when it qualifies, so the segment deleted is then sealed and an empty active
+    /// segment remains). Segments are deleted from the front only while their next offset is
+    /// `<= offset`, so no offset `>= offset` is ever deleted, and the active segment never is.
+    ///
+    /// Safe while others read: [`Log::read`] takes its segments (open file handles) under the
+    /// lock and reads without it, and a deleted file stays readable through an open handle, so
+    /// a read in progress completes with intact batches. A later read from an offset that was
+    /// deleted returns batches from the first remaining offset on ([`Log::start_offset`]): a
+    /// reader sees a jump forward (`base_offset` above what it asked for), never an error or
+    /// a partial batch.
     pub fn delete_before(&self, offset: u64) -> Result<(), LogError> {
         let mut inner = self.inner.lock();
         if inner.closed {
@@ -867,7 +1105,8 @@ impl Log {
         Ok(())
     }
 
-    /// Delete the oldest sealed segments older than `max_age_ms` or beyond `max_bytes` in total.
+    /// Delete the oldest sealed segments older than `max_age_ms` or beyond `max_bytes` in total
+    /// (never the active one; readers see what [`Log::delete_before`] describes).
     pub fn apply_retention(
         &self,
         max_age_ms: Option<i64>,
@@ -885,7 +1124,9 @@ impl Log {
             let too_old =
                 max_age_ms.is_some_and(|age| s.max_ts != i64::MIN && now - s.max_ts > age);
             let too_big = max_bytes.is_some_and(|m| total > m);
-            if !(too_old || too_big) {
+            // a sealed segment left empty by recovery holds nothing and has no age
+            let empty = s.size == 0;
+            if !(too_old || too_big || empty) {
                 break;
             }
             let seg = inner.segments.remove(0);
