@@ -29,6 +29,23 @@ def test_kombu_simple_queue(broker):
         Queue(name)(conn.default_channel).delete()
 
 
+def test_kombu_login_with_each_mechanism(broker):
+    for mechanism in ("AMQPLAIN", "PLAIN"):
+        with Connection(url(broker), login_method=mechanism) as conn:
+            conn.connect()
+            assert conn.connected, mechanism
+            conn.default_channel.queue_declare(qname("login"), auto_delete=True)
+    # a wrong password is refused with the protocol's own answer
+    bad = f"amqp://guest:wrong@{broker.host}:{broker.port}//"
+    with Connection(bad, login_method="AMQPLAIN", connect_timeout=5) as conn:
+        try:
+            conn.ensure_connection(max_retries=1)
+        except Exception as e:  # noqa: BLE001 - kombu wraps the 403 in its own exception
+            assert "ACCESS_REFUSED" in str(e) or "403" in str(e), e
+        else:
+            raise AssertionError("login with a wrong password succeeded")
+
+
 def test_kombu_producer_consumer_with_exchange(broker):
     ex = Exchange(qname("kombu-ex"), type="direct", auto_delete=True)
     queue = Queue(qname("kombu-q"), exchange=ex, routing_key="tasks", auto_delete=True)
@@ -69,6 +86,12 @@ def test_celery_task_round_trip(broker, tmp_path):
         assert result.get(timeout=60) == 5
         results = [celery_app.add.delay(i, i) for i in range(10)]
         assert [r.get(timeout=60) for r in results] == [2 * i for i in range(10)]
+        # ETA tasks are held unacknowledged by the worker, which raises its prefetch (basic.qos
+        # on the running consumer) for each one; if the broker ignored that, these six would
+        # fill the prefetch window (4) and the next task would wait for them, a minute away
+        for i in range(6):
+            celery_app.add.apply_async((i, 0), countdown=60)
+        assert celery_app.add.delay(7, 7).get(timeout=20) == 14
     except Exception:
         print((tmp_path / "worker.log").read_text(errors="replace"))
         raise
