@@ -188,3 +188,23 @@ def test_publishing_while_the_queue_is_deleted_keeps_the_connection(own_eddy):
     assert not errors, errors
     assert pub.is_open and sent > 100
     pub.close()
+
+
+def test_disk_alarm_blocks_publishers(own_eddy):
+    # a free-disk limit no disk meets: the alarm is raised at once
+    s = own_eddy("--disk-free-limit", str(10**18))
+    blocked = []
+    conn = pika.BlockingConnection(params(s, blocked_connection_timeout=30))
+    conn.add_on_connection_blocked_callback(lambda c, m: blocked.append(m.method.reason))
+    ch = conn.channel()
+    q = qname("disk")
+    ch.queue_declare(q)
+    ch.basic_publish("", q, b"held back")
+    deadline = time.monotonic() + 10
+    while not blocked and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    assert blocked and "disk" in blocked[0]
+    # the publish is held, not enqueued, while the alarm lasts
+    other = pika.BlockingConnection(params(s))
+    assert other.channel().queue_declare(q, passive=True).method.message_count == 0
+    other.close()

@@ -183,6 +183,8 @@ struct Conn {
     client_caps: FieldTable,
     wake: Arc<Notify>,
     blocked_sent: bool,
+    /// Turns true when the broker shuts down.
+    shutdown: watch::Receiver<bool>,
     /// The client closed the connection: after close-ok, leave closing the socket to it (as
     /// RabbitMQ does; clients such as lapin report an early EOF as an error).
     linger: bool,
@@ -195,7 +197,7 @@ pub async fn handle(
     peer: SocketAddr,
     broker: Broker,
     cfg: Arc<AmqpConfig>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
@@ -219,6 +221,7 @@ pub async fn handle(
         client_caps: FieldTable::default(),
         wake: wake.clone(),
         blocked_sent: false,
+        shutdown,
         linger: false,
     };
     let mut rbuf = BytesMut::with_capacity(128 * 1024);
@@ -235,6 +238,9 @@ pub async fn handle(
             }
             if conn.phase == Phase::Running && hb_task.is_none() && conn.heartbeat > 0 {
                 hb_task = Some(tokio::spawn(heartbeat_task(out.clone(), conn.heartbeat)));
+            }
+            if conn.phase != Phase::Closing && *conn.shutdown.borrow() {
+                conn.on_shutdown();
             }
             if conn.phase == Phase::Closing && out.closed.load(Ordering::Relaxed) {
                 return Ok(());
@@ -268,11 +274,7 @@ pub async fn handle(
                 },
                 _ = wake.notified() => conn.on_wake(),
                 _ = conn.alarms.changed() => conn.on_alarm(),
-                r = shutdown.changed(), if conn.phase != Phase::Closing => {
-                    if r.is_err() || *shutdown.borrow() {
-                        conn.close_connection(AmqpError::conn(CONNECTION_FORCED, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"));
-                    }
-                }
+                _ = conn.shutdown.changed(), if conn.phase != Phase::Closing => conn.on_shutdown(),
             }
         }
     }
@@ -483,12 +485,15 @@ impl Conn {
         );
         self.phase = Phase::Closing;
         self.cleanup();
-        // close the socket after the client's close-ok or a short grace period
+        // close the socket after the client's close-ok or a short grace period (waking the
+        // reader, which may be waiting for a close-ok that never comes)
         let out = self.out.clone();
+        let wake = self.wake.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             out.closed.store(true, Ordering::Relaxed);
             out.notify.notify_one();
+            wake.notify_one();
         });
     }
 
@@ -593,14 +598,23 @@ impl Conn {
         }
     }
 
+    fn on_shutdown(&mut self) {
+        self.close_connection(AmqpError::conn(
+            CONNECTION_FORCED,
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+        ));
+    }
+
     /// Block while a resource alarm is raised (RabbitMQ stops reading from publishers).
-    async fn wait_unblocked(&mut self) {
+    /// Returns false when the broker is shutting down meanwhile (the publish is dropped
+    /// unconfirmed; the connection is being closed).
+    async fn wait_unblocked(&mut self) -> bool {
         loop {
             let a = *self.alarms.borrow_and_update();
             if !a.blocked() {
                 // this wait consumed the change the select loop would have seen
                 self.on_alarm();
-                return;
+                return true;
             }
             if !self.blocked_sent {
                 self.blocked_sent = true;
@@ -621,8 +635,12 @@ impl Conn {
                     );
                 }
             }
-            if self.alarms.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = self.alarms.changed() => if r.is_err() { return true },
+                _ = self.shutdown.changed() => {}
+            }
+            if *self.shutdown.borrow() {
+                return false;
             }
         }
     }
@@ -1585,8 +1603,8 @@ impl Conn {
             tx.push(TxOp::Publish(cp));
             return Ok(());
         }
-        if self.alarms.borrow().blocked() {
-            self.wait_unblocked().await;
+        if self.alarms.borrow().blocked() && !self.wait_unblocked().await {
+            return Ok(());
         }
         let confirm_tag = match &mut self.channel_mut(id)?.confirm {
             Some((n, _)) => {
