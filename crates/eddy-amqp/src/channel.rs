@@ -25,6 +25,8 @@ pub struct Outbound {
     pub stalled: AtomicBool,
     pub closed: AtomicBool,
     pub wrote_since_tick: AtomicBool,
+    /// Bytes the writer has put on the socket (progress, for the stalled-reader timeout).
+    pub written: std::sync::atomic::AtomicU64,
 }
 
 impl Outbound {
@@ -36,6 +38,7 @@ impl Outbound {
             stalled: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             wrote_since_tick: AtomicBool::new(false),
+            written: Default::default(),
         })
     }
 

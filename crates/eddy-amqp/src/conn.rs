@@ -135,6 +135,38 @@ struct CompletePublish {
     message: Arc<Message>,
 }
 
+/// The uncommitted work of a transactional channel. Its messages count toward the memory
+/// watermark until it is committed (then the queues count them) or dropped.
+struct TxBuffer {
+    ops: Vec<TxOp>,
+    bytes: i64,
+    broker: Broker,
+}
+
+impl TxBuffer {
+    fn new(broker: &Broker) -> Self {
+        TxBuffer {
+            ops: Vec::new(),
+            bytes: 0,
+            broker: broker.clone(),
+        }
+    }
+    fn push(&mut self, op: TxOp) {
+        if let TxOp::Publish(p) = &op {
+            let n = p.message.memory_size() as i64;
+            self.bytes += n;
+            self.broker.track_memory(n);
+        }
+        self.ops.push(op);
+    }
+}
+
+impl Drop for TxBuffer {
+    fn drop(&mut self) {
+        self.broker.track_memory(-self.bytes);
+    }
+}
+
 enum TxOp {
     Publish(CompletePublish),
     Ack(u64, bool),
@@ -153,7 +185,7 @@ struct Channel {
     closing: bool,
     pending: Option<PendingPublish>,
     confirm: Option<(u64, mpsc::UnboundedSender<ConfirmItem>)>,
-    tx: Option<Vec<TxOp>>,
+    tx: Option<TxBuffer>,
     consumers: HashMap<String, Arc<ChannelConsumer>>,
 }
 
@@ -252,13 +284,23 @@ pub async fn handle(
             } else {
                 Duration::from_secs(30) // handshake must finish
             };
-            if out.over_limit(READ_PAUSE_LIMIT) && !out.closed.load(Ordering::Relaxed) {
+            if out.closed.load(Ordering::Relaxed) && conn.phase != Phase::Closing {
+                return Err("writing to the client failed".into());
+            }
+            if conn.phase != Phase::Closing && out.over_limit(READ_PAUSE_LIMIT) {
                 // the client is not reading what we send: stop reading from it until the
-                // writer catches up (bounded memory), and give up after the idle timeout
+                // writer catches up (bounded memory); give up when nothing at all reaches it
+                // for two heartbeat intervals (10 minutes without heartbeats)
                 let idle = Duration::from_secs(if conn.heartbeat > 0 { conn.heartbeat as u64 * 2 } else { 600 });
+                let progress = out.written.load(Ordering::Relaxed);
                 tokio::select! {
                     _ = wake.notified() => conn.on_wake(),
-                    _ = tokio::time::sleep(idle) => return Err(format!("client read nothing for {}s while {} bytes waited for it", idle.as_secs(), out.buffered.load(Ordering::Relaxed))),
+                    _ = conn.shutdown.changed() => conn.on_shutdown(),
+                    _ = tokio::time::sleep(idle) => {
+                        if out.written.load(Ordering::Relaxed) == progress {
+                            return Err(format!("client read nothing for {}s while {} bytes waited for it", idle.as_secs(), out.buffered.load(Ordering::Relaxed)));
+                        }
+                    }
                 }
                 continue;
             }
@@ -340,10 +382,19 @@ async fn writer_task(
         if out.stalled.swap(false, Ordering::SeqCst) {
             wake.notify_one();
         }
-        if wr.write_all(&spare).await.is_err() {
-            out.closed.store(true, Ordering::Relaxed);
-            wake.notify_one();
-            return None;
+        let mut at = 0;
+        while at < spare.len() {
+            match wr.write(&spare[at..]).await {
+                Ok(n) if n > 0 => {
+                    at += n;
+                    out.written.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                _ => {
+                    out.closed.store(true, Ordering::Relaxed);
+                    wake.notify_one();
+                    return None;
+                }
+            }
         }
         out.wrote_since_tick.store(true, Ordering::Relaxed);
         spare.clear();
@@ -530,7 +581,7 @@ impl Conn {
         for (tag, c) in consumers {
             if c.queue.cancel(&tag) {
                 if let Some(v) = &self.vhost {
-                    v.remove_queue(&c.queue);
+                    eddy_broker::run_blocking(|| v.remove_queue(&c.queue));
                 }
             }
         }
@@ -550,7 +601,7 @@ impl Conn {
         for id in ids {
             self.cleanup_channel(id, true);
         }
-        self.broker.connection_closed(self.id);
+        eddy_broker::run_blocking(|| self.broker.connection_closed(self.id));
     }
 
     /// The writer drained or a consumer was cancelled by the broker: resume deliveries and
@@ -1013,10 +1064,10 @@ impl Conn {
             }
             // these may write metadata (fsynced) or remove queue logs: off the async workers
             AMQPClass::Exchange(em) => {
-                tokio::task::block_in_place(|| self.handle_exchange(id, &vhost, em))
+                eddy_broker::run_blocking(|| self.handle_exchange(id, &vhost, em))
             }
             AMQPClass::Queue(qm) => {
-                tokio::task::block_in_place(|| self.handle_queue(id, &vhost, conn, qm))
+                eddy_broker::run_blocking(|| self.handle_queue(id, &vhost, conn, qm))
             }
             AMQPClass::Basic(bm) => self.handle_basic(id, &vhost, conn, bm).await,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
@@ -1273,7 +1324,7 @@ impl Conn {
                 let ch = self.channel_mut(id)?;
                 if let Some(consumer) = ch.consumers.remove(c.consumer_tag.as_str()) {
                     if consumer.queue.cancel(c.consumer_tag.as_str()) {
-                        vhost.remove_queue(&consumer.queue);
+                        eddy_broker::run_blocking(|| vhost.remove_queue(&consumer.queue));
                     }
                 }
                 if !c.nowait {
@@ -1453,6 +1504,7 @@ impl Conn {
         use tx::AMQPMethod as T;
         match t {
             T::Select(_) => {
+                let fresh = TxBuffer::new(&self.broker);
                 let ch = self.channel_mut(id)?;
                 if ch.confirm.is_some() {
                     return Err(AmqpError::channel(
@@ -1461,20 +1513,21 @@ impl Conn {
                     ));
                 }
                 if ch.tx.is_none() {
-                    ch.tx = Some(Vec::new());
+                    ch.tx = Some(fresh);
                 }
                 self.send(id, AMQPClass::Tx(T::SelectOk(tx::SelectOk {})));
             }
             T::Commit(_) => {
+                let fresh = TxBuffer::new(&self.broker);
                 let ch = self.channel_mut(id)?;
-                let Some(ops) = ch.tx.replace(Vec::new()) else {
+                let Some(mut committed) = ch.tx.replace(fresh) else {
                     return Err(AmqpError::channel(
                         PRECONDITION_FAILED,
                         "PRECONDITION_FAILED - channel is not transactional",
                     ));
                 };
                 let mut waits = Vec::new();
-                for op in ops {
+                for op in std::mem::take(&mut committed.ops) {
                     match op {
                         TxOp::Publish(p) => {
                             let outcome = self.do_publish(id, p).await?;
@@ -1494,6 +1547,7 @@ impl Conn {
                 self.send(id, AMQPClass::Tx(T::CommitOk(tx::CommitOk {})));
             }
             T::Rollback(_) => {
+                let fresh = TxBuffer::new(&self.broker);
                 let ch = self.channel_mut(id)?;
                 if ch.tx.is_none() {
                     return Err(AmqpError::channel(
@@ -1501,7 +1555,7 @@ impl Conn {
                         "PRECONDITION_FAILED - channel is not transactional",
                     ));
                 }
-                ch.tx = Some(Vec::new());
+                ch.tx = Some(fresh);
                 self.send(id, AMQPClass::Tx(T::RollbackOk(tx::RollbackOk {})));
             }
             _ => {
@@ -1599,11 +1653,12 @@ impl Conn {
             mandatory: p.mandatory,
             message,
         };
-        if let Some(tx) = &mut ch.tx {
-            tx.push(TxOp::Publish(cp));
+        // an alarm holds transactional publishes too (they count toward memory)
+        if self.alarms.borrow().blocked() && !self.wait_unblocked().await {
             return Ok(());
         }
-        if self.alarms.borrow().blocked() && !self.wait_unblocked().await {
+        if let Some(tx) = &mut self.channel_mut(id)?.tx {
+            tx.push(TxOp::Publish(cp));
             return Ok(());
         }
         let confirm_tag = match &mut self.channel_mut(id)?.confirm {

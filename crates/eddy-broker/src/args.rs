@@ -149,3 +149,24 @@ impl QueueArgs {
         Ok(out)
     }
 }
+
+/// Refuse argument values that cannot be stored: non-finite floats (metadata is JSON, where
+/// NaN and infinities do not exist, and a stored null would stop the next start).
+pub fn check_storable(args: &FieldTable, what: &str) -> Result<()> {
+    fn ok(v: &AMQPValue) -> bool {
+        match v {
+            AMQPValue::Float(f) => f.is_finite(),
+            AMQPValue::Double(d) => d.is_finite(),
+            AMQPValue::FieldArray(a) => a.as_slice().iter().all(ok),
+            AMQPValue::FieldTable(t) => t.inner().values().all(ok),
+            _ => true,
+        }
+    }
+    match args.inner().iter().find(|(_, v)| !ok(v)) {
+        None => Ok(()),
+        Some((k, _)) => Err(BrokerError::PreconditionFailed(format!(
+            "invalid arg '{}' for {what}: NaN or infinite numbers are not accepted",
+            k.as_str()
+        ))),
+    }
+}

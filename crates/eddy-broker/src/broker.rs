@@ -254,6 +254,12 @@ impl Broker {
         self.0.memory.load(Ordering::Relaxed)
     }
 
+    /// Count `delta` bytes of messages held outside queues (e.g. an open transaction) toward
+    /// the memory watermark; release them with the negative amount.
+    pub fn track_memory(&self, delta: i64) {
+        self.0.memory.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// Number of fsyncs the group committer has made.
     pub fn fsync_count(&self) -> u64 {
         self.0.syncer.fsync_count()
@@ -272,14 +278,17 @@ impl Broker {
                 let Some(inner) = inner.upgrade() else { break };
                 let b = Broker(inner);
                 let now = Instant::now();
-                for v in b.vhosts() {
-                    for q in v.queues() {
-                        if q.tick(now) {
-                            tracing::info!(queue = %q.name, vhost = %v.name, "deleting queue unused for its x-expires period");
-                            v.remove_queue(&q);
+                // ack records, segment deletion and queue removal touch the disk
+                crate::run_blocking(|| {
+                    for v in b.vhosts() {
+                        for q in v.queues() {
+                            if q.tick(now) {
+                                tracing::info!(queue = %q.name, vhost = %v.name, "deleting queue unused for its x-expires period");
+                                v.remove_queue(&q);
+                            }
                         }
                     }
-                }
+                });
                 if now.duration_since(last_disk) >= Duration::from_secs(1) {
                     last_disk = now;
                     if let Some(free) = free_disk_bytes(&b.0.config.data_dir) {
@@ -432,11 +441,34 @@ impl BrokerInner {
             m.writing = true;
             let target = m.wanted;
             drop(m);
+            /// Clears `writing` even if the write panics, so later callers are not stuck.
+            struct Writing<'a>(&'a BrokerInner);
+            impl Drop for Writing<'_> {
+                fn drop(&mut self) {
+                    self.0.meta.lock().writing = false;
+                    self.0.meta_written.notify_all();
+                }
+            }
+            let guard = Writing(self);
             self.write_metadata();
+            drop(guard);
             m = self.meta.lock();
-            m.writing = false;
-            m.written = target;
-            self.meta_written.notify_all();
+            m.written = m.written.max(target);
+        }
+    }
+
+    /// Return once every metadata change made so far is on disk (a declare that finds its
+    /// queue already there must not answer before the declare that created it is durable).
+    pub(crate) fn metadata_barrier(&self) {
+        if self.loading.load(Ordering::SeqCst) {
+            return;
+        }
+        let pending = {
+            let m = self.meta.lock();
+            m.written < m.wanted
+        };
+        if pending {
+            self.save_metadata();
         }
     }
 

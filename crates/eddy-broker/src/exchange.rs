@@ -174,12 +174,14 @@ impl Exchange {
         out: &mut Vec<Destination>,
     ) {
         let bs = self.bindings.read();
+        let mut topic = (self.kind == ExchangeKind::Topic).then(|| TopicMatcher::new(routing_key));
         for b in bs.iter() {
-            let hit = match self.kind {
-                ExchangeKind::Direct => b.routing_key == routing_key,
-                ExchangeKind::Fanout => true,
-                ExchangeKind::Topic => topic_matches(&b.routing_key, routing_key),
-                ExchangeKind::Headers => headers_match(&b.arguments, headers),
+            let hit = match (self.kind, topic.as_mut()) {
+                (ExchangeKind::Direct, _) => b.routing_key == routing_key,
+                (ExchangeKind::Fanout, _) => true,
+                (ExchangeKind::Topic, Some(m)) => m.matches(&b.routing_key),
+                (ExchangeKind::Topic, None) => false,
+                (ExchangeKind::Headers, _) => headers_match(&b.arguments, headers),
             };
             if hit && !out.contains(&b.destination) {
                 out.push(b.destination.clone());
@@ -193,41 +195,71 @@ impl Exchange {
 /// O(pattern words × key words) whatever the pattern: a row of reachable key positions per
 /// pattern word, so runs of `#` cannot make it backtrack.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    fn words(s: &str) -> Vec<&str> {
-        if s.is_empty() {
+    TopicMatcher::new(key).matches(pattern)
+}
+
+/// A routing key split once, matched against many binding patterns without allocating per
+/// pattern.
+struct TopicMatcher<'k> {
+    key: Vec<&'k str>,
+    reach: Vec<bool>,
+    next: Vec<bool>,
+}
+
+impl<'k> TopicMatcher<'k> {
+    fn new(key: &'k str) -> Self {
+        let key: Vec<&str> = if key.is_empty() {
             Vec::new()
         } else {
-            s.split('.').collect()
+            key.split('.').collect()
+        };
+        let n = key.len() + 1;
+        TopicMatcher {
+            key,
+            reach: vec![false; n],
+            next: vec![false; n],
         }
     }
-    let k = words(key);
-    let mut p = words(pattern);
-    p.dedup_by(|a, b| *a == "#" && *b == "#");
-    // reach[j]: the pattern words so far match the first j key words
-    let mut reach = vec![false; k.len() + 1];
-    let mut next = vec![false; k.len() + 1];
-    reach[0] = true;
-    for w in &p {
-        next.iter_mut().for_each(|x| *x = false);
-        if *w == "#" {
-            let mut any = false;
-            for j in 0..=k.len() {
-                any |= reach[j];
-                next[j] = any;
-            }
+
+    fn matches(&mut self, pattern: &str) -> bool {
+        let k = &self.key;
+        let (reach, next) = (&mut self.reach, &mut self.next);
+        reach.iter_mut().for_each(|x| *x = false);
+        // reach[j]: the pattern words so far match the first j key words
+        reach[0] = true;
+        let words = if pattern.is_empty() {
+            None
         } else {
-            for j in 0..k.len() {
-                if reach[j] && (*w == "*" || *w == k[j]) {
-                    next[j + 1] = true;
+            Some(pattern.split('.'))
+        };
+        let mut prev_hash = false;
+        for w in words.into_iter().flatten() {
+            let hash = w == "#";
+            if hash && prev_hash {
+                continue; // "#.#" matches what "#" does
+            }
+            prev_hash = hash;
+            next.iter_mut().for_each(|x| *x = false);
+            if hash {
+                let mut any = false;
+                for j in 0..=k.len() {
+                    any |= reach[j];
+                    next[j] = any;
+                }
+            } else {
+                for j in 0..k.len() {
+                    if reach[j] && (w == "*" || w == k[j]) {
+                        next[j + 1] = true;
+                    }
                 }
             }
+            std::mem::swap(reach, next);
+            if !reach.contains(&true) {
+                return false;
+            }
         }
-        std::mem::swap(&mut reach, &mut next);
-        if !reach.contains(&true) {
-            return false;
-        }
+        reach[k.len()]
     }
-    reach[k.len()]
 }
 
 /// Headers matching per RabbitMQ: `x-match` = all (default) / any / all-with-x / any-with-x;

@@ -26,3 +26,18 @@ pub use error::{BrokerError, Result};
 pub use message::Message;
 pub use queue::{ConsumerSink, Delivery, GetResult, Queue, QueueCounts};
 pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};
+
+/// Run `f`, which may block on disk (metadata writes, removing a queue's log), from async code:
+/// on a multi-threaded tokio runtime the worker hands its other tasks to another thread first
+/// (`block_in_place`); elsewhere `f` just runs.
+pub fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -25,6 +25,9 @@ const REC_PUBLISH: u8 = 1;
 const REC_ACK: u8 = 2;
 /// Ack records are written once this many settled offsets are pending (or on the next tick).
 const ACK_BATCH: usize = 1024;
+/// Most dead letters that dead letters may set off in one operation (a reject of many messages
+/// dead-letters them all; what they set off downstream is bounded).
+const MAX_DEAD_LETTER_CASCADE: usize = 1_000;
 
 /// Where a consumer's deliveries go: implemented by a front end's channel.
 /// Called with the queue's lock held, so implementations must not call back into the queue.
@@ -173,6 +176,9 @@ struct State {
     rr: usize,
     next_id: u64,
     live_log: BTreeSet<u64>,
+    /// Appends in progress outside the lock, each as the log's next offset when it began: the
+    /// record lands at or above it, so compaction stays below the smallest.
+    appending: Vec<u64>,
     had_consumers: bool,
     last_used: Instant,
     deleted: bool,
@@ -281,6 +287,7 @@ impl Queue {
                 rr: 0,
                 next_id: 1,
                 live_log: BTreeSet::new(),
+                appending: Vec::new(),
                 had_consumers: false,
                 last_used: Instant::now(),
                 deleted: false,
@@ -369,9 +376,9 @@ impl Queue {
     /// Enqueue a routed message. Persistent messages in durable queues are appended to the log;
     /// the returned offset must be durable before a publisher confirm.
     ///
-    /// The append happens under the queue lock, so an offset is in `live_log` before anyone
-    /// can see it in the log (compaction never deletes a message it has not yet been told
-    /// about) and a deleted queue's closed log is never appended to.
+    /// The append runs outside the queue lock (it may roll a segment, which fsyncs), announced
+    /// in `appending` first so compaction never deletes the segment it lands in before the
+    /// offset joins `live_log`.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Result<Enqueued> {
         let ttl = self.effective_ttl(&msg);
         let record = match (&self.log, msg.persistent()) {
@@ -383,9 +390,7 @@ impl Queue {
             }
             _ => None,
         };
-        let mut dead = Vec::new();
-        let mut settled = Vec::new();
-        let mut durable = None;
+        let mut floor = None;
         {
             let mut st = self.state.lock();
             if st.deleted {
@@ -408,12 +413,51 @@ impl Queue {
                 self.dead_letter(vec![(msg, DeathReason::Expired)]);
                 return Ok(Enqueued::default());
             }
-            let mut log_offset = None;
-            if let (Some(log), Some(record)) = (&self.log, &record) {
-                let off = log.append(1, now_ms(), record)?;
+            if let (Some(log), Some(_)) = (&self.log, &record) {
+                let f = log.next_offset();
+                st.appending.push(f);
+                floor = Some(f);
+            }
+        }
+        let appended = match (&self.log, &record) {
+            (Some(log), Some(record)) => Some(log.append(1, now_ms(), record)),
+            _ => None,
+        };
+        let mut dead = Vec::new();
+        let mut settled = Vec::new();
+        let mut durable = None;
+        {
+            let mut st = self.state.lock();
+            if let Some(f) = floor {
+                if let Some(i) = st.appending.iter().position(|x| *x == f) {
+                    st.appending.swap_remove(i);
+                }
+            }
+            if st.deleted {
+                // deleted meanwhile: the message simply was not routed there
+                return Ok(Enqueued::default());
+            }
+            let log_offset = match appended {
+                None => None,
+                Some(Ok(off)) => Some(off),
+                Some(Err(e)) => return Err(e.into()),
+            };
+            if self.args.overflow != Overflow::DropHead && self.is_full(&st, msg.body_size() as u64)
+            {
+                // filled up by a concurrent publisher since the first look
+                drop(st);
+                self.finish(Vec::new(), log_offset.into_iter().collect());
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    self.dead_letter(vec![(msg, DeathReason::MaxLen)]);
+                }
+                return Ok(Enqueued {
+                    rejected: true,
+                    durable: None,
+                });
+            }
+            if let Some(off) = log_offset {
                 st.live_log.insert(off);
-                log_offset = Some(off);
-                durable = Some((log.clone(), off + 1));
+                durable = self.log.as_ref().map(|log| (log.clone(), off + 1));
             }
             let expires_at = ttl.map(|t| Instant::now() + Duration::from_millis(t));
             self.memory
@@ -797,12 +841,14 @@ impl Queue {
                 st.consumers.is_empty()
                     && now.duration_since(st.last_used) >= Duration::from_millis(ms)
             });
-            // read under the lock: publishes append under it, so every offset below `upto`
-            // is either settled or in `live_log`
-            upto = self
-                .log
-                .as_ref()
-                .map(|log| st.live_log.first().copied().unwrap_or(log.next_offset()));
+            // under the lock: every offset below `upto` is settled, in `live_log`, or at or
+            // above an announced append's floor
+            upto = self.log.as_ref().map(|log| {
+                let next = log.next_offset();
+                let live = st.live_log.first().copied().unwrap_or(next);
+                let appending = st.appending.iter().copied().min().unwrap_or(next);
+                live.min(appending).min(next)
+            });
             min_live = st.live_log.first().copied();
         }
         self.finish(dead, settled);
@@ -832,6 +878,21 @@ impl Queue {
         let Some(vhost) = self.vhost.upgrade() else {
             return;
         };
+        let nested = DEAD_LETTERS.with(|d| {
+            let mut d = d.borrow_mut();
+            let Some(c) = d.as_mut() else { return Some(false) };
+            // dead letters set off by dead letters: bounded per operation
+            c.cascaded += msgs.len();
+            if c.cascaded <= MAX_DEAD_LETTER_CASCADE {
+                return Some(true);
+            }
+            if !c.warned {
+                c.warned = true;
+                tracing::warn!(queue = %self.name, "dead-letter cascade over {MAX_DEAD_LETTER_CASCADE} messages (dead-letter exchanges that fan out into each other?): further dead letters of this operation are dropped");
+            }
+            None
+        });
+        let Some(nested) = nested else { return };
         let jobs = msgs.into_iter().map(|(msg, reason)| {
             let rk = self
                 .args
@@ -852,13 +913,13 @@ impl Queue {
                 from: self.name.clone(),
             }
         });
-        let outermost = DEAD_LETTERS.with(|d| {
-            let mut d = d.borrow_mut();
-            let outermost = d.is_none();
-            d.get_or_insert_with(VecDeque::new).extend(jobs);
-            outermost
+        DEAD_LETTERS.with(|d| {
+            d.borrow_mut()
+                .get_or_insert_with(Cascade::default)
+                .jobs
+                .extend(jobs)
         });
-        if !outermost {
+        if nested {
             return; // the outermost call on this thread delivers it
         }
         /// Ends the cascade even if a publish panics.
@@ -870,7 +931,8 @@ impl Queue {
         }
         let _done = Done;
         loop {
-            let job = DEAD_LETTERS.with(|d| d.borrow_mut().as_mut().and_then(|v| v.pop_front()));
+            let job =
+                DEAD_LETTERS.with(|d| d.borrow_mut().as_mut().and_then(|c| c.jobs.pop_front()));
             let Some(j) = job else { break };
             if let Err(e) = j.vhost.publish_dead_lettered(&j.exchange, j.msg, &j.cycle) {
                 tracing::debug!(queue = %j.from, "dead-lettering to '{}' failed: {e}", j.exchange);
@@ -955,9 +1017,18 @@ struct DeadLetter {
     from: String,
 }
 
+/// The dead letters of one operation on this thread, delivered in order by its outermost call.
+#[derive(Default)]
+struct Cascade {
+    jobs: VecDeque<DeadLetter>,
+    /// Dead letters set off while delivering dead letters.
+    cascaded: usize,
+    warned: bool,
+}
+
 thread_local! {
-    /// Dead letters produced while dead-lettering on this thread (None: not dead-lettering).
-    static DEAD_LETTERS: std::cell::RefCell<Option<VecDeque<DeadLetter>>> =
+    /// None: this thread is not dead-lettering.
+    static DEAD_LETTERS: std::cell::RefCell<Option<Cascade>> =
         const { std::cell::RefCell::new(None) };
 }
 

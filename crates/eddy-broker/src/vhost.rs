@@ -145,6 +145,13 @@ impl VHost {
         }
     }
 
+    /// Wait for metadata changes in flight (see [`BrokerInner::metadata_barrier`]).
+    fn persisted(&self) {
+        if let Some(b) = self.broker.upgrade() {
+            b.metadata_barrier();
+        }
+    }
+
     /// Look up a queue.
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.read().get(name).cloned()
@@ -230,6 +237,9 @@ impl VHost {
             {
                 return Err(mismatch("alternate-exchange", "", ""));
             }
+            if ex.durable {
+                self.persisted();
+            }
             return Ok(());
         }
         if d.passive {
@@ -247,6 +257,7 @@ impl VHost {
             ));
         }
         let kind = ExchangeKind::parse(&d.kind)?;
+        crate::args::check_storable(&d.arguments, &format!("exchange '{}'", d.name))?;
         let durable = d.durable;
         self.exchanges
             .write()
@@ -285,15 +296,32 @@ impl VHost {
                 self.name
             )));
         }
-        self.exchanges.write().remove(name);
-        let dest = Destination::Exchange(name.to_owned());
-        for e in self.exchanges() {
-            e.unbind_destination(&dest);
+        if self.exchanges.write().remove(name).is_none() {
+            return Ok(());
         }
-        if ex.durable {
+        let durable_gone = self.remove_bindings_to(Destination::Exchange(name.to_owned()));
+        if ex.durable || durable_gone {
             self.persist();
         }
         Ok(())
+    }
+
+    /// Remove every binding that leads to `dest` (a deleted queue or exchange); an auto-delete
+    /// exchange left without bindings goes too, and so on down the chain — as a worklist, not
+    /// recursion, so a long chain cannot overflow the stack. Returns true when a durable
+    /// exchange was removed on the way.
+    fn remove_bindings_to(&self, dest: Destination) -> bool {
+        let mut durable_gone = false;
+        let mut pending = vec![dest];
+        while let Some(dest) = pending.pop() {
+            for e in self.exchanges() {
+                if e.unbind_destination(&dest) > 0 && self.remove_if_unused_auto_delete(&e) {
+                    durable_gone |= e.durable;
+                    pending.push(Destination::Exchange(e.name.clone()));
+                }
+            }
+        }
+        durable_gone
     }
 
     /// queue.declare
@@ -310,6 +338,9 @@ impl VHost {
                     self.check_equivalent(&q, &d)?;
                 }
                 q.touch();
+                if q.durable {
+                    self.persisted();
+                }
                 let c = q.counts();
                 return Ok(QueueDeclared {
                     name: q.name.clone(),
@@ -333,6 +364,7 @@ impl VHost {
             d.name = server_name();
         }
         let args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
+        crate::args::check_storable(&d.arguments, &format!("queue '{}'", d.name))?;
         let broker = self
             .broker
             .upgrade()
@@ -476,16 +508,10 @@ impl VHost {
         if !removed {
             return 0;
         }
-        let dest = Destination::Queue(q.name.clone());
-        let mut durable_exchange_gone = false;
-        for e in self.exchanges() {
-            if e.unbind_destination(&dest) > 0 && self.after_unbind(&e) {
-                durable_exchange_gone |= e.durable;
-            }
-        }
+        let durable_exchange_gone = self.remove_bindings_to(Destination::Queue(q.name.clone()));
         let n = q.destroy();
         drop(lifecycle);
-        if q.durable || durable_exchange_gone {
+        if (q.durable && q.exclusive_owner.is_none()) || durable_exchange_gone {
             self.persist();
         }
         n
@@ -508,14 +534,17 @@ impl VHost {
         let q = self.queue_for(queue, conn)?;
         let ex = self.bindable_exchange(exchange)?;
         ex.check_binding_arguments(&arguments)?;
+        crate::args::check_storable(&arguments, "binding")?;
         let durable = q.durable && ex.durable;
-        if ex.bind(Binding {
+        let added = ex.bind(Binding {
             destination: Destination::Queue(q.name.clone()),
             routing_key: routing_key.into(),
             arguments,
-        }) && durable
-        {
-            self.persist();
+        });
+        match (durable, added) {
+            (true, true) => self.persist(),
+            (true, false) => self.persisted(),
+            _ => {}
         }
         Ok(())
     }
@@ -553,6 +582,7 @@ impl VHost {
         let dst = self.bindable_exchange(destination)?;
         let src = self.bindable_exchange(source)?;
         src.check_binding_arguments(&arguments)?;
+        crate::args::check_storable(&arguments, "binding")?;
         if src.bind(Binding {
             destination: Destination::Exchange(dst.name.clone()),
             routing_key: routing_key.into(),
@@ -586,9 +616,18 @@ impl VHost {
         Ok(())
     }
 
-    /// An auto-delete exchange goes with its last binding (and so do the bindings that lead
-    /// to it). Returns true when it was removed.
+    /// After an unbind: an auto-delete exchange goes with its last binding (and so do the
+    /// bindings that lead to it). Returns true when a durable exchange was removed.
     fn after_unbind(&self, ex: &Arc<Exchange>) -> bool {
+        if !self.remove_if_unused_auto_delete(ex) {
+            return false;
+        }
+        let below = self.remove_bindings_to(Destination::Exchange(ex.name.clone()));
+        ex.durable || below
+    }
+
+    /// Remove `ex` from the vhost if it is auto-delete and has no bindings left.
+    fn remove_if_unused_auto_delete(&self, ex: &Arc<Exchange>) -> bool {
         let goes = ex.auto_delete
             && ex.binding_count() == 0
             && !ex.name.is_empty()
@@ -596,16 +635,7 @@ impl VHost {
         if !goes {
             return false;
         }
-        if self.exchanges.write().remove(&ex.name).is_none() {
-            return false;
-        }
-        let dest = Destination::Exchange(ex.name.clone());
-        for e in self.exchanges() {
-            if e.unbind_destination(&dest) > 0 {
-                self.after_unbind(&e);
-            }
-        }
-        true
+        self.exchanges.write().remove(&ex.name).is_some()
     }
 
     fn bindable_exchange(&self, name: &str) -> Result<Arc<Exchange>> {
