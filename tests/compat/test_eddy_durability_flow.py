@@ -208,3 +208,23 @@ def test_disk_alarm_blocks_publishers(own_eddy):
     other = pika.BlockingConnection(params(s))
     assert other.channel().queue_declare(q, passive=True).method.message_count == 0
     other.close()
+
+
+def test_uncommitted_transactions_count_toward_the_memory_alarm(own_eddy):
+    s = own_eddy("--memory-high-watermark", "200000")
+    blocked = []
+    conn = pika.BlockingConnection(params(s, blocked_connection_timeout=30))
+    conn.add_on_connection_blocked_callback(lambda c, m: blocked.append(m.method.reason))
+    ch = conn.channel()
+    q = qname("tx-mem")
+    ch.queue_declare(q)
+    ch.tx_select()
+    body = b"x" * 10000
+    deadline = time.monotonic() + 10
+    sent = 0
+    while not blocked and time.monotonic() < deadline:
+        ch.basic_publish("", q, body)  # never committed
+        sent += 1
+        conn.process_data_events(time_limit=0.01)
+    assert blocked, f"{sent} uncommitted publishes of 10 kB did not raise the alarm"
+    assert sent < 60
