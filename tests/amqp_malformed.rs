@@ -149,13 +149,11 @@ fn bad_credentials_are_access_refused() {
     assert_eq!(code, 403, "{text}");
 }
 
-#[test]
-fn after_client_close_ok_the_client_closes_the_socket() {
-    let s = Server::start(&["--heartbeat", "0"]);
-    let mut t = connect(&s);
-    handshake_to_tune(&mut t);
+/// The rest of the handshake after connection.tune: tune-ok and open of vhost `/`.
+fn open_connection(t: &mut TcpStream) {
+    handshake_to_tune(t);
     send(
-        &mut t,
+        t,
         AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
@@ -166,7 +164,7 @@ fn after_client_close_ok_the_client_closes_the_socket() {
         ),
     );
     send(
-        &mut t,
+        t,
         AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
@@ -174,6 +172,13 @@ fn after_client_close_ok_the_client_closes_the_socket() {
             })),
         ),
     );
+}
+
+#[test]
+fn after_client_close_ok_the_client_closes_the_socket() {
+    let s = Server::start(&["--heartbeat", "0"]);
+    let mut t = connect(&s);
+    open_connection(&mut t);
     send(
         &mut t,
         AMQPFrame::Method(
@@ -226,27 +231,7 @@ fn after_client_close_ok_the_client_closes_the_socket() {
 /// A connection that has finished the handshake and opened channel 1.
 fn open_channel(s: &Server) -> TcpStream {
     let mut t = connect(s);
-    handshake_to_tune(&mut t);
-    send(
-        &mut t,
-        AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                channel_max: 16,
-                frame_max: 131072,
-                heartbeat: 0,
-            })),
-        ),
-    );
-    send(
-        &mut t,
-        AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: "/".into(),
-            })),
-        ),
-    );
+    open_connection(&mut t);
     send(
         &mut t,
         AMQPFrame::Method(

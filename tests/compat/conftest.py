@@ -135,6 +135,17 @@ def own_eddy(tmp_path_factory):
         s.stop()
 
 
+@pytest.fixture
+def conn(broker):
+    """A pika BlockingConnection to the session's broker."""
+    import pika
+
+    c = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port))
+    yield c
+    if c.is_open:
+        c.close()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

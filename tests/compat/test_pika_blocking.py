@@ -8,14 +8,6 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, Unr
 from helpers import drain, params, qname, wait_for
 
 
-@pytest.fixture
-def conn(broker):
-    c = pika.BlockingConnection(params(broker))
-    yield c
-    if c.is_open:
-        c.close()
-
-
 def test_prefetch_limits_unacked_deliveries(conn):
     ch = conn.channel()
     q = qname()

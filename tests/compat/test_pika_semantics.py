@@ -10,14 +10,6 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, Nac
 from helpers import drain, params, qname, wait_for
 
 
-@pytest.fixture
-def conn(broker):
-    c = pika.BlockingConnection(params(broker))
-    yield c
-    if c.is_open:
-        c.close()
-
-
 def count(ch, q):
     return ch.queue_declare(q, passive=True).method.message_count
 

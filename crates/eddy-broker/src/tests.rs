@@ -41,6 +41,21 @@ fn queue(name: &str, durable: bool, arguments: FieldTable) -> QueueDeclare {
     }
 }
 
+/// Run the queue's housekeeping tick (expiry, compaction) in a loop on another thread until
+/// the flag is set.
+fn spin_ticks(q: &Arc<crate::Queue>) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let (q, stop) = (q.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                q.tick(Instant::now());
+            }
+        })
+    };
+    (stop, ticker)
+}
+
 fn msg(rk: &str, body: &[u8], persistent: bool) -> Arc<Message> {
     let props = if persistent {
         BasicProperties::default().with_delivery_mode(2)
@@ -189,15 +204,7 @@ fn compaction_racing_publishes_never_loses_a_live_message() {
     v.declare_queue(queue("busy", true, FieldTable::default()), 1)
         .unwrap();
     let q = v.queue("busy").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ticker = {
-        let (q, stop) = (q.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                q.tick(Instant::now());
-            }
-        })
-    };
+    let (stop, ticker) = spin_ticks(&q);
     let publishers: Vec<_> = (0..2)
         .map(|p| {
             let v = v.clone();
@@ -261,15 +268,7 @@ fn compaction_never_deletes_a_record_whose_publish_is_in_flight() {
     v.declare_queue(queue("tight", true, FieldTable::default()), 1)
         .unwrap();
     let q = v.queue("tight").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ticker = {
-        let (q, stop) = (q.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                q.tick(Instant::now());
-            }
-        })
-    };
+    let (stop, ticker) = spin_ticks(&q);
     for i in 0..20_000u32 {
         let out = v.publish("", msg("tight", &i.to_be_bytes(), true)).unwrap();
         let (log, end) = out.durable[0].clone();
