@@ -9,7 +9,8 @@ scripts/rabbitmq.sh
 cargo build --release --quiet
 tmp=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-target/release/eddy serve --data-dir "$tmp/data" --amqp "127.0.0.1:$port" 2> "$tmp/eddy.log" &
+kport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+target/release/eddy serve --data-dir "$tmp/data" --amqp "127.0.0.1:$port" --kafka "127.0.0.1:$kport" 2> "$tmp/eddy.log" &
 eddy_pid=$!
 trap 'kill $eddy_pid 2>/dev/null; wait $eddy_pid 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done

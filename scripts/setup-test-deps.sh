@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Installs what the real-client test suites need, idempotently: a virtualenv in .venv with the
-# pinned Python clients (tests/compat/requirements.txt). Quick when already done.
+# Installs what the real-client test suites need, idempotently: kcat from Debian, and a
+# virtualenv in .venv with the pinned Python clients (tests/compat/requirements.txt). Quick when
+# already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v kcat >/dev/null; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kcat >/dev/null
+fi
 req=tests/compat/requirements.txt
 stamp=.venv/.requirements.sha256
 want=$(sha256sum "$req" | cut -d' ' -f1)

@@ -11,7 +11,7 @@ use eddy_broker::{Broker, BrokerConfig, FsyncPolicy};
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
-#[command(name = "eddy", version, about = "Eddy: a message broker (AMQP 0-9-1) on a durable log", long_about = None)]
+#[command(name = "eddy", version, about = "Eddy: a message broker (AMQP 0-9-1, Kafka) on a durable log", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the broker. With no flags: data in ./data, AMQP on 127.0.0.1:5672, guest/guest from loopback only.
+    /// Run the broker. With no flags: data in ./data, AMQP on 127.0.0.1:5672, Kafka on 127.0.0.1:9092, guest/guest from loopback only.
     ///
     /// Precedence: flags > EDDY_* environment variables > --config TOML file > defaults.
     Serve(ServeArgs),
@@ -49,7 +49,7 @@ enum Fsync {
 
 #[derive(clap::Args, Debug, Default)]
 struct ServeArgs {
-    /// TOML configuration file (keys: data_dir, amqp, fsync, fsync_interval_ms, memory_high_watermark, disk_free_limit, heartbeat, frame_max, segment_bytes, segment_ms, [[users]] name/password)
+    /// TOML configuration file (keys: data_dir, amqp, fsync, fsync_interval_ms, memory_high_watermark, disk_free_limit, heartbeat, frame_max, segment_bytes, segment_ms, kafka, kafka_advertised, kafka_auto_create_partitions, [[users]] name/password)
     #[arg(long, env = "EDDY_CONFIG")]
     config: Option<PathBuf>,
     /// Directory for metadata and message logs [default: ./data]
@@ -58,6 +58,16 @@ struct ServeArgs {
     /// AMQP 0-9-1 listener address [default: 127.0.0.1:5672]
     #[arg(long, env = "EDDY_AMQP")]
     amqp: Option<SocketAddr>,
+    /// Kafka listener address [default: 127.0.0.1:9092]
+    #[arg(long, env = "EDDY_KAFKA")]
+    kafka: Option<SocketAddr>,
+    /// Address Kafka clients are told to connect to (Metadata) [default: the --kafka address]
+    #[arg(long, env = "EDDY_KAFKA_ADVERTISED")]
+    kafka_advertised: Option<String>,
+    /// Partitions of topics created automatically (a producer or Metadata request naming an
+    /// unknown topic); 0 turns automatic creation off [default: 1]
+    #[arg(long, env = "EDDY_KAFKA_AUTO_CREATE_PARTITIONS")]
+    kafka_auto_create_partitions: Option<usize>,
     /// When writes are fsynced; a publisher confirm is sent only after it [default: always]
     #[arg(long, env = "EDDY_FSYNC", value_enum)]
     fsync: Option<Fsync>,
@@ -98,6 +108,9 @@ struct FileConfig {
     frame_max: Option<u32>,
     segment_bytes: Option<u64>,
     segment_ms: Option<u64>,
+    kafka: Option<SocketAddr>,
+    kafka_advertised: Option<String>,
+    kafka_auto_create_partitions: Option<usize>,
     users: Option<Vec<UserConfig>>,
 }
 
@@ -160,6 +173,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("./data"));
+    let kafka_addr = args
+        .kafka
+        .or(file.kafka)
+        .unwrap_or_else(|| "127.0.0.1:9092".parse().expect("valid default"));
+    let kafka_advertised = args.kafka_advertised.or(file.kafka_advertised);
+    let auto_partitions = args
+        .kafka_auto_create_partitions
+        .or(file.kafka_auto_create_partitions)
+        .unwrap_or(1);
     let amqp_addr = args
         .amqp
         .or(file.amqp)
@@ -221,17 +243,52 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding AMQP listener on {amqp_addr}"))?;
     tracing::info!(amqp = %amqp_addr, data_dir = %data_dir.display(), fsync = ?fsync, "eddy started");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let kafka_listener = tokio::net::TcpListener::bind(kafka_addr)
+        .await
+        .with_context(|| format!("binding Kafka listener on {kafka_addr}"))?;
+    let kafka_bound = kafka_listener.local_addr()?;
+    let (adv_host, adv_port) = match &kafka_advertised {
+        Some(a) => {
+            let (h, p) = a
+                .rsplit_once(':')
+                .with_context(|| format!("--kafka-advertised {a}: expected HOST:PORT"))?;
+            (
+                h.to_owned(),
+                p.parse()
+                    .with_context(|| format!("--kafka-advertised {a}: bad port"))?,
+            )
+        }
+        None => (kafka_bound.ip().to_string(), kafka_bound.port()),
+    };
+    let kafka_cfg = eddy_kafka::KafkaConfig {
+        advertised_host: adv_host,
+        advertised_port: adv_port,
+        auto_create_topics: auto_partitions > 0,
+        default_partitions: auto_partitions.max(1),
+        ..eddy_kafka::KafkaConfig::default()
+    };
+    tracing::info!(kafka = %kafka_bound, "kafka listener started");
     let server = tokio::spawn(eddy_amqp::serve(
         listener,
         broker.clone(),
         amqp_cfg,
+        stopped.clone(),
+    ));
+    let kafka_server = tokio::spawn(eddy_kafka::serve(
+        kafka_listener,
+        broker.clone(),
+        kafka_cfg,
         stopped,
     ));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
-    // connections are closed (320 CONNECTION_FORCED) before the logs are
-    if tokio::time::timeout(Duration::from_secs(10), server)
+    // connections are closed (AMQP: 320 CONNECTION_FORCED) before the logs are
+    let both = async {
+        let _ = server.await;
+        let _ = kafka_server.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), both)
         .await
         .is_err()
     {

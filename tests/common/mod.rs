@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Option<Child>,
     pub port: u16,
+    pub kafka_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -32,6 +33,7 @@ impl Server {
         let mut s = Server {
             child: None,
             port: free_port(),
+            kafka_port: free_port(),
             data_dir,
             log,
             _tmp: Some(tmp),
@@ -53,6 +55,8 @@ impl Server {
             .arg(&self.data_dir)
             .arg("--amqp")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--kafka")
+            .arg(format!("127.0.0.1:{}", self.kafka_port))
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -61,6 +65,7 @@ impl Server {
             .expect("spawn eddy");
         self.child = Some(child);
         wait_listening(self.port, Duration::from_secs(30), &self.log);
+        wait_listening(self.kafka_port, Duration::from_secs(30), &self.log);
     }
 
     pub fn uri(&self) -> String {

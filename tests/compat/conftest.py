@@ -38,6 +38,7 @@ def wait_port(port, timeout=30.0, proc=None):
 class EddyServer:
     def __init__(self, tmp_path, extra=()):
         self.port = free_port()
+        self.kafka_port = free_port()
         self.data_dir = tmp_path / "data"
         self.log_path = tmp_path / "eddy.log"
         self.extra = list(extra)
@@ -49,6 +50,10 @@ class EddyServer:
         return "127.0.0.1"
 
     @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
     def url(self):
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
@@ -56,10 +61,12 @@ class EddyServer:
         binary = os.environ.get("EDDY_BIN", str(ROOT / "target" / "debug" / "eddy"))
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--data-dir", str(self.data_dir), "--amqp", f"127.0.0.1:{self.port}", *self.extra],
+            [binary, "serve", "--data-dir", str(self.data_dir), "--amqp", f"127.0.0.1:{self.port}",
+             "--kafka", f"127.0.0.1:{self.kafka_port}", *self.extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
         )
         wait_port(self.port, proc=self.proc)
+        wait_port(self.kafka_port, proc=self.proc)
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)

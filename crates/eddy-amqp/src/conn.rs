@@ -91,6 +91,9 @@ impl From<BrokerError> for AmqpError {
             BrokerError::PreconditionFailed(_) => {
                 AmqpError::channel(PRECONDITION_FAILED, format!("PRECONDITION_FAILED - {text}"))
             }
+            BrokerError::AlreadyExists(_) => {
+                AmqpError::channel(PRECONDITION_FAILED, format!("PRECONDITION_FAILED - {text}"))
+            }
             BrokerError::ResourceLocked(_) => {
                 AmqpError::channel(RESOURCE_LOCKED, format!("RESOURCE_LOCKED - {text}"))
             }

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::error::{BrokerError, Result};
 use crate::exchange::{Binding, Destination, ExchangeKind};
+use crate::topic::{check_topic_name, Partition, Topic, TopicConfig, MAX_PARTITIONS};
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 
 /// Broker settings (the binary fills these from flags, environment and TOML).
@@ -72,6 +73,11 @@ impl Alarms {
 pub(crate) struct BrokerInner {
     pub(crate) config: BrokerConfig,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Bumped by every append to any partition.
+    appends: Arc<watch::Sender<u64>>,
+    /// Held while topics are created, deleted or grown (their log directories).
+    topic_lifecycle: Mutex<()>,
     pub(crate) syncer: Arc<Syncer>,
     pub(crate) memory: Arc<AtomicI64>,
     alarms: watch::Sender<Alarms>,
@@ -107,6 +113,16 @@ impl std::fmt::Debug for Broker {
 #[derive(Serialize, Deserialize, Default)]
 struct Metadata {
     vhosts: Vec<VHostMeta>,
+    #[serde(default)]
+    topics: Vec<TopicMeta>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicMeta {
+    name: String,
+    id: [u8; 16],
+    partitions: usize,
+    config: TopicConfig,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -171,6 +187,9 @@ impl Broker {
         let inner = Arc::new(BrokerInner {
             config,
             vhosts: RwLock::new(HashMap::new()),
+            topics: RwLock::new(HashMap::new()),
+            appends: Arc::new(watch::channel(0).0),
+            topic_lifecycle: Mutex::new(()),
             syncer,
             memory: Arc::new(AtomicI64::new(0)),
             alarms,
@@ -273,6 +292,7 @@ impl Broker {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut last_disk = Instant::now() - Duration::from_secs(10);
             let mut disk_alarm = false;
+            let mut last_retention = Instant::now();
             loop {
                 tick.tick().await;
                 let Some(inner) = inner.upgrade() else { break };
@@ -280,6 +300,15 @@ impl Broker {
                 let now = Instant::now();
                 // ack records, segment deletion and queue removal touch the disk
                 crate::run_blocking(|| {
+                    if now.duration_since(last_retention) >= Duration::from_secs(1) {
+                        last_retention = now;
+                        for t in b.topics() {
+                            let config = t.config();
+                            for p in t.partitions() {
+                                p.apply_retention(&config);
+                            }
+                        }
+                    }
                     for v in b.vhosts() {
                         for q in v.queues() {
                             if q.tick(now) {
@@ -322,8 +351,117 @@ impl Broker {
         })
     }
 
+    /// Changes whenever a record is appended to any partition (long-polling readers wait on
+    /// it, then look at their partitions again).
+    pub fn appends(&self) -> watch::Receiver<u64> {
+        self.0.appends.subscribe()
+    }
+
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.0.topics.read().get(name).cloned()
+    }
+
+    /// All topics.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut t: Vec<_> = self.0.topics.read().values().cloned().collect();
+        t.sort_by(|a, b| a.name.cmp(&b.name));
+        t
+    }
+
+    /// Create a topic with `partitions` partitions (blocks on disk: call off async workers).
+    /// An existing name is [`BrokerError::AlreadyExists`].
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: usize,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
+        check_topic_name(name)?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "invalid partition count {partitions} for topic '{name}': 1 to {MAX_PARTITIONS}"
+            )));
+        }
+        let lifecycle = self.0.topic_lifecycle.lock();
+        if self.topic(name).is_some() {
+            return Err(BrokerError::AlreadyExists(format!(
+                "topic '{name}' already exists"
+            )));
+        }
+        let id = *uuid_v4();
+        let topic = self.0.open_topic(name, id, partitions, config)?;
+        self.0.topics.write().insert(name.to_owned(), topic.clone());
+        drop(lifecycle);
+        self.0.save_metadata();
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Delete a topic and its data (blocks on disk).
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let lifecycle = self.0.topic_lifecycle.lock();
+        let Some(topic) = self.0.topics.write().remove(name) else {
+            return Err(BrokerError::NotFound(format!("no topic '{name}'")));
+        };
+        for p in topic.partitions() {
+            if let Err(e) = p.log().destroy() {
+                tracing::warn!(partition = ?p, "failed to remove partition log: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(topic_dir(&self.0.config.data_dir, name));
+        drop(lifecycle);
+        self.0.save_metadata();
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Grow a topic to `count` partitions (never shrinks: Kafka's rule).
+    pub fn create_partitions(&self, name: &str, count: usize) -> Result<()> {
+        let lifecycle = self.0.topic_lifecycle.lock();
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::NotFound(format!("no topic '{name}'")))?;
+        let have = topic.partition_count();
+        if count <= have || count > MAX_PARTITIONS {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "topic '{name}' has {have} partitions; the new count must be more (at most {MAX_PARTITIONS}), not {count}"
+            )));
+        }
+        let config = topic.config();
+        for i in have..count {
+            let log = self.0.open_partition_log(name, i, &config)?;
+            topic.partitions.write().push(Partition::new(
+                name,
+                i as i32,
+                log,
+                self.0.appends.clone(),
+            ));
+        }
+        drop(lifecycle);
+        self.0.save_metadata();
+        Ok(())
+    }
+
+    /// Replace a topic's configuration (segment size applies to new segments after restart).
+    pub fn set_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::NotFound(format!("no topic '{name}'")))?;
+        *topic.config.write() = config;
+        self.0.save_metadata();
+        Ok(())
+    }
+
     /// Flush and fsync everything (clean shutdown).
     pub fn shutdown(&self) {
+        for t in self.topics() {
+            for p in t.partitions() {
+                if let Err(e) = p.log().close() {
+                    tracing::error!(partition = ?p, "closing partition log failed: {e}");
+                }
+            }
+        }
         for v in self.vhosts() {
             for q in v.queues() {
                 q.flush_acks();
@@ -351,6 +489,11 @@ impl Broker {
         };
         let meta: Metadata = serde_json::from_slice(&text)
             .map_err(|e| BrokerError::Internal(format!("corrupt {}: {e}", path.display())))?;
+        for t in meta.topics {
+            let topic = self.0.open_topic(&t.name, t.id, t.partitions, t.config)?;
+            tracing::info!(topic = %t.name, partitions = t.partitions, "recovered topic");
+            self.0.topics.write().insert(t.name, topic);
+        }
         for vm in meta.vhosts {
             let v = self.add_vhost(&vm.name);
             for e in vm.exchanges {
@@ -397,6 +540,52 @@ impl Broker {
 }
 
 impl BrokerInner {
+    fn open_topic(
+        &self,
+        name: &str,
+        id: [u8; 16],
+        partitions: usize,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
+        let mut parts = Vec::with_capacity(partitions);
+        for i in 0..partitions {
+            let log = self.open_partition_log(name, i, &config)?;
+            parts.push(Partition::new(name, i as i32, log, self.appends.clone()));
+        }
+        Ok(Arc::new(Topic {
+            name: name.to_owned(),
+            id,
+            partitions: RwLock::new(parts),
+            config: RwLock::new(config),
+        }))
+    }
+
+    fn open_partition_log(
+        &self,
+        topic: &str,
+        index: usize,
+        config: &TopicConfig,
+    ) -> Result<Arc<Log>> {
+        let dir = topic_dir(&self.config.data_dir, topic).join(index.to_string());
+        let cfg = LogConfig {
+            segment_bytes: config.segment_bytes,
+            segment_ms: self.config.segment_ms,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&dir, cfg, self.syncer.clone())?;
+        let report = log.recovery_report();
+        if report.lost_sealed_data() {
+            for r in &report.repairs {
+                tracing::error!(
+                    topic,
+                    partition = index,
+                    "partition log damaged on disk, data lost: {r}"
+                );
+            }
+        }
+        Ok(log)
+    }
+
     /// Open (or create) the log of a durable queue.
     pub(crate) fn open_queue_log(&self, vhost: &str, queue: &str) -> Result<Arc<Log>> {
         let dir = queue_dir(&self.config.data_dir, vhost, queue);
@@ -536,6 +725,16 @@ impl BrokerInner {
             vm.queues.sort_by(|a, b| a.name.cmp(&b.name));
             meta.vhosts.push(vm);
         }
+        let mut topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        for t in topics {
+            meta.topics.push(TopicMeta {
+                name: t.name.clone(),
+                id: t.id,
+                partitions: t.partition_count(),
+                config: t.config(),
+            });
+        }
         if let Err(e) = write_atomically(
             &self.config.data_dir,
             "metadata.json",
@@ -544,6 +743,20 @@ impl BrokerInner {
             tracing::error!("failed to persist metadata: {e}");
         }
     }
+}
+
+fn topic_dir(data: &Path, topic: &str) -> PathBuf {
+    // topic names are [a-zA-Z0-9._-] and never "." or "..": safe as they are
+    data.join("topics").join(topic)
+}
+
+/// A random (version 4) UUID.
+fn uuid_v4() -> Box<[u8; 16]> {
+    use rand::Rng;
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Box::new(b)
 }
 
 fn queue_dir(data: &Path, vhost: &str, queue: &str) -> PathBuf {

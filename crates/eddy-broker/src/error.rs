@@ -27,6 +27,9 @@ pub enum BrokerError {
     /// A feature that is not implemented.
     #[error("{0}")]
     NotImplemented(String),
+    /// Something that is created once already exists (a topic).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A server-side resource is exhausted.
     #[error("{0}")]
     ResourceError(String),

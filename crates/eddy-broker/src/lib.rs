@@ -16,6 +16,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod topic;
 pub mod vhost;
 
 pub use amq_protocol::protocol::BasicProperties;
@@ -25,6 +26,7 @@ pub use eddy_log::{FsyncPolicy, Log};
 pub use error::{BrokerError, Result};
 pub use message::Message;
 pub use queue::{ConsumerSink, Delivery, GetResult, Queue, QueueCounts};
+pub use topic::{Partition, Topic, TopicConfig};
 pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};
 
 /// Run `f`, which may block on disk (metadata writes, removing a queue's log), from async code:

@@ -1141,6 +1141,22 @@ impl Log {
         self.inner.lock().segments.iter().map(|s| s.size).sum()
     }
 
+    /// An offset from which about the last `bytes` of the log follow: the base of the oldest
+    /// segment among the newest ones that together hold at least `bytes` (or the start).
+    pub fn tail_offset(&self, bytes: u64) -> u64 {
+        let inner = self.inner.lock();
+        let mut sum = 0;
+        let mut from = inner.next_offset;
+        for s in inner.segments.iter().rev() {
+            from = s.base;
+            sum += s.size;
+            if sum >= bytes {
+                break;
+            }
+        }
+        from
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.inner.lock().segments.len()

@@ -1,0 +1,680 @@
+//! The Kafka APIs Eddy answers, each mapped onto the broker's topics. Broker errors become
+//! Kafka error codes in one place ([`code`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eddy_broker::{Broker, BrokerError, Log, Topic, TopicConfig};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use crate::producers::{Outcome, Producers};
+use crate::records::{patch_for_fetch, split_batches};
+use crate::KafkaConfig;
+
+/// The versions Eddy answers, per API (what ApiVersions advertises). Produce stops at 9 and
+/// Fetch at 12: later versions address topics by id only.
+const APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::InitProducerId, 0, 4),
+];
+
+/// The version range Eddy answers for an API, if any.
+pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    APIS.iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|(_, lo, hi)| (*lo, *hi))
+}
+
+fn api_keys() -> Vec<ApiVersion> {
+    APIS.iter()
+        .map(|(k, lo, hi)| {
+            let mut v = ApiVersion::default();
+            v.api_key = *k as i16;
+            v.min_version = *lo;
+            v.max_version = *hi;
+            v
+        })
+        .collect()
+}
+
+/// ApiVersions v0 answer to a version we do not speak.
+pub(crate) fn api_versions_unsupported() -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    r.error_code = ResponseError::UnsupportedVersion.code();
+    r.api_keys = api_keys();
+    r
+}
+
+/// Broker errors as Kafka error codes (the one place).
+fn code(e: &BrokerError) -> i16 {
+    let err = match e {
+        BrokerError::NotFound(_) => ResponseError::UnknownTopicOrPartition,
+        BrokerError::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        BrokerError::PreconditionFailed(_) => ResponseError::InvalidRequest,
+        BrokerError::AccessRefused(_) => ResponseError::TopicAuthorizationFailed,
+        BrokerError::Storage(_) => ResponseError::KafkaStorageError,
+        BrokerError::ResourceError(_) => ResponseError::PolicyViolation,
+        _ => ResponseError::UnknownServerError,
+    };
+    err.code()
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+fn uuid(t: &Topic) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(t.id)
+}
+
+/// Answers requests for one connection.
+pub(crate) struct Handler {
+    broker: Broker,
+    cfg: Arc<KafkaConfig>,
+    producers: Arc<Producers>,
+}
+
+impl Handler {
+    pub(crate) fn new(broker: Broker, cfg: Arc<KafkaConfig>, producers: Arc<Producers>) -> Self {
+        Handler {
+            broker,
+            cfg,
+            producers,
+        }
+    }
+
+    /// Answer one request; None: no response is due (produce with acks=0).
+    pub(crate) async fn handle(
+        &self,
+        request: RequestKind,
+        version: i16,
+        _header: &RequestHeader,
+    ) -> Option<ResponseKind> {
+        Some(match request {
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(self.api_versions()),
+            RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version)),
+            RequestKind::Produce(r) => ResponseKind::Produce(self.produce(r, version).await?),
+            RequestKind::Fetch(r) => ResponseKind::Fetch(self.fetch(r, version).await),
+            RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(self.list_offsets(r, version)),
+            RequestKind::CreateTopics(r) => {
+                ResponseKind::CreateTopics(self.create_topics(r, version))
+            }
+            RequestKind::DeleteTopics(r) => {
+                ResponseKind::DeleteTopics(self.delete_topics(r, version))
+            }
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(self.create_partitions(r))
+            }
+            RequestKind::InitProducerId(r) => {
+                ResponseKind::InitProducerId(self.init_producer_id(r, version))
+            }
+            other => {
+                // `supported` let it through, so this is a bug, not the client's doing
+                tracing::error!("no handler for {other:?}");
+                return None;
+            }
+        })
+    }
+
+    fn api_versions(&self) -> ApiVersionsResponse {
+        let mut r = ApiVersionsResponse::default();
+        r.api_keys = api_keys();
+        r.finalized_features_epoch = -1;
+        r
+    }
+
+    /// The topic, created with the default settings when auto-creation is on and `create`.
+    fn topic_or_create(&self, name: &str, create: bool) -> Result<Arc<Topic>, i16> {
+        if let Some(t) = self.broker.topic(name) {
+            return Ok(t);
+        }
+        if !(create && self.cfg.auto_create_topics) {
+            return Err(ResponseError::UnknownTopicOrPartition.code());
+        }
+        let made = eddy_broker::run_blocking(|| {
+            self.broker
+                .create_topic(name, self.cfg.default_partitions, TopicConfig::default())
+        });
+        match made {
+            Ok(t) => Ok(t),
+            // created meanwhile by another client
+            Err(BrokerError::AlreadyExists(_)) => self
+                .broker
+                .topic(name)
+                .ok_or(ResponseError::UnknownTopicOrPartition.code()),
+            Err(BrokerError::PreconditionFailed(_)) => {
+                Err(ResponseError::InvalidTopicException.code())
+            }
+            Err(e) => Err(code(&e)),
+        }
+    }
+
+    fn metadata(&self, r: MetadataRequest, version: i16) -> MetadataResponse {
+        let mut resp = MetadataResponse::default();
+        let mut b = MetadataResponseBroker::default();
+        b.node_id = BrokerId(self.cfg.node_id);
+        b.host = str_bytes(&self.cfg.advertised_host);
+        b.port = self.cfg.advertised_port as i32;
+        resp.brokers = vec![b];
+        // a field a version does not have must keep its default, or encoding fails
+        if version >= 2 {
+            resp.cluster_id = Some(str_bytes(&self.cfg.cluster_id));
+        }
+        if version >= 1 {
+            resp.controller_id = BrokerId(self.cfg.node_id);
+        }
+        let auto = version < 4 || r.allow_auto_topic_creation;
+        let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = match r.topics {
+            None => None,
+            Some(t) if version == 0 && t.is_empty() => None,
+            Some(t) => Some(
+                t.into_iter()
+                    .map(|x| (x.name.map(|n| n.0.to_string()), x.topic_id))
+                    .collect(),
+            ),
+        };
+        let topics: Vec<(String, Result<Arc<Topic>, i16>)> = match wanted {
+            None => self
+                .broker
+                .topics()
+                .into_iter()
+                .map(|t| (t.name.clone(), Ok(t)))
+                .collect(),
+            Some(list) => list
+                .into_iter()
+                .map(|(name, id)| match name {
+                    Some(n) => {
+                        let t = self.topic_or_create(&n, auto);
+                        (n, t)
+                    }
+                    None => match self.broker.topics().into_iter().find(|t| uuid(t) == id) {
+                        Some(t) => (t.name.clone(), Ok(t)),
+                        None => (String::new(), Err(ResponseError::UnknownTopicId.code())),
+                    },
+                })
+                .collect(),
+        };
+        for (name, t) in topics {
+            let mut mt = MetadataResponseTopic::default();
+            mt.name = Some(topic_name(&name));
+            match t {
+                Err(c) => mt.error_code = c,
+                Ok(t) => {
+                    if version >= 10 {
+                        mt.topic_id = uuid(&t);
+                    }
+                    mt.partitions = t
+                        .partitions()
+                        .iter()
+                        .map(|p| {
+                            let mut mp = MetadataResponsePartition::default();
+                            mp.partition_index = p.index;
+                            mp.leader_id = BrokerId(self.cfg.node_id);
+                            if version >= 7 {
+                                mp.leader_epoch = 0;
+                            }
+                            mp.replica_nodes = vec![BrokerId(self.cfg.node_id)];
+                            mp.isr_nodes = vec![BrokerId(self.cfg.node_id)];
+                            mp
+                        })
+                        .collect();
+                }
+            }
+            resp.topics.push(mt);
+        }
+        resp
+    }
+
+    async fn produce(&self, r: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+        let message = |m: &str| (version >= 8).then(|| str_bytes(m));
+        let mut resp = ProduceResponse::default();
+        let mut waits: Vec<(usize, usize, Arc<Log>, u64)> = Vec::new();
+        for t in r.topic_data {
+            let name = t.name.0.to_string();
+            let topic = self.topic_or_create(&name, true);
+            let mut tr = TopicProduceResponse::default();
+            tr.name = t.name;
+            for p in t.partition_data {
+                let mut pr = PartitionProduceResponse::default();
+                pr.index = p.index;
+                pr.base_offset = -1;
+                let partition = match &topic {
+                    Err(c) => {
+                        pr.error_code = *c;
+                        tr.partition_responses.push(pr);
+                        continue;
+                    }
+                    Ok(t) => t.partition(p.index),
+                };
+                let Some(partition) = partition else {
+                    pr.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    tr.partition_responses.push(pr);
+                    continue;
+                };
+                let records = p.records.unwrap_or_default();
+                let batches = match split_batches(&records) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        pr.error_code = ResponseError::CorruptMessage.code();
+                        pr.error_message = message(&e.to_string());
+                        tr.partition_responses.push(pr);
+                        continue;
+                    }
+                };
+                if batches.iter().any(|(_, info)| info.transactional) {
+                    pr.error_code = ResponseError::InvalidRecord.code();
+                    pr.error_message = message("transactions are not supported yet");
+                    tr.partition_responses.push(pr);
+                    continue;
+                }
+                match self.producers.append(&partition, &batches) {
+                    Err((c, msg)) => {
+                        if c == ResponseError::KafkaStorageError.code() {
+                            tracing::error!(partition = ?partition, "append failed: {msg}");
+                        }
+                        pr.error_code = c;
+                        pr.error_message = message(&msg);
+                    }
+                    Ok(outcomes) => {
+                        let base = match outcomes[0] {
+                            Outcome::Appended(b) | Outcome::Duplicate(b) => b,
+                        };
+                        pr.base_offset = base as i64;
+                        if version >= 5 {
+                            pr.log_start_offset = partition.start_offset() as i64;
+                        }
+                        if r.acks == -1 {
+                            // a duplicate waits too: its first append may not be durable yet
+                            let end = outcomes
+                                .iter()
+                                .zip(&batches)
+                                .map(|(o, (_, info))| match o {
+                                    Outcome::Appended(b) | Outcome::Duplicate(b) => {
+                                        b + info.record_count as u64
+                                    }
+                                })
+                                .max()
+                                .unwrap_or(base);
+                            waits.push((
+                                resp.responses.len(),
+                                tr.partition_responses.len(),
+                                partition.log().clone(),
+                                end,
+                            ));
+                        }
+                    }
+                }
+                tr.partition_responses.push(pr);
+            }
+            resp.responses.push(tr);
+        }
+        if r.acks == 0 {
+            return None;
+        }
+        // acks=all: durable under the fsync policy before the answer
+        for (t, p, log, end) in waits {
+            if let Err(e) = log.wait_durable(end).await {
+                let pr = &mut resp.responses[t].partition_responses[p];
+                pr.error_code = ResponseError::KafkaStorageError.code();
+                pr.error_message = message(&e.to_string());
+            }
+        }
+        Some(resp)
+    }
+
+    async fn fetch(&self, r: FetchRequest, version: i16) -> FetchResponse {
+        let wait = Duration::from_millis(r.max_wait_ms.clamp(0, 60_000) as u64);
+        let deadline = Instant::now() + wait;
+        let mut appends = self.broker.appends();
+        loop {
+            appends.borrow_and_update();
+            let (resp, bytes, errors) = self.fetch_once(&r, version);
+            let done = errors || bytes >= r.min_bytes.max(0) as usize || Instant::now() >= deadline;
+            if done {
+                return resp;
+            }
+            tokio::select! {
+                _ = appends.changed() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    /// One pass over the requested partitions: (response, record bytes, any error).
+    fn fetch_once(&self, r: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+        let mut resp = FetchResponse::default();
+        let mut budget = if r.max_bytes > 0 {
+            r.max_bytes as usize
+        } else {
+            usize::MAX
+        };
+        let mut total = 0usize;
+        let mut errors = false;
+        for t in &r.topics {
+            let mut tr = FetchableTopicResponse::default();
+            tr.topic = t.topic.clone();
+            tr.topic_id = t.topic_id;
+            let topic = self.broker.topic(t.topic.0.as_str());
+            for p in &t.partitions {
+                let mut pd = PartitionData::default();
+                pd.partition_index = p.partition;
+                pd.high_watermark = -1;
+                let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
+                    pd.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    errors = true;
+                    tr.partitions.push(pd);
+                    continue;
+                };
+                let (start, end) = (part.start_offset(), part.end_offset());
+                pd.high_watermark = end as i64;
+                pd.last_stable_offset = end as i64;
+                if version >= 5 {
+                    pd.log_start_offset = start as i64;
+                }
+                let from = p.fetch_offset;
+                if from < start as i64 || from > end as i64 {
+                    pd.error_code = ResponseError::OffsetOutOfRange.code();
+                    errors = true;
+                    tr.partitions.push(pd);
+                    continue;
+                }
+                let mut records = Vec::new();
+                if (from as u64) < end && (budget > 0 || total == 0) {
+                    let limit = (p.partition_max_bytes.max(0) as usize).min(budget).max(1);
+                    match part.read(from as u64, limit) {
+                        Ok(batches) => {
+                            for mut b in batches {
+                                // whole batches only, but the first one even if it is larger
+                                // than the limits, so a consumer always makes progress
+                                if !records.is_empty() && records.len() + b.payload.len() > limit {
+                                    break;
+                                }
+                                patch_for_fetch(&mut b.payload, b.base_offset);
+                                records.extend_from_slice(&b.payload);
+                            }
+                        }
+                        Err(e) => {
+                            pd.error_code = code(&e);
+                            errors = true;
+                        }
+                    }
+                }
+                total += records.len();
+                budget = budget.saturating_sub(records.len());
+                pd.records = Some(Bytes::from(records));
+                tr.partitions.push(pd);
+            }
+            resp.responses.push(tr);
+        }
+        (resp, total, errors)
+    }
+
+    fn list_offsets(&self, r: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+        let mut resp = ListOffsetsResponse::default();
+        for t in r.topics {
+            let topic = self.broker.topic(t.name.0.as_str());
+            let mut tr = ListOffsetsTopicResponse::default();
+            tr.name = t.name;
+            for p in t.partitions {
+                let mut pr = ListOffsetsPartitionResponse::default();
+                pr.partition_index = p.partition_index;
+                pr.timestamp = -1;
+                pr.offset = -1;
+                if version >= 4 {
+                    pr.leader_epoch = 0;
+                }
+                match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                    None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                    Some(part) => match p.timestamp {
+                        -1 => pr.offset = part.end_offset() as i64,
+                        -2 => pr.offset = part.start_offset() as i64,
+                        ts if ts >= 0 => match part.offset_for_timestamp(ts) {
+                            Ok(Some(o)) => {
+                                pr.offset = o as i64;
+                                pr.timestamp = ts;
+                            }
+                            Ok(None) => {}
+                            Err(e) => pr.error_code = code(&e),
+                        },
+                        _ => pr.error_code = ResponseError::UnsupportedVersion.code(),
+                    },
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    fn create_topics(&self, r: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+        let mut resp = CreateTopicsResponse::default();
+        for t in r.topics {
+            let name = t.name.0.to_string();
+            let mut res = CreatableTopicResult::default();
+            res.name = t.name.clone();
+            if version < 5 {
+                res.configs = None;
+            }
+            let outcome = self.create_one(&name, &t, r.validate_only);
+            match outcome {
+                Ok(_) if version < 5 => {}
+                Ok((topic, partitions, config)) => {
+                    res.num_partitions = partitions as i32;
+                    res.replication_factor = 1;
+                    if let (Some(topic), true) = (topic, version >= 7) {
+                        res.topic_id = uuid(&topic);
+                    }
+                    res.configs = Some(
+                        config
+                            .entries()
+                            .into_iter()
+                            .map(|(k, v)| {
+                                let mut c = CreatableTopicConfigs::default();
+                                c.name = str_bytes(k);
+                                c.value = Some(str_bytes(&v));
+                                c.config_source = 5; // default config
+                                c
+                            })
+                            .collect(),
+                    );
+                }
+                Err((c, msg)) => {
+                    res.error_code = c;
+                    res.error_message = Some(str_bytes(&msg));
+                }
+            }
+            resp.topics.push(res);
+        }
+        resp
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn create_one(
+        &self,
+        name: &str,
+        t: &create_topics_request::CreatableTopic,
+        validate_only: bool,
+    ) -> Result<(Option<Arc<Topic>>, usize, TopicConfig), (i16, String)> {
+        if let Err(e) = eddy_broker::topic::check_topic_name(name) {
+            return Err((ResponseError::InvalidTopicException.code(), e.to_string()));
+        }
+        if !(t.replication_factor == -1 || t.replication_factor == 1) {
+            return Err((
+                ResponseError::InvalidReplicationFactor.code(),
+                format!(
+                    "replication factor {} is larger than the 1 broker available",
+                    t.replication_factor
+                ),
+            ));
+        }
+        let partitions = if !t.assignments.is_empty() {
+            t.assignments.len() as i64
+        } else if t.num_partitions == -1 {
+            self.cfg.default_partitions as i64
+        } else {
+            t.num_partitions as i64
+        };
+        if partitions < 1 || partitions > eddy_broker::topic::MAX_PARTITIONS as i64 {
+            return Err((
+                ResponseError::InvalidPartitions.code(),
+                format!("invalid number of partitions {partitions}"),
+            ));
+        }
+        let mut config = TopicConfig::default();
+        for c in &t.configs {
+            if let Err(e) = config.set(c.name.as_str(), c.value.as_ref().map(|v| v.as_str())) {
+                return Err((ResponseError::InvalidConfig.code(), e.to_string()));
+            }
+        }
+        if self.broker.topic(name).is_some() {
+            return Err((
+                ResponseError::TopicAlreadyExists.code(),
+                format!("topic '{name}' already exists"),
+            ));
+        }
+        if validate_only {
+            return Ok((None, partitions as usize, config));
+        }
+        let made = eddy_broker::run_blocking(|| {
+            self.broker
+                .create_topic(name, partitions as usize, config.clone())
+        });
+        match made {
+            Ok(topic) => Ok((Some(topic), partitions as usize, config)),
+            Err(e) => Err((code(&e), e.to_string())),
+        }
+    }
+
+    fn delete_topics(&self, r: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+        let mut resp = DeleteTopicsResponse::default();
+        let targets: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+            r.topics
+                .into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect()
+        } else {
+            r.topic_names
+                .into_iter()
+                .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+                .collect()
+        };
+        for (name, id) in targets {
+            let topic = match &name {
+                Some(n) => self.broker.topic(n),
+                None => self.broker.topics().into_iter().find(|t| uuid(t) == id),
+            };
+            let mut res = DeletableTopicResult::default();
+            res.name = name.as_deref().map(topic_name);
+            if version >= 6 {
+                res.topic_id = id;
+            }
+            match topic {
+                None => {
+                    res.error_code = if name.is_some() {
+                        ResponseError::UnknownTopicOrPartition.code()
+                    } else {
+                        ResponseError::UnknownTopicId.code()
+                    }
+                }
+                Some(t) => {
+                    res.name = Some(topic_name(&t.name));
+                    if version >= 6 {
+                        res.topic_id = uuid(&t);
+                    }
+                    self.producers.forget_topic(&t.name);
+                    if let Err(e) = eddy_broker::run_blocking(|| self.broker.delete_topic(&t.name))
+                    {
+                        res.error_code = code(&e);
+                        if version >= 5 {
+                            res.error_message = Some(str_bytes(&e.to_string()));
+                        }
+                    }
+                }
+            }
+            resp.responses.push(res);
+        }
+        resp
+    }
+
+    fn init_producer_id(&self, r: InitProducerIdRequest, _version: i16) -> InitProducerIdResponse {
+        let mut resp = InitProducerIdResponse::default();
+        if r.transactional_id.is_some() {
+            // transactions are not implemented: a fatal error for the client, not a retry loop
+            resp.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+            resp.producer_id = ProducerId(-1);
+            resp.producer_epoch = -1;
+            return resp;
+        }
+        // a producer that asks to bump its epoch (v3+) keeps its id unless the epoch is spent
+        if r.producer_id.0 >= 0 && r.producer_epoch >= 0 && r.producer_epoch < i16::MAX - 1 {
+            resp.producer_id = r.producer_id;
+            resp.producer_epoch = r.producer_epoch + 1;
+        } else {
+            resp.producer_id = ProducerId(self.producers.allocate());
+            resp.producer_epoch = 0;
+        }
+        resp
+    }
+
+    fn create_partitions(&self, r: CreatePartitionsRequest) -> CreatePartitionsResponse {
+        let mut resp = CreatePartitionsResponse::default();
+        for t in r.topics {
+            let name = t.name.0.to_string();
+            let mut res = CreatePartitionsTopicResult::default();
+            res.name = t.name;
+            let outcome = match self.broker.topic(&name) {
+                None => Err((
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    format!("no topic '{name}'"),
+                )),
+                Some(topic) if t.count as usize <= topic.partition_count() || t.count < 1 => Err((
+                    ResponseError::InvalidPartitions.code(),
+                    format!(
+                        "topic '{name}' has {} partitions; the new count must be more, not {}",
+                        topic.partition_count(),
+                        t.count
+                    ),
+                )),
+                Some(_) if r.validate_only => Ok(()),
+                Some(_) => eddy_broker::run_blocking(|| {
+                    self.broker.create_partitions(&name, t.count as usize)
+                })
+                .map_err(|e| (code(&e), e.to_string())),
+            };
+            if let Err((c, msg)) = outcome {
+                res.error_code = c;
+                res.error_message = Some(str_bytes(&msg));
+            }
+            resp.results.push(res);
+        }
+        resp
+    }
+}

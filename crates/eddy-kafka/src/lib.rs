@@ -1,0 +1,90 @@
+//! `eddy-kafka`: the Kafka wire-protocol front end. Requests and responses are decoded and
+//! encoded by `kafka-protocol`; topics and partitions are the broker's, on `eddy-log`.
+//!
+//! Shaping decision: record batches are stored exactly as producers send them (compressed or
+//! not) and served back byte for byte, with only the broker-owned base offset patched in (the
+//! batch CRC does not cover it). A connection handles its requests one at a time, in order, as
+//! a Kafka broker does; long-polling fetches wait on the broker's append signal.
+
+mod api;
+mod conn;
+mod producers;
+pub mod records;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_broker::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Settings of the Kafka listener.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Host clients are told to connect to (Metadata).
+    pub advertised_host: String,
+    /// Port clients are told to connect to.
+    pub advertised_port: u16,
+    /// This broker's node id.
+    pub node_id: i32,
+    /// Largest request accepted (Kafka's `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// Create a topic when a client asks for an unknown one (Kafka's
+    /// `auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic (Kafka's `num.partitions`).
+    pub default_partitions: usize,
+    /// Cluster id reported in Metadata.
+    pub cluster_id: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            node_id: 0,
+            max_request_bytes: 100 << 20,
+            auto_create_topics: true,
+            default_partitions: 1,
+            cluster_id: "eddy".into(),
+        }
+    }
+}
+
+/// Accept Kafka connections until `shutdown` turns true; each runs in its own task, and
+/// this returns once they are gone (or after a grace period).
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: KafkaConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let producers = Arc::new(producers::Producers::new());
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    conns.spawn(conn::handle(stream, peer, broker.clone(), config.clone(), producers.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("kafka accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.abort_all();
+    }
+    Ok(())
+}

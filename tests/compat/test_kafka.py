@@ -1,0 +1,261 @@
+"""Kafka clients against Eddy's Kafka listener: kcat (librdkafka), confluent-kafka, kafka-python."""
+import os
+import socket
+import struct
+import subprocess
+
+import pytest
+
+from helpers import qname
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("EDDY_TEST_AMQP_URL")), reason="needs Eddy's Kafka listener")
+
+
+def kcat(broker, *args, stdin=None, timeout=30):
+    r = subprocess.run(
+        ["kcat", "-b", broker.bootstrap, *args],
+        input=stdin, capture_output=True, timeout=timeout,
+    )
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return r.stdout.decode()
+
+
+def test_kcat_produce_consume_and_list(broker):
+    t = qname("kcat")
+    kcat(broker, "-P", "-t", t, stdin=b"one\ntwo\nthree\n")
+    kcat(broker, "-P", "-t", t, "-z", "gzip", stdin=b"four\n")
+    out = kcat(broker, "-C", "-t", t, "-e", "-o", "beginning", "-f", "%o %s\\n")
+    assert out.splitlines() == ["0 one", "1 two", "2 three", "3 four"]
+    meta = kcat(broker, "-L", "-t", t)
+    assert f'topic "{t}" with 1 partitions' in meta
+    # from an offset, and the last message only
+    assert kcat(broker, "-C", "-t", t, "-e", "-o", "2", "-f", "%s\\n").splitlines() == ["three", "four"]
+    assert kcat(broker, "-C", "-t", t, "-e", "-o", "-1", "-f", "%s\\n").splitlines() == ["four"]
+
+
+def test_confluent_kafka_acks_all_round_trip_with_keys_and_headers(broker):
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    t = qname("ck")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1)])[t].result(10)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 5, "compression.type": "gzip"})
+    delivered = []
+    for i in range(300):
+        p.produce(t, value=f"v{i}".encode(), key=f"k{i % 10}".encode(), headers=[("h", str(i).encode())],
+                  on_delivery=lambda err, m: delivered.append((err, m.partition(), m.offset())))
+    assert p.flush(20) == 0
+    assert len(delivered) == 300 and all(e is None for e, _, _ in delivered)
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": qname("g"), "enable.auto.commit": False})
+    c.assign([TopicPartition(t, i, OFFSET_BEGINNING) for i in range(3)])
+    got = {}
+    while len(got) < 300:
+        m = c.poll(10)
+        assert m is not None, f"only {len(got)} of 300 consumed"
+        assert m.error() is None, m.error()
+        got[m.value()] = (m.key(), dict(m.headers())["h"], m.partition())
+    c.close()
+    for i in range(300):
+        key, header, partition = got[f"v{i}".encode()]
+        assert key == f"k{i % 10}".encode() and header == str(i).encode()
+    # one key, one partition (librdkafka's partitioner), as Kafka guarantees per-key order
+    by_key = {}
+    for key, _, partition in got.values():
+        by_key.setdefault(key, set()).add(partition)
+    assert all(len(ps) == 1 for ps in by_key.values())
+    # watermarks match what was written
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": qname("g")})
+    total = sum(c.get_watermark_offsets(TopicPartition(t, i), timeout=10)[1] for i in range(3))
+    c.close()
+    assert total == 300
+
+
+def test_kafka_python_produce_and_consume(broker):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    t = qname("kp")
+    prod = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for i in range(50):
+        prod.send(t, key=b"k", value=f"{i}".encode())
+    prod.flush(20)
+    prod.close()
+    cons = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000)
+    cons.assign([TopicPartition(t, 0)])
+    cons.seek_to_beginning()
+    got = [m.value for m in cons]
+    cons.close()
+    assert got == [f"{i}".encode() for i in range(50)]
+
+
+def test_admin_errors_are_kafka_error_codes(broker):
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    t = qname("adm")
+    admin.create_topics([NewTopic(t, num_partitions=1)])[t].result(10)
+    with pytest.raises(KafkaException) as e:
+        admin.create_topics([NewTopic(t, num_partitions=1)])[t].result(10)
+    assert e.value.args[0].name() == "TOPIC_ALREADY_EXISTS"
+    with pytest.raises(KafkaException) as e:
+        admin.create_topics([NewTopic("bad name!", num_partitions=1)])["bad name!"].result(10)
+    assert e.value.args[0].code() == 17  # INVALID_TOPIC_EXCEPTION (librdkafka: TOPIC_EXCEPTION)
+    rf = qname("rf")
+    with pytest.raises(KafkaException) as e:
+        admin.create_topics([NewTopic(rf, num_partitions=1, replication_factor=3)])[rf].result(10)
+    assert e.value.args[0].name() == "INVALID_REPLICATION_FACTOR"
+    admin.create_partitions([NewPartitions(t, 4)])[t].result(10)
+    md = admin.list_topics(t, timeout=10)
+    assert len(md.topics[t].partitions) == 4
+    admin.delete_topics([t])[t].result(10)
+    assert t not in admin.list_topics(timeout=10).topics
+
+
+def raw_request(broker, payload):
+    """Send one size-prefixed request; return the response bytes or None if the connection closed."""
+    with socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=10) as s:
+        s.sendall(payload)
+        head = s.recv(4)
+        if len(head) < 4:
+            return None
+        (n,) = struct.unpack(">i", head)
+        body = b""
+        while len(body) < n:
+            chunk = s.recv(n - len(body))
+            if not chunk:
+                break
+            body += chunk
+        return body
+
+
+def test_malformed_requests_get_an_error_or_a_closed_connection_never_a_crash(broker):
+    # ApiVersions in a version we do not speak: answered (v0, UNSUPPORTED_VERSION = 35)
+    resp = raw_request(broker, struct.pack(">ihhi", 10, 18, 99, 7) + struct.pack(">h", -1))
+    corr, err = struct.unpack(">ih", resp[:6])
+    assert corr == 7 and err == 35
+    # a size far beyond the limit, a negative size, an unknown API key, a truncated Produce
+    assert raw_request(broker, struct.pack(">i", 2_000_000_000) + b"\0" * 16) is None
+    assert raw_request(broker, struct.pack(">i", -5)) is None
+    assert raw_request(broker, struct.pack(">ihhi", 10, 999, 0, 1) + b"\0\0") is None
+    assert raw_request(broker, struct.pack(">ihhi", 12, 0, 9, 1) + b"\xff\xff\x00\x00") is None
+    # and the broker still serves
+    t = qname("alive")
+    kcat(broker, "-P", "-t", t, stdin=b"still here\n")
+    assert kcat(broker, "-C", "-t", t, "-e", "-f", "%s\\n").splitlines() == ["still here"]
+
+
+def test_corrupt_batch_is_refused_with_corrupt_message(broker):
+    """A produce whose batch CRC is wrong is answered with CORRUPT_MESSAGE (2) and not stored."""
+    t = qname("crc")
+    kcat(broker, "-P", "-t", t, stdin=b"good\n")
+    # Produce v3: transactional_id null, acks 1, timeout, [topic [partition records]]
+    batch = bytearray(kcat_batch())
+    batch[-1] ^= 0xFF  # break the CRC
+    topic = t.encode()
+    body = struct.pack(">hhi", 0, 3, 42) + struct.pack(">h", -1)  # api, version, corr, client id null
+    body += struct.pack(">h", -1) + struct.pack(">hi", 1, 5000)  # transactional id null, acks, timeout
+    body += struct.pack(">i", 1) + struct.pack(">h", len(topic)) + topic
+    body += struct.pack(">i", 1) + struct.pack(">i", 0) + struct.pack(">i", len(batch)) + bytes(batch)
+    resp = raw_request(broker, struct.pack(">i", len(body)) + body)
+    assert resp is not None
+    # corr, [topic name, [partition, error_code ...]]
+    (corr,) = struct.unpack(">i", resp[:4])
+    assert corr == 42
+    at = 4 + 4 + 2 + len(topic) + 4
+    partition, error = struct.unpack(">ih", resp[at:at + 6])
+    assert (partition, error) == (0, 2)
+    assert kcat(broker, "-C", "-t", t, "-e", "-f", "%s\\n").splitlines() == ["good"]
+
+
+def kcat_batch():
+    """A valid uncompressed v2 record batch with one record, built by hand."""
+    def varint(v):
+        z = (v << 1) ^ (v >> 63)
+        out = bytearray()
+        while True:
+            if z < 0x80:
+                out.append(z)
+                return bytes(out)
+            out.append((z & 0x7F) | 0x80)
+            z >>= 7
+
+    value = b"bad"
+    rec = b"\x00" + varint(0) + varint(0) + varint(-1) + varint(len(value)) + value + varint(0)
+    rec = varint(len(rec)) + rec
+    after_crc = struct.pack(">hiqqqhii", 0, 0, 0, 0, -1, -1, -1, 1) + rec
+    crc = crc32c(after_crc)
+    head = struct.pack(">qiibI", 0, 0, 0, 2, crc)
+    batch = bytearray(head + after_crc)
+    struct.pack_into(">i", batch, 8, len(batch) - 12)
+    return bytes(batch)
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def test_kill9_during_idempotent_acks_all_production_loses_and_duplicates_nothing(own_eddy):
+    import threading
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+    s = own_eddy()
+    t = qname("crash")
+    p = Producer({
+        "bootstrap.servers": s.bootstrap, "acks": "all", "enable.idempotence": True,
+        "linger.ms": 2, "message.timeout.ms": 60000, "retry.backoff.ms": 100,
+    })
+    acked, failed = [], []
+
+    def on_delivery(err, m):
+        (failed if err else acked).append(m.value())
+
+    stop = threading.Event()
+
+    def produce():
+        i = 0
+        while not stop.is_set():
+            try:
+                p.produce(t, value=f"{i:08}".encode(), on_delivery=on_delivery)
+                i += 1
+            except BufferError:
+                p.poll(0.05)
+            p.poll(0)
+            if i % 200 == 0:
+                time.sleep(0.005)
+
+    th = threading.Thread(target=produce)
+    th.start()
+    deadline = time.monotonic() + 20
+    while len(acked) < 3000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s.kill9()
+    s.start()
+    time.sleep(1.0)
+    stop.set()
+    th.join()
+    assert p.flush(60) == 0
+    assert not failed, failed[:5]
+    c = Consumer({"bootstrap.servers": s.bootstrap, "group.id": qname("g"), "enable.auto.commit": False})
+    c.assign([TopicPartition(t, 0, OFFSET_BEGINNING)])
+    seen = []
+    while True:
+        m = c.poll(3)
+        if m is None:
+            break
+        assert m.error() is None, m.error()
+        seen.append(m.value())
+    c.close()
+    missing = set(acked) - set(seen)
+    dups = len(seen) - len(set(seen))
+    print(f"kafka crash test: acked={len(acked)} stored={len(seen)} missing={len(missing)} duplicates={dups}")
+    assert len(acked) > 3000
+    assert not missing, sorted(missing)[:10]
+    assert dups == 0
