@@ -259,3 +259,120 @@ def test_kill9_during_idempotent_acks_all_production_loses_and_duplicates_nothin
     assert len(acked) > 3000
     assert not missing, sorted(missing)[:10]
     assert dups == 0
+
+
+def _group_consumer(bootstrap, group, **extra):
+    from confluent_kafka import Consumer
+
+    conf = {
+        "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+    }
+    conf.update(extra)
+    return Consumer(conf)
+
+
+def _poll_until(consumers, want, seconds=30, have=()):
+    """Poll (committing each message) until the values in `want` have all been seen (counting
+    `have`), or the time is up."""
+    import time
+
+    got = {}
+    deadline = time.monotonic() + seconds
+    while not set(want) <= set(got) | set(have) and time.monotonic() < deadline:
+        for name, c in consumers.items():
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            got[m.value()] = (name, m.partition())
+            _commit(c, m)
+    return got
+
+
+def _commit(c, m):
+    """Commit a message's offset; during a rebalance Kafka refuses (REBALANCE_IN_PROGRESS) and
+    the message is simply consumed again by the partition's next owner."""
+    from confluent_kafka import KafkaException
+
+    try:
+        c.commit(message=m, asynchronous=False)
+    except KafkaException as e:
+        assert e.args[0].name() in ("REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID"), e
+
+
+def test_consumer_group_rebalances_across_two_consumers_and_resumes_after_restart(own_eddy):
+    import time
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    s = own_eddy()
+    t, group = qname("grp"), qname("g")
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    admin.create_topics([NewTopic(t, num_partitions=4)])[t].result(10)
+    p = Producer({"bootstrap.servers": s.bootstrap, "acks": "all"})
+    for i in range(200):
+        p.produce(t, value=f"a{i}".encode(), partition=i % 4)
+    assert p.flush(10) == 0
+
+    c1 = _group_consumer(s.bootstrap, group)
+    c1.subscribe([t])
+    first = _poll_until({"c1": c1}, [f"a{i}".encode() for i in range(200)])
+    assert len(first) == 200 and len(c1.assignment()) == 4
+    # a second member joins: the four partitions are split between them
+    c2 = _group_consumer(s.bootstrap, group)
+    c2.subscribe([t])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (len(c1.assignment()) == 2 and len(c2.assignment()) == 2):
+        for c in (c1, c2):
+            m = c.poll(0.2)
+            assert m is None or m.error() or m.value() in first
+    assert (len(c1.assignment()), len(c2.assignment())) == (2, 2)
+    for i in range(200):
+        p.produce(t, value=f"c{i}".encode(), partition=i % 4)
+    assert p.flush(10) == 0
+    both = _poll_until({"c1": c1, "c2": c2}, [f"c{i}".encode() for i in range(200)])
+    assert {f"c{i}".encode() for i in range(200)} <= set(both)
+    # each consumer read exactly the partitions it was assigned
+    for name, c in (("c1", c1), ("c2", c2)):
+        mine = {tp.partition for tp in c.assignment()}
+        assert {part for v, (n, part) in both.items() if n == name} <= mine
+        assert any(n == name for n, _ in both.values())
+    # the group as the admin API sees it
+    desc = admin.describe_consumer_groups([group])[group].result(10)
+    assert len(desc.members) == 2 and str(desc.state).endswith("STABLE")
+    c1.close()
+    c2.close()
+
+    # committed offsets survive a restart: a new member resumes where the group left off
+    s.kill9()
+    s.start()
+    p = Producer({"bootstrap.servers": s.bootstrap, "acks": "all"})
+    for i in range(40):
+        p.produce(t, value=f"b{i}".encode(), partition=i % 4)
+    assert p.flush(10) == 0
+    c3 = _group_consumer(s.bootstrap, group)
+    c3.subscribe([t])
+    after = _poll_until({"c3": c3}, [f"b{i}".encode() for i in range(40)])
+    extra = []
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        m = c3.poll(0.2)
+        if m is not None and not m.error():
+            extra.append(m.value())
+    c3.close()
+    assert set(after) == {f"b{i}".encode() for i in range(40)}, sorted(after)[:5]
+    assert not extra, extra[:5]
+
+
+def test_kcat_consumer_group(own_eddy):
+    s = own_eddy()
+    t, group = qname("kg"), qname("g")
+    kcat(s, "-P", "-t", t, stdin=b"x1\nx2\nx3\n")
+    r = subprocess.run(
+        ["kcat", "-b", s.bootstrap, "-G", group, "-o", "beginning", "-e", "-f", "%s\\n", t,
+         "-X", "enable.auto.commit=true", "-X", "auto.commit.interval.ms=100"],
+        capture_output=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert r.stdout.decode().split() == ["x1", "x2", "x3"]

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::error::{BrokerError, Result};
 use crate::exchange::{Binding, Destination, ExchangeKind};
+use crate::offsets::OffsetStore;
 use crate::topic::{check_topic_name, Partition, Topic, TopicConfig, MAX_PARTITIONS};
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 
@@ -76,6 +77,7 @@ pub(crate) struct BrokerInner {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Bumped by every append to any partition.
     appends: Arc<watch::Sender<u64>>,
+    offsets: std::sync::OnceLock<OffsetStore>,
     /// Held while topics are created, deleted or grown (their log directories).
     topic_lifecycle: Mutex<()>,
     pub(crate) syncer: Arc<Syncer>,
@@ -189,6 +191,7 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),
             appends: Arc::new(watch::channel(0).0),
+            offsets: std::sync::OnceLock::new(),
             topic_lifecycle: Mutex::new(()),
             syncer,
             memory: Arc::new(AtomicI64::new(0)),
@@ -199,6 +202,15 @@ impl Broker {
             loading: AtomicBool::new(true),
         });
         let broker = Broker(inner);
+        let offsets_log = Log::open(
+            &broker.0.config.data_dir.join("offsets"),
+            LogConfig {
+                segment_bytes: 16 << 20,
+                ..LogConfig::default()
+            },
+            broker.0.syncer.clone(),
+        )?;
+        let _ = broker.0.offsets.set(OffsetStore::open(offsets_log)?);
         broker.load_metadata()?;
         if broker.vhost("/").is_none() {
             broker.add_vhost("/");
@@ -357,6 +369,11 @@ impl Broker {
         self.0.appends.subscribe()
     }
 
+    /// Committed consumer offsets.
+    pub fn offsets(&self) -> &OffsetStore {
+        self.0.offsets.get().expect("opened in Broker::open")
+    }
+
     /// A topic by name.
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.0.topics.read().get(name).cloned()
@@ -411,6 +428,9 @@ impl Broker {
         }
         let _ = std::fs::remove_dir_all(topic_dir(&self.0.config.data_dir, name));
         drop(lifecycle);
+        if let Err(e) = self.offsets().forget_topic(name) {
+            tracing::warn!(topic = name, "forgetting committed offsets failed: {e}");
+        }
         self.0.save_metadata();
         tracing::info!(topic = name, "deleted topic");
         Ok(())
@@ -455,6 +475,9 @@ impl Broker {
 
     /// Flush and fsync everything (clean shutdown).
     pub fn shutdown(&self) {
+        if let Err(e) = self.offsets().log().close() {
+            tracing::error!("closing the committed-offsets log failed: {e}");
+        }
         for t in self.topics() {
             for p in t.partitions() {
                 if let Err(e) = p.log().close() {

@@ -24,6 +24,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
+use crate::groups::{Groups, JoinRequest};
 use crate::producers::{Outcome, Producers};
 use crate::records::{patch_for_fetch, split_batches};
 use crate::KafkaConfig;
@@ -40,6 +41,16 @@ const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 /// The version range Eddy answers for an API, if any.
@@ -100,14 +111,29 @@ pub(crate) struct Handler {
     broker: Broker,
     cfg: Arc<KafkaConfig>,
     producers: Arc<Producers>,
+    groups: Arc<Groups>,
+    peer: String,
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub(crate) producers: Arc<Producers>,
+    pub(crate) groups: Arc<Groups>,
 }
 
 impl Handler {
-    pub(crate) fn new(broker: Broker, cfg: Arc<KafkaConfig>, producers: Arc<Producers>) -> Self {
+    pub(crate) fn new(
+        broker: Broker,
+        cfg: Arc<KafkaConfig>,
+        shared: &Shared,
+        peer: std::net::SocketAddr,
+    ) -> Self {
         Handler {
             broker,
             cfg,
-            producers,
+            producers: shared.producers.clone(),
+            groups: shared.groups.clone(),
+            peer: format!("/{}", peer.ip()),
         }
     }
 
@@ -116,8 +142,13 @@ impl Handler {
         &self,
         request: RequestKind,
         version: i16,
-        _header: &RequestHeader,
+        header: &RequestHeader,
     ) -> Option<ResponseKind> {
+        let client_id = header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default();
         Some(match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(self.api_versions()),
             RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version)),
@@ -136,6 +167,22 @@ impl Handler {
             RequestKind::InitProducerId(r) => {
                 ResponseKind::InitProducerId(self.init_producer_id(r, version))
             }
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(self.find_coordinator(r, version))
+            }
+            RequestKind::JoinGroup(r) => {
+                ResponseKind::JoinGroup(self.join_group(r, version, client_id).await)
+            }
+            RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(self.sync_group(r).await),
+            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(self.heartbeat(r)),
+            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(self.leave_group(r, version)),
+            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
+            RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r, version)),
+            RequestKind::ListGroups(r) => ResponseKind::ListGroups(self.list_groups(r, version)),
+            RequestKind::DescribeGroups(r) => {
+                ResponseKind::DescribeGroups(self.describe_groups(r, version))
+            }
+            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(self.delete_groups(r)),
             other => {
                 // `supported` let it through, so this is a bug, not the client's doing
                 tracing::error!("no handler for {other:?}");
@@ -640,6 +687,375 @@ impl Handler {
         } else {
             resp.producer_id = ProducerId(self.producers.allocate());
             resp.producer_epoch = 0;
+        }
+        resp
+    }
+
+    fn find_coordinator(&self, r: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+        let mut resp = FindCoordinatorResponse::default();
+        // this broker coordinates every group (and would every transaction)
+        if version >= 4 {
+            resp.coordinators = r
+                .coordinator_keys
+                .into_iter()
+                .map(|key| {
+                    let mut c = find_coordinator_response::Coordinator::default();
+                    c.key = key;
+                    c.node_id = BrokerId(self.cfg.node_id);
+                    c.host = str_bytes(&self.cfg.advertised_host);
+                    c.port = self.cfg.advertised_port as i32;
+                    c
+                })
+                .collect();
+        } else {
+            resp.node_id = BrokerId(self.cfg.node_id);
+            resp.host = str_bytes(&self.cfg.advertised_host);
+            resp.port = self.cfg.advertised_port as i32;
+        }
+        resp
+    }
+
+    async fn join_group(
+        &self,
+        r: JoinGroupRequest,
+        version: i16,
+        client_id: String,
+    ) -> JoinGroupResponse {
+        let j = self
+            .groups
+            .join(JoinRequest {
+                group: r.group_id.0.to_string(),
+                member_id: r.member_id.to_string(),
+                client_id,
+                client_host: self.peer.clone(),
+                session_timeout_ms: r.session_timeout_ms,
+                rebalance_timeout_ms: if version >= 1 {
+                    r.rebalance_timeout_ms
+                } else {
+                    r.session_timeout_ms
+                },
+                protocol_type: r.protocol_type.to_string(),
+                protocols: r
+                    .protocols
+                    .into_iter()
+                    .map(|p| (p.name.to_string(), p.metadata))
+                    .collect(),
+                require_member_id: version >= 4,
+            })
+            .await;
+        let mut resp = JoinGroupResponse::default();
+        resp.error_code = j.error;
+        resp.generation_id = j.generation;
+        resp.member_id = str_bytes(&j.member_id);
+        resp.leader = str_bytes(&j.leader);
+        if version >= 7 {
+            resp.protocol_type = (j.error == 0).then(|| str_bytes(&j.protocol_type));
+            resp.protocol_name = j.protocol.as_deref().map(str_bytes);
+        } else {
+            resp.protocol_name = Some(str_bytes(j.protocol.as_deref().unwrap_or("")));
+        }
+        resp.members = j
+            .members
+            .into_iter()
+            .map(|(id, metadata)| {
+                let mut m = join_group_response::JoinGroupResponseMember::default();
+                m.member_id = str_bytes(&id);
+                m.metadata = metadata;
+                m
+            })
+            .collect();
+        resp
+    }
+
+    async fn sync_group(&self, r: SyncGroupRequest) -> SyncGroupResponse {
+        let (error, assignment) = self
+            .groups
+            .sync(
+                r.group_id.0.as_str(),
+                r.generation_id,
+                r.member_id.as_str(),
+                r.assignments
+                    .into_iter()
+                    .map(|a| (a.member_id.to_string(), a.assignment))
+                    .collect(),
+            )
+            .await;
+        let mut resp = SyncGroupResponse::default();
+        resp.error_code = error;
+        resp.assignment = assignment;
+        resp
+    }
+
+    fn heartbeat(&self, r: HeartbeatRequest) -> HeartbeatResponse {
+        let mut resp = HeartbeatResponse::default();
+        resp.error_code =
+            self.groups
+                .heartbeat(r.group_id.0.as_str(), r.generation_id, r.member_id.as_str());
+        resp
+    }
+
+    fn leave_group(&self, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+        let ids: Vec<String> = if version >= 3 {
+            r.members.iter().map(|m| m.member_id.to_string()).collect()
+        } else {
+            vec![r.member_id.to_string()]
+        };
+        let errors = self.groups.leave(r.group_id.0.as_str(), &ids);
+        let mut resp = LeaveGroupResponse::default();
+        if version >= 3 {
+            resp.members = ids
+                .iter()
+                .zip(&errors)
+                .map(|(id, e)| {
+                    let mut m = leave_group_response::MemberResponse::default();
+                    m.member_id = str_bytes(id);
+                    m.error_code = *e;
+                    m
+                })
+                .collect();
+        } else {
+            resp.error_code = errors.first().copied().unwrap_or(0);
+        }
+        resp
+    }
+
+    async fn offset_commit(&self, r: OffsetCommitRequest) -> OffsetCommitResponse {
+        let group = r.group_id.0.to_string();
+        let check = self.groups.check_commit(
+            &group,
+            r.generation_id_or_member_epoch,
+            r.member_id.as_str(),
+        );
+        let mut resp = OffsetCommitResponse::default();
+        let mut commits = Vec::new();
+        for t in r.topics {
+            let topic = self.broker.topic(t.name.0.as_str());
+            let mut tr = offset_commit_response::OffsetCommitResponseTopic::default();
+            tr.name = t.name.clone();
+            for p in t.partitions {
+                let mut pr = offset_commit_response::OffsetCommitResponsePartition::default();
+                pr.partition_index = p.partition_index;
+                pr.error_code = if check != 0 {
+                    check
+                } else if topic
+                    .as_ref()
+                    .and_then(|x| x.partition(p.partition_index))
+                    .is_none()
+                {
+                    ResponseError::UnknownTopicOrPartition.code()
+                } else {
+                    commits.push((
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        eddy_broker::Committed {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata: p
+                                .committed_metadata
+                                .map(|m| m.to_string())
+                                .unwrap_or_default(),
+                        },
+                    ));
+                    0
+                };
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        if commits.is_empty() {
+            return resp;
+        }
+        let stored = eddy_broker::run_blocking(|| self.broker.offsets().commit(&group, commits));
+        let failed = match stored {
+            Ok((log, end)) => log.wait_durable(end).await.err().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
+            tracing::error!(group, "committing offsets failed: {e}");
+            for t in &mut resp.topics {
+                for p in &mut t.partitions {
+                    if p.error_code == 0 {
+                        p.error_code = ResponseError::KafkaStorageError.code();
+                    }
+                }
+            }
+        }
+        resp
+    }
+
+    fn offset_fetch(&self, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        let mut resp = OffsetFetchResponse::default();
+        let offsets = self.broker.offsets();
+        // what one group asks for: None = every committed partition
+        let lookup = |group: &str, wanted: Option<Vec<(String, Vec<i32>)>>| {
+            let all = offsets.group(group);
+            let wanted = wanted.unwrap_or_else(|| {
+                let mut by_topic: Vec<(String, Vec<i32>)> = Vec::new();
+                for (t, p, _) in &all {
+                    match by_topic.iter_mut().find(|(x, _)| x == t) {
+                        Some((_, ps)) => ps.push(*p),
+                        None => by_topic.push((t.clone(), vec![*p])),
+                    }
+                }
+                by_topic
+            });
+            wanted
+                .into_iter()
+                .map(|(t, ps)| {
+                    let found = ps
+                        .into_iter()
+                        .map(|p| (p, offsets.get(group, &t, p)))
+                        .collect::<Vec<_>>();
+                    (t, found)
+                })
+                .collect::<Vec<_>>()
+        };
+        if version >= 8 {
+            for g in r.groups {
+                let wanted = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                        .collect()
+                });
+                let mut gr = offset_fetch_response::OffsetFetchResponseGroup::default();
+                gr.group_id = g.group_id.clone();
+                for (t, parts) in lookup(g.group_id.0.as_str(), wanted) {
+                    let mut tr = offset_fetch_response::OffsetFetchResponseTopics::default();
+                    tr.name = topic_name(&t);
+                    for (p, c) in parts {
+                        let mut pr =
+                            offset_fetch_response::OffsetFetchResponsePartitions::default();
+                        pr.partition_index = p;
+                        pr.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
+                        pr.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
+                        pr.metadata = Some(str_bytes(c.as_ref().map_or("", |c| &c.metadata)));
+                        tr.partitions.push(pr);
+                    }
+                    gr.topics.push(tr);
+                }
+                resp.groups.push(gr);
+            }
+            return resp;
+        }
+        let wanted = r.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                .collect()
+        });
+        for (t, parts) in lookup(r.group_id.0.as_str(), wanted) {
+            let mut tr = offset_fetch_response::OffsetFetchResponseTopic::default();
+            tr.name = topic_name(&t);
+            for (p, c) in parts {
+                let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
+                pr.partition_index = p;
+                pr.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
+                if version >= 5 {
+                    pr.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
+                }
+                pr.metadata = Some(str_bytes(c.as_ref().map_or("", |c| &c.metadata)));
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    /// Every group this broker knows: with members, or only committed offsets.
+    fn known_groups(&self) -> Vec<String> {
+        let mut ids = self.groups.ids();
+        ids.extend(self.broker.offsets().group_names());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    fn list_groups(&self, r: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+        let mut resp = ListGroupsResponse::default();
+        for id in self.known_groups() {
+            let (state, protocol_type) = match self.groups.get(&id) {
+                Some(g) => {
+                    let st = g.st.lock();
+                    (st.phase.name(), st.protocol_type.clone())
+                }
+                None => ("Empty", "consumer".to_owned()),
+            };
+            if version >= 4
+                && !r.states_filter.is_empty()
+                && !r.states_filter.iter().any(|s| s.as_str() == state)
+            {
+                continue;
+            }
+            let mut g = list_groups_response::ListedGroup::default();
+            g.group_id = GroupId(str_bytes(&id));
+            g.protocol_type = str_bytes(&protocol_type);
+            if version >= 4 {
+                g.group_state = str_bytes(state);
+            }
+            resp.groups.push(g);
+        }
+        resp
+    }
+
+    fn describe_groups(&self, r: DescribeGroupsRequest, version: i16) -> DescribeGroupsResponse {
+        let mut resp = DescribeGroupsResponse::default();
+        let known = self.known_groups();
+        for id in r.groups {
+            let mut d = describe_groups_response::DescribedGroup::default();
+            d.group_id = id.clone();
+            match self.groups.get(id.0.as_str()) {
+                Some(g) => {
+                    let st = g.st.lock();
+                    d.group_state = str_bytes(st.phase.name());
+                    d.protocol_type = str_bytes(&st.protocol_type);
+                    let protocol = st.protocol.clone().unwrap_or_default();
+                    d.protocol_data = str_bytes(&protocol);
+                    d.members = st
+                        .members
+                        .iter()
+                        .map(|(mid, m)| {
+                            let mut dm = describe_groups_response::DescribedGroupMember::default();
+                            dm.member_id = str_bytes(mid);
+                            dm.client_id = str_bytes(&m.client_id);
+                            dm.client_host = str_bytes(&m.client_host);
+                            dm.member_metadata = m.metadata(&protocol);
+                            dm.member_assignment = m.assignment.clone();
+                            dm
+                        })
+                        .collect();
+                }
+                None if known.iter().any(|k| k == id.0.as_str()) => {
+                    d.group_state = str_bytes("Empty");
+                    d.protocol_type = str_bytes("consumer");
+                }
+                None => d.group_state = str_bytes("Dead"),
+            }
+            let _ = version;
+            resp.groups.push(d);
+        }
+        resp
+    }
+
+    fn delete_groups(&self, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
+        let mut resp = DeleteGroupsResponse::default();
+        let known = self.known_groups();
+        for id in r.groups_names {
+            let mut res = delete_groups_response::DeletableGroupResult::default();
+            res.group_id = id.clone();
+            let name = id.0.to_string();
+            res.error_code = if !known.contains(&name) {
+                ResponseError::GroupIdNotFound.code()
+            } else {
+                match self.groups.delete(&name) {
+                    Err(c) => c,
+                    Ok(_) => match eddy_broker::run_blocking(|| {
+                        self.broker.offsets().delete_group(&name)
+                    }) {
+                        Ok(()) => 0,
+                        Err(e) => code(&e),
+                    },
+                }
+            };
+            resp.results.push(res);
         }
         resp
     }

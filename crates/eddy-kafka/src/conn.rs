@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::api::{self, Handler};
-use crate::producers::Producers;
+use crate::api::{self, Handler, Shared};
 use crate::KafkaConfig;
 
 /// Why a connection was closed without an answer to its last request.
@@ -45,12 +44,12 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     broker: Broker,
     cfg: Arc<KafkaConfig>,
-    producers: Arc<Producers>,
+    shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let handler = Handler::new(broker, cfg.clone(), producers);
+    let handler = Handler::new(broker, cfg.clone(), &shared, peer);
     let mut out = BytesMut::with_capacity(64 * 1024);
     let result: Result<(), String> = async {
         loop {

@@ -8,6 +8,7 @@
 
 mod api;
 mod conn;
+mod groups;
 mod producers;
 pub mod records;
 
@@ -61,13 +62,28 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
-    let producers = Arc::new(producers::Producers::new());
+    let shared = Arc::new(api::Shared {
+        producers: Arc::new(producers::Producers::new()),
+        groups: Arc::new(groups::Groups::default()),
+    });
+    // consumer-group sessions time out here
+    let expiry = {
+        let groups = Arc::downgrade(&shared.groups);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                let Some(g) = groups.upgrade() else { break };
+                g.expire();
+            }
+        })
+    };
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    conns.spawn(conn::handle(stream, peer, broker.clone(), config.clone(), producers.clone(), shutdown.clone()));
+                    conns.spawn(conn::handle(stream, peer, broker.clone(), config.clone(), shared.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     tracing::warn!("kafka accept failed: {e}");
@@ -79,6 +95,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    expiry.abort();
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         while conns.join_next().await.is_some() {}
     })
