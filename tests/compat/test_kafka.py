@@ -376,3 +376,94 @@ def test_kcat_consumer_group(own_eddy):
     )
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert r.stdout.decode().split() == ["x1", "x2", "x3"]
+
+
+def test_topic_configs_describe_alter_and_incremental(broker):
+    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       NewTopic, ResourceType)
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    t = qname("cfg")
+    admin.create_topics([NewTopic(t, num_partitions=1, config={"retention.ms": "60000"})])[t].result(10)
+    res = ConfigResource(ResourceType.TOPIC, t)
+    configs = admin.describe_configs([res])[res].result(10)
+    assert configs["retention.ms"].value == "60000"
+    assert configs["cleanup.policy"].value == "delete" and configs["cleanup.policy"].is_default
+    # incremental: change one, leave the rest
+    inc = ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
+        ConfigEntry("retention.bytes", "1048576", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([inc])[inc].result(10)
+    configs = admin.describe_configs([res])[res].result(10)
+    assert configs["retention.bytes"].value == "1048576" and configs["retention.ms"].value == "60000"
+    # a bad value is refused with INVALID_CONFIG and changes nothing
+    bad = ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
+        ConfigEntry("cleanup.policy", "shred", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(Exception) as e:
+        admin.incremental_alter_configs([bad])[bad].result(10)
+    assert "INVALID_CONFIG" in str(e.value) or "cleanup.policy" in str(e.value)
+    # legacy AlterConfigs replaces the whole set: what is not named goes back to its default
+    whole = ConfigResource(ResourceType.TOPIC, t, set_config={"cleanup.policy": "compact"})
+    admin.alter_configs([whole])[whole].result(10)
+    configs = admin.describe_configs([res])[res].result(10)
+    assert configs["cleanup.policy"].value == "compact"
+    assert configs["retention.ms"].is_default and configs["retention.bytes"].is_default
+    # and the cluster as DescribeCluster reports it
+    cluster = admin.describe_cluster().result(10)
+    assert len(cluster.nodes) == 1 and cluster.nodes[0].port == broker.kafka_port
+
+
+def test_sasl_plain_login(broker):
+    from confluent_kafka import Producer
+
+    def producer(password):
+        return Producer({"bootstrap.servers": broker.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                         "sasl.mechanism": "PLAIN", "sasl.username": "guest", "sasl.password": password,
+                         "message.timeout.ms": 5000})
+
+    t = qname("sasl")
+    good = producer("guest")
+    good.produce(t, b"authenticated")
+    assert good.flush(10) == 0
+    errors = []
+    bad = Producer({"bootstrap.servers": broker.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                    "sasl.mechanism": "PLAIN", "sasl.username": "guest", "sasl.password": "wrong",
+                    "message.timeout.ms": 3000, "error_cb": lambda e: errors.append(e)})
+    bad.produce(t, b"refused")
+    bad.flush(5)
+    assert any(e.code() == -169 or "Authentication failed" in e.str() for e in errors), errors  # _AUTHENTICATION
+    assert kcat(broker, "-C", "-t", t, "-e", "-f", "%s\\n").splitlines() == ["authenticated"]
+
+
+def test_aiokafka_produce_and_consume(broker):
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    t = qname("aio")
+
+    async def main():
+        prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=True)
+        await prod.start()
+        try:
+            for i in range(30):
+                await prod.send_and_wait(t, f"{i}".encode(), key=b"k")
+        finally:
+            await prod.stop()
+        cons = AIOKafkaConsumer(t, bootstrap_servers=broker.bootstrap, group_id=qname("g"),
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+        await cons.start()
+        got = []
+        try:
+            while len(got) < 30:
+                batch = await cons.getmany(timeout_ms=2000)
+                if not batch:
+                    break
+                for msgs in batch.values():
+                    got.extend(m.value for m in msgs)
+            await cons.commit()
+        finally:
+            await cons.stop()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), 60))
+    assert got == [f"{i}".encode() for i in range(30)]

@@ -51,7 +51,17 @@ const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
+
+/// DescribeConfigs resource types.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
 
 /// The version range Eddy answers for an API, if any.
 pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -113,6 +123,13 @@ pub(crate) struct Handler {
     producers: Arc<Producers>,
     groups: Arc<Groups>,
     peer: String,
+    loopback: bool,
+    /// Set when the connection must close after this response (failed SASL login).
+    pub(crate) close_after: std::sync::atomic::AtomicBool,
+    /// The SASL mechanism agreed by SaslHandshake.
+    sasl_mechanism: parking_lot::Mutex<Option<String>>,
+    /// Who logged in with SASL on this connection.
+    user: parking_lot::Mutex<Option<String>>,
 }
 
 /// What every connection shares.
@@ -134,6 +151,10 @@ impl Handler {
             producers: shared.producers.clone(),
             groups: shared.groups.clone(),
             peer: format!("/{}", peer.ip()),
+            loopback: peer.ip().is_loopback(),
+            close_after: Default::default(),
+            sasl_mechanism: Default::default(),
+            user: Default::default(),
         }
     }
 
@@ -183,6 +204,20 @@ impl Handler {
                 ResponseKind::DescribeGroups(self.describe_groups(r, version))
             }
             RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(self.delete_groups(r)),
+            RequestKind::DescribeConfigs(r) => {
+                ResponseKind::DescribeConfigs(self.describe_configs(r, version))
+            }
+            RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(self.alter_configs(r)),
+            RequestKind::IncrementalAlterConfigs(r) => {
+                ResponseKind::IncrementalAlterConfigs(self.incremental_alter_configs(r))
+            }
+            RequestKind::SaslHandshake(r) => ResponseKind::SaslHandshake(self.sasl_handshake(r)),
+            RequestKind::SaslAuthenticate(r) => {
+                ResponseKind::SaslAuthenticate(self.sasl_authenticate(r))
+            }
+            RequestKind::DescribeCluster(r) => {
+                ResponseKind::DescribeCluster(self.describe_cluster(r, version))
+            }
             other => {
                 // `supported` let it through, so this is a bug, not the client's doing
                 tracing::error!("no handler for {other:?}");
@@ -1057,6 +1092,277 @@ impl Handler {
             };
             resp.results.push(res);
         }
+        resp
+    }
+
+    fn describe_configs(&self, r: DescribeConfigsRequest, version: i16) -> DescribeConfigsResponse {
+        use describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+        let mut resp = DescribeConfigsResponse::default();
+        let defaults = TopicConfig::default();
+        for res in r.resources {
+            let mut out = DescribeConfigsResult::default();
+            out.resource_type = res.resource_type;
+            out.resource_name = res.resource_name.clone();
+            let entries: Vec<(&str, String, bool)> = match res.resource_type {
+                RESOURCE_TOPIC => match self.broker.topic(res.resource_name.as_str()) {
+                    Some(t) => {
+                        let d = defaults.entries();
+                        t.config()
+                            .entries()
+                            .into_iter()
+                            .map(|(k, v)| {
+                                let is_default = d.iter().any(|(dk, dv)| *dk == k && *dv == v);
+                                (k, v, is_default)
+                            })
+                            .collect()
+                    }
+                    None => {
+                        out.error_code = ResponseError::UnknownTopicOrPartition.code();
+                        out.error_message = Some(str_bytes(&format!(
+                            "no topic '{}'",
+                            res.resource_name.as_str()
+                        )));
+                        Vec::new()
+                    }
+                },
+                // this broker's settings that clients look at, read-only
+                RESOURCE_BROKER => vec![
+                    (
+                        "auto.create.topics.enable",
+                        self.cfg.auto_create_topics.to_string(),
+                        true,
+                    ),
+                    (
+                        "num.partitions",
+                        self.cfg.default_partitions.to_string(),
+                        true,
+                    ),
+                    (
+                        "socket.request.max.bytes",
+                        self.cfg.max_request_bytes.to_string(),
+                        true,
+                    ),
+                ],
+                other => {
+                    out.error_code = ResponseError::InvalidRequest.code();
+                    out.error_message = Some(str_bytes(&format!(
+                        "resource type {other} is not supported"
+                    )));
+                    Vec::new()
+                }
+            };
+            let wanted = res.configuration_keys.as_ref();
+            out.configs = entries
+                .into_iter()
+                .filter(|(k, _, _)| wanted.is_none_or(|w| w.iter().any(|x| x.as_str() == *k)))
+                .map(|(k, v, is_default)| {
+                    let mut c = DescribeConfigsResourceResult::default();
+                    c.name = str_bytes(k);
+                    c.value = Some(str_bytes(&v));
+                    c.read_only = res.resource_type == RESOURCE_BROKER;
+                    // 1: topic config, 4: static broker config, 5: default
+                    c.config_source = match (res.resource_type, is_default) {
+                        (RESOURCE_BROKER, _) => 4,
+                        (_, true) => 5,
+                        _ => 1,
+                    };
+                    if version >= 3 {
+                        // 2: string, 5: long, 1: boolean, 3: int
+                        c.config_type = match k {
+                            "cleanup.policy" => 2,
+                            "auto.create.topics.enable" => 1,
+                            "num.partitions" | "socket.request.max.bytes" => 3,
+                            _ => 5,
+                        };
+                    }
+                    c
+                })
+                .collect();
+            resp.results.push(out);
+        }
+        resp
+    }
+
+    /// Apply config changes to a topic: `ops` are (name, op, value) with Kafka's operations
+    /// (0 set, 1 delete = back to the default). `replace` starts from the defaults
+    /// (AlterConfigs) instead of the current settings (IncrementalAlterConfigs).
+    fn change_topic_config(
+        &self,
+        resource_type: i8,
+        name: &str,
+        ops: &[(String, i8, Option<String>)],
+        replace: bool,
+        validate_only: bool,
+    ) -> (i16, Option<String>) {
+        if resource_type != RESOURCE_TOPIC {
+            return (
+                ResponseError::InvalidRequest.code(),
+                Some(format!(
+                    "only topic configs can be changed (resource type {resource_type})"
+                )),
+            );
+        }
+        let Some(topic) = self.broker.topic(name) else {
+            return (
+                ResponseError::UnknownTopicOrPartition.code(),
+                Some(format!("no topic '{name}'")),
+            );
+        };
+        let mut config = if replace {
+            TopicConfig::default()
+        } else {
+            topic.config()
+        };
+        for (k, op, v) in ops {
+            let r = match op {
+                0 => config.set(k, v.as_deref()),
+                1 => config.set(k, None),
+                _ => {
+                    return (
+                        ResponseError::InvalidRequest.code(),
+                        Some(format!(
+                            "operation {op} on '{k}' is not supported (only set and delete)"
+                        )),
+                    )
+                }
+            };
+            if let Err(e) = r {
+                return (ResponseError::InvalidConfig.code(), Some(e.to_string()));
+            }
+        }
+        if validate_only {
+            return (0, None);
+        }
+        match eddy_broker::run_blocking(|| self.broker.set_topic_config(name, config)) {
+            Ok(()) => (0, None),
+            Err(e) => (code(&e), Some(e.to_string())),
+        }
+    }
+
+    fn alter_configs(&self, r: AlterConfigsRequest) -> AlterConfigsResponse {
+        let mut resp = AlterConfigsResponse::default();
+        for res in r.resources {
+            let ops: Vec<(String, i8, Option<String>)> = res
+                .configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.to_string(),
+                        0,
+                        c.value.as_ref().map(|v| v.to_string()),
+                    )
+                })
+                .collect();
+            let (err, msg) = self.change_topic_config(
+                res.resource_type,
+                res.resource_name.as_str(),
+                &ops,
+                true,
+                r.validate_only,
+            );
+            let mut out = alter_configs_response::AlterConfigsResourceResponse::default();
+            out.error_code = err;
+            out.error_message = msg.as_deref().map(str_bytes);
+            out.resource_type = res.resource_type;
+            out.resource_name = res.resource_name;
+            resp.responses.push(out);
+        }
+        resp
+    }
+
+    fn incremental_alter_configs(
+        &self,
+        r: IncrementalAlterConfigsRequest,
+    ) -> IncrementalAlterConfigsResponse {
+        let mut resp = IncrementalAlterConfigsResponse::default();
+        for res in r.resources {
+            let ops: Vec<(String, i8, Option<String>)> = res
+                .configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.to_string(),
+                        c.config_operation,
+                        c.value.as_ref().map(|v| v.to_string()),
+                    )
+                })
+                .collect();
+            let (err, msg) = self.change_topic_config(
+                res.resource_type,
+                res.resource_name.as_str(),
+                &ops,
+                false,
+                r.validate_only,
+            );
+            let mut out =
+                incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            out.error_code = err;
+            out.error_message = msg.as_deref().map(str_bytes);
+            out.resource_type = res.resource_type;
+            out.resource_name = res.resource_name;
+            resp.responses.push(out);
+        }
+        resp
+    }
+
+    fn sasl_handshake(&self, r: SaslHandshakeRequest) -> SaslHandshakeResponse {
+        let mut resp = SaslHandshakeResponse::default();
+        resp.mechanisms = vec![str_bytes("PLAIN")];
+        if r.mechanism.as_str() == "PLAIN" {
+            *self.sasl_mechanism.lock() = Some("PLAIN".into());
+        } else {
+            resp.error_code = ResponseError::UnsupportedSaslMechanism.code();
+        }
+        resp
+    }
+
+    fn sasl_authenticate(&self, r: SaslAuthenticateRequest) -> SaslAuthenticateResponse {
+        let mut resp = SaslAuthenticateResponse::default();
+        let fail = |resp: &mut SaslAuthenticateResponse, msg: String| {
+            resp.error_code = ResponseError::SaslAuthenticationFailed.code();
+            resp.error_message = Some(str_bytes(&msg));
+            // Kafka closes the connection after a failed authentication
+            self.close_after
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        if self.sasl_mechanism.lock().is_none() {
+            resp.error_code = ResponseError::IllegalSaslState.code();
+            resp.error_message = Some(str_bytes("SaslAuthenticate before SaslHandshake"));
+            self.close_after
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return resp;
+        }
+        // PLAIN: authzid NUL authcid NUL password
+        let parts: Vec<&[u8]> = r.auth_bytes.split(|b| *b == 0).collect();
+        if parts.len() != 3 {
+            fail(&mut resp, "malformed SASL/PLAIN response".into());
+            return resp;
+        }
+        let user = String::from_utf8_lossy(parts[1]).into_owned();
+        let pass = String::from_utf8_lossy(parts[2]).into_owned();
+        match self.broker.authenticate(&user, &pass, self.loopback) {
+            Ok(()) => *self.user.lock() = Some(user),
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, user, "kafka authentication failed: {e}");
+                fail(&mut resp, format!("Authentication failed: {e}"));
+            }
+        }
+        resp
+    }
+
+    fn describe_cluster(
+        &self,
+        _r: DescribeClusterRequest,
+        _version: i16,
+    ) -> DescribeClusterResponse {
+        let mut resp = DescribeClusterResponse::default();
+        resp.cluster_id = str_bytes(&self.cfg.cluster_id);
+        resp.controller_id = BrokerId(self.cfg.node_id);
+        let mut b = describe_cluster_response::DescribeClusterBroker::default();
+        b.broker_id = BrokerId(self.cfg.node_id);
+        b.host = str_bytes(&self.cfg.advertised_host);
+        b.port = self.cfg.advertised_port as i32;
+        resp.brokers = vec![b];
         resp
     }
 

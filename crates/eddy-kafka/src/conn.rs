@@ -72,10 +72,17 @@ pub(crate) async fn handle(
                 .map_err(|e| format!("reading a {len}-byte request: {e}"))?;
             out.clear();
             match respond(&handler, body.freeze(), &mut out).await {
-                Ok(true) => wr
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| format!("write failed: {e}"))?,
+                Ok(true) => {
+                    wr.write_all(&out)
+                        .await
+                        .map_err(|e| format!("write failed: {e}"))?;
+                    if handler
+                        .close_after
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return Err("SASL authentication failed".into());
+                    }
+                }
                 Ok(false) => {} // acks=0: no response
                 Err(e) => {
                     // what Kafka does too: a request it cannot parse closes the connection
