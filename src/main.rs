@@ -34,6 +34,8 @@ enum Command {
 enum BenchCommand {
     /// AMQP 0-9-1 publish/consume throughput and latency (works against RabbitMQ too).
     Amqp(eddy_bench::AmqpBenchArgs),
+    /// Kafka produce/consume throughput and latency (works against any Kafka broker).
+    Kafka(eddy_bench::KafkaBenchArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -157,6 +159,9 @@ fn main() -> Result<()> {
             eddy_bench::run_amqp(args).await?;
             Ok(())
         }),
+        Command::Bench {
+            what: BenchCommand::Kafka(args),
+        } => rt.block_on(eddy_bench::run_kafka(args)),
     }
 }
 

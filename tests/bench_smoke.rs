@@ -51,3 +51,41 @@ fn bench_accounts_for_every_message() {
         assert!(field(&json, "e2e_p99_ms") > 0.0, "{client}: {json}");
     }
 }
+
+#[test]
+fn kafka_bench_accounts_for_every_record() {
+    let s = Server::start(&[]);
+    for acks in ["-1", "1"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_eddy"))
+            .args([
+                "bench",
+                "kafka",
+                "--bootstrap",
+                &format!("127.0.0.1:{}", s.kafka_port),
+                "--seconds",
+                "1",
+                "--size",
+                "200",
+                "--batch",
+                "50",
+                "--partitions",
+                "2",
+                "--acks",
+                acks,
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bench failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            s.log_text()
+        );
+        let json = String::from_utf8(out.stdout).unwrap();
+        let records = field(&json, "records");
+        assert!(records > 0.0, "{json}");
+        assert_eq!(field(&json, "consumed"), records, "acks={acks}: {json}");
+        assert!(field(&json, "e2e_p99_ms") > 0.0, "{json}");
+    }
+}

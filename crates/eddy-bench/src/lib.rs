@@ -19,7 +19,10 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use parking_lot::Mutex;
 
+mod kafka;
 mod raw;
+
+pub use kafka::{run_kafka, KafkaBenchArgs};
 
 /// Arguments of `eddy bench amqp`.
 #[derive(clap::Args, Debug, Clone)]

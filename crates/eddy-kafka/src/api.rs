@@ -116,6 +116,51 @@ fn uuid(t: &Topic) -> uuid::Uuid {
     uuid::Uuid::from_bytes(t.id)
 }
 
+/// A response, and the logs it may only be sent after (acks=all, offset commits).
+pub(crate) struct Reply {
+    pub(crate) response: ResponseKind,
+    pub(crate) waits: Vec<(Arc<Log>, u64)>,
+    /// Close the connection after this response (failed SASL login).
+    pub(crate) close: bool,
+}
+
+impl From<ResponseKind> for Reply {
+    fn from(response: ResponseKind) -> Self {
+        Reply {
+            response,
+            waits: Vec::new(),
+            close: false,
+        }
+    }
+}
+
+/// A write that was to be durable failed: every partition of the response says so.
+pub(crate) fn fail_durability(resp: &mut ResponseKind, msg: &str) {
+    let err = ResponseError::KafkaStorageError.code();
+    match resp {
+        ResponseKind::Produce(r) => {
+            for t in &mut r.responses {
+                for p in &mut t.partition_responses {
+                    if p.error_code == 0 {
+                        p.error_code = err;
+                        p.base_offset = -1;
+                    }
+                }
+            }
+        }
+        ResponseKind::OffsetCommit(r) => {
+            for t in &mut r.topics {
+                for p in &mut t.partitions {
+                    if p.error_code == 0 {
+                        p.error_code = err;
+                    }
+                }
+            }
+        }
+        _ => tracing::error!("durability failure on a response that cannot report it: {msg}"),
+    }
+}
+
 /// Answers requests for one connection.
 pub(crate) struct Handler {
     broker: Broker,
@@ -124,8 +169,6 @@ pub(crate) struct Handler {
     groups: Arc<Groups>,
     peer: String,
     loopback: bool,
-    /// Set when the connection must close after this response (failed SASL login).
-    pub(crate) close_after: std::sync::atomic::AtomicBool,
     /// The SASL mechanism agreed by SaslHandshake.
     sasl_mechanism: parking_lot::Mutex<Option<String>>,
     /// Who logged in with SASL on this connection.
@@ -152,7 +195,6 @@ impl Handler {
             groups: shared.groups.clone(),
             peer: format!("/{}", peer.ip()),
             loopback: peer.ip().is_loopback(),
-            close_after: Default::default(),
             sasl_mechanism: Default::default(),
             user: Default::default(),
         }
@@ -164,16 +206,52 @@ impl Handler {
         request: RequestKind,
         version: i16,
         header: &RequestHeader,
-    ) -> Option<ResponseKind> {
+    ) -> Option<Reply> {
         let client_id = header
             .client_id
             .as_ref()
             .map(|c| c.to_string())
             .unwrap_or_default();
+        let reply: Reply = match request {
+            RequestKind::Produce(r) => {
+                let (resp, waits) = self.produce(r, version)?;
+                Reply {
+                    response: ResponseKind::Produce(resp),
+                    waits,
+                    close: false,
+                }
+            }
+            RequestKind::OffsetCommit(r) => {
+                let (resp, waits) = self.offset_commit(r);
+                Reply {
+                    response: ResponseKind::OffsetCommit(resp),
+                    waits,
+                    close: false,
+                }
+            }
+            RequestKind::SaslAuthenticate(r) => {
+                let resp = self.sasl_authenticate(r);
+                let close = resp.error_code != 0;
+                Reply {
+                    response: ResponseKind::SaslAuthenticate(resp),
+                    waits: Vec::new(),
+                    close,
+                }
+            }
+            other => self.answer(other, version, client_id).await?.into(),
+        };
+        Some(reply)
+    }
+
+    async fn answer(
+        &self,
+        request: RequestKind,
+        version: i16,
+        client_id: String,
+    ) -> Option<ResponseKind> {
         Some(match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(self.api_versions()),
             RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version)),
-            RequestKind::Produce(r) => ResponseKind::Produce(self.produce(r, version).await?),
             RequestKind::Fetch(r) => ResponseKind::Fetch(self.fetch(r, version).await),
             RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(self.list_offsets(r, version)),
             RequestKind::CreateTopics(r) => {
@@ -197,7 +275,6 @@ impl Handler {
             RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(self.sync_group(r).await),
             RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(self.heartbeat(r)),
             RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(self.leave_group(r, version)),
-            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
             RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r, version)),
             RequestKind::ListGroups(r) => ResponseKind::ListGroups(self.list_groups(r, version)),
             RequestKind::DescribeGroups(r) => {
@@ -212,9 +289,6 @@ impl Handler {
                 ResponseKind::IncrementalAlterConfigs(self.incremental_alter_configs(r))
             }
             RequestKind::SaslHandshake(r) => ResponseKind::SaslHandshake(self.sasl_handshake(r)),
-            RequestKind::SaslAuthenticate(r) => {
-                ResponseKind::SaslAuthenticate(self.sasl_authenticate(r))
-            }
             RequestKind::DescribeCluster(r) => {
                 ResponseKind::DescribeCluster(self.describe_cluster(r, version))
             }
@@ -335,10 +409,17 @@ impl Handler {
         resp
     }
 
-    async fn produce(&self, r: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    /// Append what a produce carries; the response may only go out once `waits` are durable
+    /// (acks=all). None: acks=0, no response.
+    #[allow(clippy::type_complexity)]
+    fn produce(
+        &self,
+        r: ProduceRequest,
+        version: i16,
+    ) -> Option<(ProduceResponse, Vec<(Arc<Log>, u64)>)> {
         let message = |m: &str| (version >= 8).then(|| str_bytes(m));
         let mut resp = ProduceResponse::default();
-        let mut waits: Vec<(usize, usize, Arc<Log>, u64)> = Vec::new();
+        let mut waits: Vec<(Arc<Log>, u64)> = Vec::new();
         for t in r.topic_data {
             let name = t.name.0.to_string();
             let topic = self.topic_or_create(&name, true);
@@ -405,12 +486,7 @@ impl Handler {
                                 })
                                 .max()
                                 .unwrap_or(base);
-                            waits.push((
-                                resp.responses.len(),
-                                tr.partition_responses.len(),
-                                partition.log().clone(),
-                                end,
-                            ));
+                            waits.push((partition.log().clone(), end));
                         }
                     }
                 }
@@ -421,15 +497,8 @@ impl Handler {
         if r.acks == 0 {
             return None;
         }
-        // acks=all: durable under the fsync policy before the answer
-        for (t, p, log, end) in waits {
-            if let Err(e) = log.wait_durable(end).await {
-                let pr = &mut resp.responses[t].partition_responses[p];
-                pr.error_code = ResponseError::KafkaStorageError.code();
-                pr.error_message = message(&e.to_string());
-            }
-        }
-        Some(resp)
+        // acks=all: the answer waits until these are durable under the fsync policy
+        Some((resp, waits))
     }
 
     async fn fetch(&self, r: FetchRequest, version: i16) -> FetchResponse {
@@ -854,7 +923,10 @@ impl Handler {
         resp
     }
 
-    async fn offset_commit(&self, r: OffsetCommitRequest) -> OffsetCommitResponse {
+    fn offset_commit(
+        &self,
+        r: OffsetCommitRequest,
+    ) -> (OffsetCommitResponse, Vec<(Arc<Log>, u64)>) {
         let group = r.group_id.0.to_string();
         let check = self.groups.check_commit(
             &group,
@@ -898,24 +970,23 @@ impl Handler {
             resp.topics.push(tr);
         }
         if commits.is_empty() {
-            return resp;
+            return (resp, Vec::new());
         }
-        let stored = eddy_broker::run_blocking(|| self.broker.offsets().commit(&group, commits));
-        let failed = match stored {
-            Ok((log, end)) => log.wait_durable(end).await.err().map(|e| e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(e) = failed {
-            tracing::error!(group, "committing offsets failed: {e}");
-            for t in &mut resp.topics {
-                for p in &mut t.partitions {
-                    if p.error_code == 0 {
-                        p.error_code = ResponseError::KafkaStorageError.code();
+        match self.broker.offsets().commit(&group, commits) {
+            // durable before the answer
+            Ok(wait) => (resp, vec![wait]),
+            Err(e) => {
+                tracing::error!(group, "committing offsets failed: {e}");
+                for t in &mut resp.topics {
+                    for p in &mut t.partitions {
+                        if p.error_code == 0 {
+                            p.error_code = ResponseError::KafkaStorageError.code();
+                        }
                     }
                 }
+                (resp, Vec::new())
             }
         }
-        resp
     }
 
     fn offset_fetch(&self, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
@@ -1318,18 +1389,14 @@ impl Handler {
 
     fn sasl_authenticate(&self, r: SaslAuthenticateRequest) -> SaslAuthenticateResponse {
         let mut resp = SaslAuthenticateResponse::default();
+        // Kafka closes the connection after a failed authentication (the caller does)
         let fail = |resp: &mut SaslAuthenticateResponse, msg: String| {
             resp.error_code = ResponseError::SaslAuthenticationFailed.code();
             resp.error_message = Some(str_bytes(&msg));
-            // Kafka closes the connection after a failed authentication
-            self.close_after
-                .store(true, std::sync::atomic::Ordering::Relaxed);
         };
         if self.sasl_mechanism.lock().is_none() {
             resp.error_code = ResponseError::IllegalSaslState.code();
             resp.error_message = Some(str_bytes("SaslAuthenticate before SaslHandshake"));
-            self.close_after
-                .store(true, std::sync::atomic::Ordering::Relaxed);
             return resp;
         }
         // PLAIN: authzid NUL authcid NUL password

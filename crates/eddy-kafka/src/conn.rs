@@ -9,10 +9,11 @@ use eddy_broker::Broker;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::api::{self, Handler, Shared};
+use crate::api::{self, Handler, Reply, Shared};
 use crate::KafkaConfig;
 
 /// Why a connection was closed without an answer to its last request.
@@ -39,6 +40,19 @@ pub(crate) enum ConnError {
     Encode(ApiKey, String),
 }
 
+/// A response on its way out, in request order: encoded once what it waits for is durable.
+pub(crate) enum Outgoing {
+    /// Already encoded.
+    Bytes(BytesMut),
+    /// A response to encode after its waits.
+    Reply {
+        correlation: i32,
+        api: ApiKey,
+        version: i16,
+        reply: Box<Reply>,
+    },
+}
+
 pub(crate) async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
@@ -48,9 +62,12 @@ pub(crate) async fn handle(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     let handler = Handler::new(broker, cfg.clone(), &shared, peer);
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    // requests are handled in order; their responses go out in order from a writer task, so a
+    // produce waiting for its fsync does not hold up reading (and appending) the next ones
+    let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_responses(rx, wr));
     let result: Result<(), String> = async {
         loop {
             let mut size = [0u8; 4];
@@ -70,27 +87,22 @@ pub(crate) async fn handle(
             rd.read_exact(&mut body)
                 .await
                 .map_err(|e| format!("reading a {len}-byte request: {e}"))?;
-            out.clear();
-            match respond(&handler, body.freeze(), &mut out).await {
-                Ok(true) => {
-                    wr.write_all(&out)
-                        .await
-                        .map_err(|e| format!("write failed: {e}"))?;
-                    if handler
-                        .close_after
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                    {
-                        return Err("SASL authentication failed".into());
-                    }
+            let (outgoing, failure) = match prepare(&handler, body.freeze()).await {
+                Ok(o) => (o, None),
+                // what Kafka does too: a request it cannot parse closes the connection
+                Err((e, answer)) => (answer.map(Outgoing::Bytes), Some(e.to_string())),
+            };
+            if let Some(o) = outgoing {
+                let close = matches!(&o, Outgoing::Reply { reply, .. } if reply.close);
+                if tx.send(o).await.is_err() {
+                    return Err("writing to the client failed".into());
                 }
-                Ok(false) => {} // acks=0: no response
-                Err(e) => {
-                    // what Kafka does too: a request it cannot parse closes the connection
-                    if !out.is_empty() {
-                        let _ = wr.write_all(&out).await;
-                    }
-                    return Err(e.to_string());
+                if close {
+                    return Err("SASL authentication failed".into());
                 }
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
     }
@@ -99,44 +111,144 @@ pub(crate) async fn handle(
         Ok(()) => tracing::debug!(%peer, "kafka connection closed"),
         Err(e) => tracing::info!(%peer, "kafka connection closed: {e}"),
     }
+    drop(tx);
+    // what was accepted is answered before the socket closes
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), writer).await;
+}
+
+/// Responses not yet written per connection before its reader waits.
+const MAX_IN_FLIGHT: usize = 64;
+
+async fn write_responses(mut rx: tokio::sync::mpsc::Receiver<Outgoing>, mut wr: OwnedWriteHalf) {
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut next: Option<Outgoing> = None;
+    loop {
+        let o = match next.take() {
+            Some(o) => o,
+            None => match rx.recv().await {
+                Some(o) => o,
+                None => break,
+            },
+        };
+        out.clear();
+        if !encode(&mut out, o, true).await {
+            return;
+        }
+        // put the responses already ready behind it into the same write
+        while out.len() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(o) if ready(&o) => {
+                    if !encode(&mut out, o, false).await {
+                        return;
+                    }
+                }
+                Ok(o) => {
+                    next = Some(o);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&out).await.is_err() {
+            return;
+        }
+    }
     let _ = wr.shutdown().await;
 }
 
-/// Handle one request; writes the size-prefixed response into `out`. Ok(false): no response
-/// (produce with acks=0).
-async fn respond(
+/// Whether a response needs no wait.
+fn ready(o: &Outgoing) -> bool {
+    match o {
+        Outgoing::Bytes(_) => true,
+        Outgoing::Reply { reply, .. } => reply
+            .waits
+            .iter()
+            .all(|(log, end)| log.durable_offset() >= *end),
+    }
+}
+
+/// Encode a response into `out`, first waiting (when `wait`) for what it must be durable
+/// after. False: encoding failed (a bug; the connection closes).
+async fn encode(out: &mut BytesMut, o: Outgoing, wait: bool) -> bool {
+    match o {
+        Outgoing::Bytes(b) => {
+            out.extend_from_slice(&b);
+            true
+        }
+        Outgoing::Reply {
+            correlation,
+            api,
+            version,
+            mut reply,
+        } => {
+            if wait {
+                for (log, end) in &reply.waits {
+                    if let Err(e) = log.wait_durable(*end).await {
+                        tracing::error!("not durable, answering with an error: {e}");
+                        api::fail_durability(&mut reply.response, &e.to_string());
+                        break;
+                    }
+                }
+            }
+            let header_version = api.response_header_version(version);
+            let response = &reply.response;
+            match write_response(out, correlation, header_version, api, |b| {
+                response.encode(b, version)
+            }) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Decode and handle one request. Ok(None): no response is due (produce with acks=0).
+/// Err: the connection closes after the answer given, if any.
+async fn prepare(
     handler: &Handler,
     mut body: Bytes,
-    out: &mut BytesMut,
-) -> Result<bool, ConnError> {
+) -> Result<Option<Outgoing>, (ConnError, Option<BytesMut>)> {
     let key = i16::from_be_bytes([body[0], body[1]]);
     let version = i16::from_be_bytes([body[2], body[3]]);
     let correlation = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-    let api = ApiKey::try_from(key).map_err(|_| ConnError::UnknownApi(key))?;
+    let api = ApiKey::try_from(key).map_err(|_| (ConnError::UnknownApi(key), None))?;
     let Some((min, max)) = api::supported(api) else {
-        return Err(ConnError::UnknownApi(key));
+        return Err((ConnError::UnknownApi(key), None));
     };
     if version < min || version > max {
         if api == ApiKey::ApiVersions {
             // the one request answered in any version: v0 with UNSUPPORTED_VERSION and our
             // ranges, so the client can pick one
             let resp = api::api_versions_unsupported();
-            write_response(out, correlation, 0, ApiKey::ApiVersions, |b| {
+            let mut out = BytesMut::new();
+            write_response(&mut out, correlation, 0, ApiKey::ApiVersions, |b| {
                 resp.encode(b, 0)
-            })?;
-            return Ok(true);
+            })
+            .map_err(|e| (e, None))?;
+            return Ok(Some(Outgoing::Bytes(out)));
         }
-        return Err(ConnError::UnsupportedVersion {
-            api,
-            version,
-            min,
-            max,
-        });
+        return Err((
+            ConnError::UnsupportedVersion {
+                api,
+                version,
+                min,
+                max,
+            },
+            None,
+        ));
     }
-    let malformed = |reason: String| ConnError::Malformed {
-        api,
-        version,
-        reason,
+    let malformed = |reason: String| {
+        (
+            ConnError::Malformed {
+                api,
+                version,
+                reason,
+            },
+            None,
+        )
     };
     let header =
         decode_request_header_from_buffer(&mut body).map_err(|e| malformed(e.to_string()))?;
@@ -152,14 +264,15 @@ async fn respond(
             body.remaining()
         );
     }
-    let Some(response) = handler.handle(request, version, &header).await else {
-        return Ok(false);
+    let Some(reply) = handler.handle(request, version, &header).await else {
+        return Ok(None);
     };
-    let header_version = api.response_header_version(version);
-    write_response(out, header.correlation_id, header_version, api, |b| {
-        response.encode(b, version)
-    })?;
-    Ok(true)
+    Ok(Some(Outgoing::Reply {
+        correlation: header.correlation_id,
+        api,
+        version,
+        reply: Box::new(reply),
+    }))
 }
 
 fn write_response(
