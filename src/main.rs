@@ -1,6 +1,8 @@
 //! The `eddy` binary: configuration (flags, `EDDY_*` environment, TOML), the `serve` command
 //! that wires the broker to its listeners, and `bench`. Only this crate reads configuration.
 
+mod alloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +11,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use eddy_broker::{Broker, BrokerConfig, FsyncPolicy};
 use serde::Deserialize;
+
+#[global_allocator]
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 #[derive(Parser, Debug)]
 #[command(name = "eddy", version, about = "Eddy: a message broker (AMQP 0-9-1, Kafka) on a durable log", long_about = None)]

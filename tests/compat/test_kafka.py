@@ -139,6 +139,9 @@ def test_malformed_requests_get_an_error_or_a_closed_connection_never_a_crash(br
     assert raw_request(broker, struct.pack(">i", -5)) is None
     assert raw_request(broker, struct.pack(">ihhi", 10, 999, 0, 1) + b"\0\0") is None
     assert raw_request(broker, struct.pack(">ihhi", 12, 0, 9, 1) + b"\xff\xff\x00\x00") is None
+    # Metadata v0 claiming 2^31-1 topics in a 16-byte request (the codec sizes its array from
+    # the count: this used to abort the whole broker on the allocation)
+    assert raw_request(broker, struct.pack(">ihhih", 16, 3, 0, 1, -1) + struct.pack(">i", 0x7FFFFFFF) + b"\0\0") is None
     # and the broker still serves
     t = qname("alive")
     kcat(broker, "-P", "-t", t, stdin=b"still here\n")
@@ -467,3 +470,37 @@ def test_aiokafka_produce_and_consume(broker):
 
     got = asyncio.run(asyncio.wait_for(main(), 60))
     assert got == [f"{i}".encode() for i in range(30)]
+
+
+def test_retention_deletes_old_segments(own_eddy):
+    """retention.bytes with small segments: old segments go, the earliest offset moves up, and
+    consumers asking for a deleted offset are told OFFSET_OUT_OF_RANGE (and reset)."""
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    s = own_eddy()
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    t = qname("ret")
+    admin.create_topics([NewTopic(t, num_partitions=1, config={
+        "segment.bytes": "16384", "retention.bytes": "32768"})])[t].result(10)
+    p = Producer({"bootstrap.servers": s.bootstrap, "acks": "all", "linger.ms": 0, "batch.num.messages": 1})
+    for i in range(400):
+        p.produce(t, value=f"{i:04}".encode() + b"x" * 500)
+        p.poll(0)
+    assert p.flush(20) == 0
+    c = Consumer({"bootstrap.servers": s.bootstrap, "group.id": qname("g")})
+    deadline = time.monotonic() + 10
+    low = 0
+    while time.monotonic() < deadline:
+        low, high = c.get_watermark_offsets(TopicPartition(t, 0), timeout=10)
+        if low > 0:
+            break
+        time.sleep(0.2)
+    assert high == 400 and 0 < low < 400, (low, high)
+    assert (high - low) * 500 < 32768 + 2 * 16384 + 10000, (low, high)
+    c.assign([TopicPartition(t, 0, OFFSET_BEGINNING)])
+    m = c.poll(10)
+    assert m is not None and m.error() is None and m.offset() >= low
+    c.close()
