@@ -159,6 +159,10 @@ pub struct ChannelConsumer {
     pub cancelled_by_broker: AtomicBool,
     /// Set once basic.consume-ok is written: no delivery may precede it.
     pub active: AtomicBool,
+    /// Stream consumers: woken when credit frees up (acks) or the writer drains.
+    pub credit: Notify,
+    /// Stream consumers: the consumer is gone (cancel, channel or connection closed).
+    pub stopped: AtomicBool,
     pub wake: Arc<Notify>,
     pub me: std::sync::Weak<ChannelConsumer>,
 }

@@ -582,6 +582,8 @@ impl Conn {
         ch.tx = None;
         let shared = ch.shared.clone();
         for (tag, c) in consumers {
+            c.stopped.store(true, Ordering::Relaxed);
+            c.credit.notify_one();
             if c.queue.cancel(&tag) {
                 if let Some(v) = &self.vhost {
                     eddy_broker::run_blocking(|| v.remove_queue(&c.queue));
@@ -614,7 +616,11 @@ impl Conn {
         for (id, ch) in &self.channels {
             for (tag, c) in &ch.consumers {
                 if c.cancelled_by_broker.load(Ordering::Relaxed) {
+                    c.stopped.store(true, Ordering::Relaxed);
+                    c.credit.notify_one();
                     cancelled.push((*id, tag.clone()));
+                } else if c.queue.stream().is_some() {
+                    c.credit.notify_one();
                 } else {
                     c.queue.dispatch();
                 }
@@ -1283,6 +1289,26 @@ impl Conn {
             }
             B::Consume(c) => {
                 let q = vhost.queue_for(c.queue.as_str(), conn)?;
+                // a stream consumer reads from an offset, needs a prefetch and acks manually
+                let stream = match q.stream() {
+                    None => None,
+                    Some(p) => {
+                        let ch = self.channel_mut(id)?;
+                        let prefetch = ch.shared.prefetch_consumer.load(Ordering::Relaxed)
+                            + ch.shared.prefetch_channel.load(Ordering::Relaxed);
+                        if prefetch == 0 {
+                            return Err(AmqpError::channel(PRECONDITION_FAILED, format!("PRECONDITION_FAILED - consumer prefetch count is not set for stream queue '{}'", q.name)));
+                        }
+                        if c.no_ack {
+                            return Err(AmqpError::channel(PRECONDITION_FAILED, format!("PRECONDITION_FAILED - stream queue '{}' needs manual acknowledgements (no_ack=false)", q.name)));
+                        }
+                        let from = eddy_broker::stream::start_offset(
+                            p,
+                            c.arguments.inner().get("x-stream-offset"),
+                        )?;
+                        Some((p.clone(), from))
+                    }
+                };
                 let tag = if c.consumer_tag.as_str().is_empty() {
                     format!("amq.ctag-{}", random_tag())
                 } else {
@@ -1305,6 +1331,8 @@ impl Conn {
                     queue: q.clone(),
                     cancelled_by_broker: Default::default(),
                     active: Default::default(),
+                    credit: Notify::new(),
+                    stopped: Default::default(),
                     wake,
                     me: me.clone(),
                 });
@@ -1321,11 +1349,23 @@ impl Conn {
                     );
                 }
                 consumer.active.store(true, Ordering::Release);
-                q.dispatch();
+                match stream {
+                    Some((partition, from)) => {
+                        tokio::spawn(crate::stream::deliver(
+                            consumer,
+                            partition,
+                            from,
+                            self.broker.appends(),
+                        ));
+                    }
+                    None => q.dispatch(),
+                }
             }
             B::Cancel(c) => {
                 let ch = self.channel_mut(id)?;
                 if let Some(consumer) = ch.consumers.remove(c.consumer_tag.as_str()) {
+                    consumer.stopped.store(true, Ordering::Relaxed);
+                    consumer.credit.notify_one();
                     if consumer.queue.cancel(c.consumer_tag.as_str()) {
                         eddy_broker::run_blocking(|| vhost.remove_queue(&consumer.queue));
                     }
@@ -1357,6 +1397,15 @@ impl Conn {
             }
             B::Get(g) => {
                 let q = vhost.queue_for(g.queue.as_str(), conn)?;
+                if q.stream().is_some() {
+                    return Err(AmqpError::conn(
+                        NOT_IMPLEMENTED,
+                        format!(
+                            "NOT_IMPLEMENTED - basic.get not supported by stream queue '{}'",
+                            q.name
+                        ),
+                    ));
+                }
                 let ch = self.channel_mut(id)?;
                 match q.get(g.no_ack) {
                     None => self.send(id, AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {}))),
@@ -1730,6 +1779,9 @@ fn release_credit(shared: &ChannelShared, u: &Unacked) {
     shared.unacked_count.fetch_sub(1, Ordering::Relaxed);
     if let Some(c) = &u.consumer {
         c.unacked.fetch_sub(1, Ordering::Relaxed);
+        if u.queue.stream().is_some() {
+            c.credit.notify_one();
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 mod channel;
 mod codec;
 mod conn;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -415,24 +415,19 @@ impl Broker {
         Ok(topic)
     }
 
-    /// Delete a topic and its data (blocks on disk).
+    /// Delete a topic and its data (blocks on disk). A stream queue of the same name goes too.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        let lifecycle = self.0.topic_lifecycle.lock();
-        let Some(topic) = self.0.topics.write().remove(name) else {
+        if self.topic(name).is_none() {
             return Err(BrokerError::NotFound(format!("no topic '{name}'")));
-        };
-        for p in topic.partitions() {
-            if let Err(e) = p.log().destroy() {
-                tracing::warn!(partition = ?p, "failed to remove partition log: {e}");
+        }
+        if let Some(v) = self.vhost("/") {
+            if let Some(q) = v.queue(name).filter(|q| q.stream().is_some()) {
+                // removing the queue removes the topic
+                v.remove_queue(&q);
+                return Ok(());
             }
         }
-        let _ = std::fs::remove_dir_all(topic_dir(&self.0.config.data_dir, name));
-        drop(lifecycle);
-        if let Err(e) = self.offsets().forget_topic(name) {
-            tracing::warn!(topic = name, "forgetting committed offsets failed: {e}");
-        }
-        self.0.save_metadata();
-        tracing::info!(topic = name, "deleted topic");
+        self.0.remove_topic(name);
         Ok(())
     }
 
@@ -443,6 +438,15 @@ impl Broker {
             .topic(name)
             .ok_or_else(|| BrokerError::NotFound(format!("no topic '{name}'")))?;
         let have = topic.partition_count();
+        let is_stream = self
+            .vhost("/")
+            .and_then(|v| v.queue(name))
+            .is_some_and(|q| q.stream().is_some());
+        if is_stream {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "topic '{name}' is the stream queue of the same name: it stays one partition"
+            )));
+        }
         if count <= have || count > MAX_PARTITIONS {
             return Err(BrokerError::PreconditionFailed(format!(
                 "topic '{name}' has {have} partitions; the new count must be more (at most {MAX_PARTITIONS}), not {count}"
@@ -563,6 +567,33 @@ impl Broker {
 }
 
 impl BrokerInner {
+    /// A handle on this broker.
+    pub(crate) fn handle(self: &Arc<Self>) -> Broker {
+        Broker(self.clone())
+    }
+
+    /// Remove a topic and its data (not a stream queue of the same name).
+    pub(crate) fn remove_topic(&self, name: &str) {
+        let lifecycle = self.topic_lifecycle.lock();
+        let Some(topic) = self.topics.write().remove(name) else {
+            return;
+        };
+        for p in topic.partitions() {
+            if let Err(e) = p.log().destroy() {
+                tracing::warn!(partition = ?p, "failed to remove partition log: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(topic_dir(&self.config.data_dir, name));
+        drop(lifecycle);
+        if let Some(o) = self.offsets.get() {
+            if let Err(e) = o.forget_topic(name) {
+                tracing::warn!(topic = name, "forgetting committed offsets failed: {e}");
+            }
+        }
+        self.save_metadata();
+        tracing::info!(topic = name, "deleted topic");
+    }
+
     fn open_topic(
         &self,
         name: &str,

@@ -17,6 +17,8 @@ pub mod exchange;
 pub mod message;
 pub mod offsets;
 pub mod queue;
+pub mod records;
+pub mod stream;
 pub mod topic;
 pub mod vhost;
 

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use crate::args::{Overflow, QueueArgs};
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
+use crate::topic::Partition;
 use crate::vhost::VHost;
 
 const REC_PUBLISH: u8 = 1;
@@ -231,6 +232,8 @@ pub struct Queue {
     pub args: QueueArgs,
     state: Mutex<State>,
     log: Option<Arc<Log>>,
+    /// For a stream queue (`x-queue-type: stream`): the partition that holds it.
+    stream: Option<Arc<Partition>>,
     /// settled log offsets whose ack record is not written yet (batched: a lost ack only
     /// means a redelivery after a crash)
     pending_acks: Mutex<Vec<u64>>,
@@ -269,6 +272,7 @@ impl Queue {
         spec: QueueSpec,
         vhost: &Arc<VHost>,
         log: Option<Arc<Log>>,
+        stream: Option<Arc<Partition>>,
         memory: Arc<AtomicI64>,
     ) -> Arc<Queue> {
         let ready = Ready::new(spec.args.max_priority);
@@ -294,6 +298,7 @@ impl Queue {
                 stats: QueueStats::default(),
             }),
             log,
+            stream,
             pending_acks: Mutex::new(Vec::new()),
             vhost: Arc::downgrade(vhost),
             memory,
@@ -303,6 +308,11 @@ impl Queue {
     /// The queue's log, for durable queues.
     pub fn log(&self) -> Option<&Arc<Log>> {
         self.log.as_ref()
+    }
+
+    /// The partition of a stream queue.
+    pub fn stream(&self) -> Option<&Arc<Partition>> {
+        self.stream.as_ref()
     }
 
     /// Rebuild ready messages from the log (called once, before the queue is used).
@@ -380,6 +390,18 @@ impl Queue {
     /// in `appending` first so compaction never deletes the segment it lands in before the
     /// offset joins `live_log`.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Result<Enqueued> {
+        if let Some(p) = &self.stream {
+            // a stream keeps every message, persistent or not, until retention removes it
+            if self.state.lock().deleted {
+                return Ok(Enqueued::default());
+            }
+            let end = crate::stream::append(p, &msg)?;
+            self.state.lock().stats.published += 1;
+            return Ok(Enqueued {
+                rejected: false,
+                durable: Some((p.log().clone(), end)),
+            });
+        }
         let ttl = self.effective_ttl(&msg);
         let record = match (&self.log, msg.persistent()) {
             (Some(_), true) => {
@@ -770,8 +792,12 @@ impl Queue {
     /// Current counts.
     pub fn counts(&self) -> QueueCounts {
         let st = self.state.lock();
+        let ready = match &self.stream {
+            Some(p) => p.end_offset() - p.start_offset(),
+            None => st.ready.len as u64,
+        };
         QueueCounts {
-            ready: st.ready.len as u64,
+            ready,
             unacked: st.unacked.len() as u64,
             consumers: st.consumers.len() as u64,
             ready_bytes: st.ready.bytes,

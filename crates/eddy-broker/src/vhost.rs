@@ -370,7 +370,12 @@ impl VHost {
             .upgrade()
             .ok_or_else(|| BrokerError::Internal("broker is shutting down".into()))?;
         let durable = d.durable && !d.exclusive;
-        let log = if durable {
+        let stream = if args.queue_type == "stream" {
+            Some(self.stream_partition(&broker, &d)?)
+        } else {
+            None
+        };
+        let log = if durable && stream.is_none() {
             Some(broker.open_queue_log(&self.name, &d.name)?)
         } else {
             None
@@ -386,6 +391,7 @@ impl VHost {
             },
             self,
             log,
+            stream,
             broker.memory.clone(),
         );
         self.queues.write().insert(d.name.clone(), q);
@@ -397,6 +403,70 @@ impl VHost {
             name: d.name,
             message_count: 0,
             consumer_count: 0,
+        })
+    }
+
+    /// The partition behind a new stream queue: the one-partition topic of the same name
+    /// (created with retention from `x-max-age` / `x-max-length-bytes`).
+    fn stream_partition(
+        &self,
+        broker: &Arc<BrokerInner>,
+        d: &QueueDeclare,
+    ) -> Result<Arc<crate::topic::Partition>> {
+        let refuse = |why: &str| {
+            BrokerError::PreconditionFailed(format!(
+                "invalid declaration of stream queue '{}' in vhost '{}': {why}",
+                d.name, self.name
+            ))
+        };
+        if !d.durable {
+            return Err(refuse("stream queues must be durable"));
+        }
+        if d.exclusive {
+            return Err(refuse("stream queues cannot be exclusive"));
+        }
+        if d.auto_delete {
+            return Err(refuse("stream queues cannot be auto-delete"));
+        }
+        if self.name != "/" {
+            return Err(refuse("stream queues exist in the default vhost only"));
+        }
+        crate::topic::check_topic_name(&d.name).map_err(|e| refuse(&e.to_string()))?;
+        let handle = broker.handle();
+        let topic = match handle.topic(&d.name) {
+            Some(t) => t,
+            None => {
+                let mut config = crate::topic::TopicConfig {
+                    retention_ms: -1,
+                    ..Default::default()
+                };
+                for (k, v) in d.arguments.inner() {
+                    let n = crate::args::value_as_i64(v);
+                    match (k.as_str(), n) {
+                        ("x-max-length-bytes", Some(n)) => config.retention_bytes = n,
+                        ("x-stream-max-segment-size-bytes", Some(n)) => {
+                            config.segment_bytes = n.max(4096) as u64
+                        }
+                        ("x-max-age", _) => {
+                            config.retention_ms = crate::args::value_as_string(v)
+                                .and_then(|s| parse_age_ms(&s))
+                                .ok_or_else(|| refuse("x-max-age must be like 7D, 12h, 30m"))?
+                        }
+                        _ => {}
+                    }
+                }
+                handle.create_topic(&d.name, 1, config)?
+            }
+        };
+        if topic.partition_count() != 1 {
+            return Err(refuse(&format!(
+                "topic '{}' has {} partitions; a stream queue is one partition",
+                d.name,
+                topic.partition_count()
+            )));
+        }
+        topic.partition(0).ok_or_else(|| {
+            BrokerError::Internal("a one-partition topic without partition 0".into())
         })
     }
 
@@ -511,6 +581,11 @@ impl VHost {
         let durable_exchange_gone = self.remove_bindings_to(Destination::Queue(q.name.clone()));
         let n = q.destroy();
         drop(lifecycle);
+        if q.stream().is_some() {
+            if let Some(b) = self.broker.upgrade() {
+                b.remove_topic(&q.name);
+            }
+        }
         if (q.durable && q.exclusive_owner.is_none()) || durable_exchange_gone {
             self.persist();
         }
@@ -519,7 +594,14 @@ impl VHost {
 
     /// queue.purge
     pub fn purge_queue(&self, name: &str, conn: u64) -> Result<u64> {
-        Ok(self.queue_for(name, conn)?.purge())
+        let q = self.queue_for(name, conn)?;
+        if q.stream().is_some() {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{}' is a stream: streams are not purged (retention removes old messages)",
+                self.name
+            )));
+        }
+        Ok(q.purge())
     }
 
     /// queue.bind
@@ -783,4 +865,20 @@ fn server_name() -> String {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     format!("amq.gen-{s}")
+}
+
+/// RabbitMQ's `x-max-age` (`Y`, `M`, `D`, `h`, `m`, `s` units) in milliseconds.
+fn parse_age_ms(s: &str) -> Option<i64> {
+    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: i64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "D" => 86_400,
+        "M" => 30 * 86_400,
+        "Y" => 365 * 86_400,
+        _ => return None,
+    };
+    n.checked_mul(secs * 1000)
 }

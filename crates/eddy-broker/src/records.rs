@@ -1,0 +1,417 @@
+//! The storage format of topic partitions: Kafka's record batch (message format v2), the format
+//! Kafka producers send and consumers read, kept byte for byte. The broker decodes batches only
+//! where it must look inside — delivering a topic to AMQP stream consumers, compaction — and
+//! encodes (uncompressed) batches for messages that arrive by other protocols.
+//!
+//! Batch header layout: see `eddy-kafka`'s `records` module. A record is: length (varint),
+//! attributes (int8), timestamp delta (varlong), offset delta (varint), key length (varint, -1 =
+//! null) and key, value length and value, header count (varint) and headers (key length, key,
+//! value length, value). Compression (attributes bits 0–2: gzip, snappy, lz4, zstd) covers
+//! everything after the 61-byte header.
+
+use std::io::Read;
+
+use bytes::Bytes;
+
+/// Bytes of a batch header.
+pub const HEADER: usize = 61;
+/// Largest decompressed batch accepted (a decompression bomb stops here).
+pub const MAX_DECOMPRESSED: usize = 256 << 20;
+
+/// One record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+    /// The key (None: null).
+    pub key: Option<Bytes>,
+    /// The value (None: null, a tombstone).
+    pub value: Option<Bytes>,
+    /// Headers in order.
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// Why a stored batch could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Not a v2 batch, or its parts do not add up.
+    #[error("malformed record batch: {0}")]
+    Malformed(String),
+    /// A compression codec the batch names is unknown or its data is corrupt.
+    #[error("cannot decompress record batch ({codec}): {reason}")]
+    Compression {
+        /// The codec.
+        codec: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+fn malformed(s: impl Into<String>) -> RecordError {
+    RecordError::Malformed(s.into())
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Attributes bit 5: a control batch (transaction markers), never shown to consumers.
+pub fn is_control(batch: &[u8]) -> bool {
+    batch.len() >= HEADER && batch[22] & 0x20 != 0
+}
+
+/// Decode every record of a stored batch whose first offset is `base_offset`.
+pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, RecordError> {
+    if batch.len() < HEADER {
+        return Err(malformed(format!("{} bytes", batch.len())));
+    }
+    if batch[16] != 2 {
+        return Err(malformed(format!("magic {}", batch[16])));
+    }
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+    let base_ts = be_i64(batch, 27);
+    let count = be_i32(batch, 57);
+    if count < 0 {
+        return Err(malformed(format!("record count {count}")));
+    }
+    let body = &batch[HEADER..];
+    let owned;
+    let body: &[u8] = match attributes & 0x07 {
+        0 => body,
+        c => {
+            owned = decompress(c, body)?;
+            &owned
+        }
+    };
+    let body = Bytes::copy_from_slice(body);
+    let mut r = Cursor { buf: &body, at: 0 };
+    let mut out = Vec::with_capacity((count as usize).min(body.len()));
+    for _ in 0..count {
+        let len = r.varint()?;
+        let end = r
+            .at
+            .checked_add(usize::try_from(len).map_err(|_| malformed("negative record length"))?)
+            .filter(|e| *e <= body.len())
+            .ok_or_else(|| malformed("record runs past the batch"))?;
+        r.skip(1)?; // attributes
+        let ts_delta = r.varint()?;
+        let offset_delta = r.varint()?;
+        let key = r.bytes(&body)?;
+        let value = r.bytes(&body)?;
+        let n_headers = r.varint()?;
+        if n_headers < 0 || n_headers as usize > body.len() {
+            return Err(malformed(format!("header count {n_headers}")));
+        }
+        let mut headers = Vec::with_capacity(n_headers as usize);
+        for _ in 0..n_headers {
+            let k = r
+                .bytes(&body)?
+                .ok_or_else(|| malformed("null header key"))?;
+            let v = r.bytes(&body)?;
+            headers.push((String::from_utf8_lossy(&k).into_owned(), v));
+        }
+        if r.at != end {
+            return Err(malformed("record length does not match its fields"));
+        }
+        out.push(Record {
+            offset: base_offset + offset_delta.max(0) as u64,
+            timestamp: base_ts + ts_delta,
+            key,
+            value,
+            headers,
+        });
+    }
+    Ok(out)
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn skip(&mut self, n: usize) -> Result<(), RecordError> {
+        if self.buf.len() - self.at < n {
+            return Err(malformed("truncated record"));
+        }
+        self.at += n;
+        Ok(())
+    }
+    /// A zigzag varint (up to 64 bits).
+    fn varint(&mut self) -> Result<i64, RecordError> {
+        let mut z: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = *self
+                .buf
+                .get(self.at)
+                .ok_or_else(|| malformed("truncated varint"))?;
+            self.at += 1;
+            z |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        Err(malformed("varint longer than 10 bytes"))
+    }
+    /// Length-prefixed bytes (-1: None), sliced from `whole` without copying.
+    fn bytes(&mut self, whole: &Bytes) -> Result<Option<Bytes>, RecordError> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let start = self.at;
+        self.skip(len as usize)?;
+        Ok(Some(whole.slice(start..self.at)))
+    }
+}
+
+fn decompress(codec: i16, data: &[u8]) -> Result<Vec<u8>, RecordError> {
+    let (name, result) = match codec {
+        1 => ("gzip", read_bounded(flate2::read::GzDecoder::new(data))),
+        2 => ("snappy", snappy(data)),
+        3 => (
+            "lz4",
+            read_bounded(lz4_flex::frame::FrameDecoder::new(data)),
+        ),
+        4 => (
+            "zstd",
+            ruzstd::decoding::StreamingDecoder::new(data)
+                .map_err(|e| e.to_string())
+                .and_then(read_bounded),
+        ),
+        other => {
+            return Err(RecordError::Compression {
+                codec: "unknown",
+                reason: format!("codec id {other}"),
+            })
+        }
+    };
+    result.map_err(|reason| RecordError::Compression {
+        codec: name,
+        reason,
+    })
+}
+
+fn read_bounded(r: impl Read) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    r.take(MAX_DECOMPRESSED as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() > MAX_DECOMPRESSED {
+        return Err(format!("more than {MAX_DECOMPRESSED} bytes decompressed"));
+    }
+    Ok(out)
+}
+
+/// Snappy as Kafka clients write it: Java's xerial framing (magic, then length-prefixed raw
+/// blocks) or one raw block (librdkafka).
+fn snappy(data: &[u8]) -> Result<Vec<u8>, String> {
+    const XERIAL: &[u8] = b"\x82SNAPPY\x00";
+    let raw = |block: &[u8], out: &mut Vec<u8>| -> Result<(), String> {
+        let n = snap::raw::decompress_len(block).map_err(|e| e.to_string())?;
+        if out.len() + n > MAX_DECOMPRESSED {
+            return Err(format!("more than {MAX_DECOMPRESSED} bytes decompressed"));
+        }
+        out.extend(
+            snap::raw::Decoder::new()
+                .decompress_vec(block)
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(())
+    };
+    let mut out = Vec::new();
+    if data.starts_with(XERIAL) && data.len() >= 16 {
+        let mut at = 16; // magic, version, compatible version
+        while at < data.len() {
+            let len = data
+                .get(at..at + 4)
+                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+                .ok_or("truncated xerial block length")?;
+            let block = data
+                .get(at + 4..at + 4 + len)
+                .ok_or("xerial block runs past the data")?;
+            raw(block, &mut out)?;
+            at += 4 + len;
+        }
+    } else {
+        raw(data, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            out.push(z as u8);
+            return;
+        }
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// Encode records (offsets taken as 0, 1, …; the broker assigns the real base) into one
+/// uncompressed batch with no producer id.
+pub fn encode_batch(records: &[Record]) -> Vec<u8> {
+    let base_ts = records.first().map_or(0, |r| r.timestamp);
+    let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(base_ts);
+    let mut b = vec![0u8; HEADER];
+    let mut rec = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        rec.clear();
+        rec.push(0);
+        put_varint(&mut rec, r.timestamp - base_ts);
+        put_varint(&mut rec, i as i64);
+        put_bytes(&mut rec, r.key.as_deref());
+        put_bytes(&mut rec, r.value.as_deref());
+        put_varint(&mut rec, r.headers.len() as i64);
+        for (k, v) in &r.headers {
+            put_bytes(&mut rec, Some(k.as_bytes()));
+            put_bytes(&mut rec, v.as_deref());
+        }
+        put_varint(&mut b, rec.len() as i64);
+        b.extend_from_slice(&rec);
+    }
+    b[12..16].copy_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+    b[16] = 2;
+    b[23..27].copy_from_slice(&((records.len() as i32 - 1).max(0)).to_be_bytes());
+    b[27..35].copy_from_slice(&base_ts.to_be_bytes());
+    b[35..43].copy_from_slice(&max_ts.to_be_bytes());
+    b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+    b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+    b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+    b[57..61].copy_from_slice(&(records.len() as i32).to_be_bytes());
+    let len = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u64, key: Option<&str>, value: Option<&str>) -> Record {
+        Record {
+            offset: i,
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: vec![
+                ("h".into(), Some(Bytes::from_static(b"v"))),
+                ("n".into(), None),
+            ],
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let records = vec![
+            rec(0, Some("k"), Some("one")),
+            rec(1, None, Some("two")),
+            rec(2, Some("k"), None),
+        ];
+        let b = encode_batch(&records);
+        assert_eq!(
+            crc32c::crc32c(&b[21..]),
+            u32::from_be_bytes(b[17..21].try_into().unwrap())
+        );
+        let got = decode_batch(100, &b).unwrap();
+        let want: Vec<Record> = records
+            .iter()
+            .map(|r| Record {
+                offset: r.offset + 100,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn compressed_batches_decode() {
+        let plain = encode_batch(&[
+            rec(0, Some("a"), Some("x".repeat(200).as_str())),
+            rec(1, None, Some("y")),
+        ]);
+        let body = &plain[HEADER..];
+        let codecs: Vec<(i16, Vec<u8>)> = vec![
+            (1, {
+                use std::io::Write;
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(body).unwrap();
+                e.finish().unwrap()
+            }),
+            (2, snap::raw::Encoder::new().compress_vec(body).unwrap()),
+            (2, {
+                // xerial framing, as the Java client writes it
+                let block = snap::raw::Encoder::new().compress_vec(body).unwrap();
+                let mut x = b"\x82SNAPPY\x00".to_vec();
+                x.extend_from_slice(&1i32.to_be_bytes());
+                x.extend_from_slice(&1i32.to_be_bytes());
+                x.extend_from_slice(&(block.len() as u32).to_be_bytes());
+                x.extend_from_slice(&block);
+                x
+            }),
+            (3, {
+                use std::io::Write;
+                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                e.write_all(body).unwrap();
+                e.finish().unwrap()
+            }),
+            (
+                4,
+                ruzstd::encoding::compress_to_vec(
+                    body,
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                ),
+            ),
+        ];
+        let want = decode_batch(0, &plain).unwrap();
+        for (codec, data) in codecs {
+            let mut b = plain[..HEADER].to_vec();
+            b[22] = codec as u8;
+            b.extend_from_slice(&data);
+            assert_eq!(decode_batch(0, &b).unwrap(), want, "codec {codec}");
+        }
+    }
+
+    #[test]
+    fn damage_is_an_error_not_a_panic() {
+        let b = encode_batch(&[rec(0, Some("k"), Some("value")), rec(1, None, None)]);
+        for cut in 0..b.len() {
+            let _ = decode_batch(0, &b[..cut]);
+        }
+        for i in HEADER..b.len() {
+            for bit in 0..8 {
+                let mut d = b.clone();
+                d[i] ^= 1 << bit;
+                let _ = decode_batch(0, &d);
+            }
+        }
+        let mut bad = b.clone();
+        bad[22] = 7; // unknown codec
+        assert!(matches!(
+            decode_batch(0, &bad),
+            Err(RecordError::Compression { .. })
+        ));
+    }
+}
