@@ -504,3 +504,52 @@ def test_retention_deletes_old_segments(own_eddy):
     m = c.poll(10)
     assert m is not None and m.error() is None and m.offset() >= low
     c.close()
+
+
+def test_log_compaction_keeps_the_latest_record_per_key(own_eddy):
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    s = own_eddy()
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    t = qname("compact")
+    admin.create_topics([NewTopic(t, num_partitions=1, config={
+        "cleanup.policy": "compact", "segment.bytes": "4096"})])[t].result(10)
+    p = Producer({"bootstrap.servers": s.bootstrap, "acks": "all", "linger.ms": 0, "compression.type": "gzip"})
+    for rnd in range(20):
+        for k in range(10):
+            p.produce(t, key=f"k{k}".encode(), value=f"r{rnd}-k{k}".encode() + b"." * 100)
+        p.flush(10)
+    p.produce(t, value=b"no key")  # keyless records are kept
+    assert p.flush(10) == 0
+
+    def read_all():
+        c = Consumer({"bootstrap.servers": s.bootstrap, "group.id": qname("g"), "enable.auto.commit": False})
+        c.assign([TopicPartition(t, 0, OFFSET_BEGINNING)])
+        out = []
+        while True:
+            m = c.poll(2)
+            if m is None:
+                break
+            assert m.error() is None, m.error()
+            out.append((m.offset(), m.key(), m.value()))
+        c.close()
+        return out
+
+    deadline = time.monotonic() + 15
+    got = read_all()
+    while len(got) >= 201 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        got = read_all()
+    assert len(got) < 201, "nothing was compacted"
+    offsets = [o for o, _, _ in got]
+    assert offsets == sorted(offsets) and offsets[-1] == 200  # offsets never move
+    latest = {}
+    for _, k, v in got:
+        if k is not None:
+            latest[k] = v
+    # the last value of every key survives
+    assert latest == {f"k{k}".encode(): f"r19-k{k}".encode() + b"." * 100 for k in range(10)}
+    assert any(k is None and v == b"no key" for _, k, v in got)

@@ -270,6 +270,28 @@ fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
 /// Encode records (offsets taken as 0, 1, …; the broker assigns the real base) into one
 /// uncompressed batch with no producer id.
 pub fn encode_batch(records: &[Record]) -> Vec<u8> {
+    let deltas: Vec<i64> = (0..records.len() as i64).collect();
+    encode(records, &deltas, (records.len() as i32 - 1).max(0))
+}
+
+/// Encode records that keep their offsets inside a batch starting at `base_offset` and spanning
+/// `last_offset_delta` + 1 offsets (compaction: the batch keeps its place, some records go).
+pub fn encode_batch_at(records: &[Record], base_offset: u64, last_offset_delta: i32) -> Vec<u8> {
+    let deltas: Vec<i64> = records
+        .iter()
+        .map(|r| r.offset.saturating_sub(base_offset) as i64)
+        .collect();
+    let mut b = encode(records, &deltas, last_offset_delta);
+    b[0..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
+    b
+}
+
+/// The lastOffsetDelta of a stored batch (its offset span minus one).
+pub fn last_offset_delta(batch: &[u8]) -> Option<i32> {
+    (batch.len() >= HEADER).then(|| be_i32(batch, 23))
+}
+
+fn encode(records: &[Record], deltas: &[i64], last_offset_delta: i32) -> Vec<u8> {
     let base_ts = records.first().map_or(0, |r| r.timestamp);
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(base_ts);
     let mut b = vec![0u8; HEADER];
@@ -278,7 +300,7 @@ pub fn encode_batch(records: &[Record]) -> Vec<u8> {
         rec.clear();
         rec.push(0);
         put_varint(&mut rec, r.timestamp - base_ts);
-        put_varint(&mut rec, i as i64);
+        put_varint(&mut rec, deltas[i]);
         put_bytes(&mut rec, r.key.as_deref());
         put_bytes(&mut rec, r.value.as_deref());
         put_varint(&mut rec, r.headers.len() as i64);
@@ -291,7 +313,7 @@ pub fn encode_batch(records: &[Record]) -> Vec<u8> {
     }
     b[12..16].copy_from_slice(&0i32.to_be_bytes()); // partition leader epoch
     b[16] = 2;
-    b[23..27].copy_from_slice(&((records.len() as i32 - 1).max(0)).to_be_bytes());
+    b[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
     b[27..35].copy_from_slice(&base_ts.to_be_bytes());
     b[35..43].copy_from_slice(&max_ts.to_be_bytes());
     b[43..51].copy_from_slice(&(-1i64).to_be_bytes());

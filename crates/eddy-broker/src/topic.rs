@@ -100,6 +100,8 @@ pub struct Partition {
     pub index: i32,
     log: Arc<Log>,
     appended: Arc<watch::Sender<u64>>,
+    /// Sealed end at the last compaction (cleanup.policy=compact).
+    compacted_through: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Partition {
@@ -120,6 +122,7 @@ impl Partition {
             index,
             log,
             appended,
+            compacted_through: Default::default(),
         })
     }
 
@@ -162,7 +165,83 @@ impl Partition {
         Ok(self.log.offset_for_timestamp(ts)?)
     }
 
+    /// Log compaction (`cleanup.policy=compact`): in sealed segments, keep only the latest record
+    /// of each key (records without a key stay). Batches keep their offset span, so offsets
+    /// never move; a batch may end up with no records, as in Kafka. Runs when new segments
+    /// were sealed since the last pass; returns bytes reclaimed.
+    pub(crate) fn compact_if_due(&self) -> Result<u64> {
+        use std::sync::atomic::Ordering;
+        let sealed = self.log.sealed_end();
+        if sealed <= self.compacted_through.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        // the latest offset of every key, over the whole partition
+        let mut latest: std::collections::HashMap<bytes::Bytes, u64> = Default::default();
+        let (mut from, end) = (self.start_offset(), self.end_offset());
+        while from < end {
+            let batches = self.log.read(from, 4 << 20)?;
+            if batches.is_empty() {
+                break;
+            }
+            for b in batches {
+                from = b.base_offset + b.record_count.max(1) as u64;
+                if crate::records::is_control(&b.payload) {
+                    continue;
+                }
+                match crate::records::decode_batch(b.base_offset, &b.payload) {
+                    Ok(records) => {
+                        for r in records {
+                            if let Some(k) = r.key {
+                                latest.insert(k, r.offset);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = ?self, offset = b.base_offset, "compaction skips an unreadable batch: {e}")
+                    }
+                }
+            }
+        }
+        let reclaimed = self.log.rewrite_sealed(|b| {
+            use crate::records::{decode_batch, encode_batch_at, is_control, last_offset_delta};
+            if is_control(&b.payload) {
+                return eddy_log::Rewrite::Keep;
+            }
+            let (Ok(records), Some(span)) = (
+                decode_batch(b.base_offset, &b.payload),
+                last_offset_delta(&b.payload),
+            ) else {
+                return eddy_log::Rewrite::Keep;
+            };
+            let keep: Vec<_> = records
+                .iter()
+                .filter(|r| {
+                    r.key
+                        .as_ref()
+                        .is_none_or(|k| latest.get(k) == Some(&r.offset))
+                })
+                .cloned()
+                .collect();
+            if keep.len() == records.len() {
+                eddy_log::Rewrite::Keep
+            } else {
+                eddy_log::Rewrite::Replace(encode_batch_at(&keep, b.base_offset, span))
+            }
+        })?;
+        self.compacted_through.store(sealed, Ordering::Relaxed);
+        if reclaimed > 0 {
+            tracing::info!(partition = ?self, reclaimed, "compacted");
+        }
+        Ok(reclaimed)
+    }
+
     pub(crate) fn apply_retention(&self, config: &TopicConfig) {
+        if config.cleanup_policy == "compact" {
+            if let Err(e) = self.compact_if_due() {
+                tracing::warn!(partition = ?self, "compaction failed: {e}");
+            }
+            return;
+        }
         let age = (config.retention_ms >= 0).then_some(config.retention_ms);
         let bytes = (config.retention_bytes >= 0).then_some(config.retention_bytes as u64);
         if age.is_none() && bytes.is_none() {

@@ -67,6 +67,14 @@ const HEADER: usize = 28;
 pub const MAX_BATCH_BYTES: usize = 256 << 20;
 const INDEX_MAGIC: &[u8; 4] = b"EIDX";
 
+/// What [`Log::rewrite_sealed`] does with one batch.
+pub enum Rewrite {
+    /// Leave it as it is.
+    Keep,
+    /// Replace its payload (same base offset, record count and timestamp).
+    Replace(Vec<u8>),
+}
+
 /// When appends become durable.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum FsyncPolicy {
@@ -1139,6 +1147,106 @@ impl Log {
     /// Bytes stored.
     pub fn size_bytes(&self) -> u64 {
         self.inner.lock().segments.iter().map(|s| s.size).sum()
+    }
+
+    /// The first offset of the active segment: everything below is in sealed segments.
+    pub fn sealed_end(&self) -> u64 {
+        let inner = self.inner.lock();
+        inner.segments.last().map_or(inner.next_offset, |s| s.base)
+    }
+
+    /// Rewrite the sealed segments (never the active one) batch by batch: each batch is kept
+    /// or given a new payload with the same base offset, record count and timestamp, so offsets
+    /// never move and the segment stays contiguous. A segment whose batches are all kept is
+    /// not touched. A new segment is written beside the old one, fsynced and renamed over it
+    /// (then its index sidecar); a reader already holding the old file finishes on it.
+    /// Returns the bytes reclaimed.
+    pub fn rewrite_sealed(
+        &self,
+        mut rewrite: impl FnMut(&Batch) -> Rewrite,
+    ) -> Result<u64, LogError> {
+        let sealed: Vec<(u64, u64, u64)> = {
+            let inner = self.inner.lock();
+            if inner.closed {
+                return Err(LogError::Closed);
+            }
+            let n = inner.segments.len().saturating_sub(1);
+            inner.segments[..n]
+                .iter()
+                .filter(|s| s.size > 0)
+                .map(|s| (s.base, s.next, s.size))
+                .collect()
+        };
+        let interval = self.config.index_interval_bytes as u64;
+        let mut reclaimed = 0;
+        for (base, next, size) in sealed {
+            // this segment's batches (the read stops once it has about `size` bytes)
+            let batches = self.read(base, size as usize)?;
+            let mut out: Vec<u8> = Vec::new();
+            let mut index = Vec::new();
+            let mut last_indexed: Option<u64> = None;
+            let mut max_ts = i64::MIN;
+            let mut changed = false;
+            for b in batches.iter().take_while(|b| b.base_offset < next) {
+                let replaced = match rewrite(b) {
+                    Rewrite::Keep => None,
+                    Rewrite::Replace(p) => {
+                        changed = true;
+                        Some(p)
+                    }
+                };
+                let payload = replaced.as_deref().unwrap_or(&b.payload);
+                let pos = out.len() as u64;
+                out.extend_from_slice(&encode_header(
+                    b.base_offset,
+                    b.record_count,
+                    b.timestamp_ms,
+                    payload,
+                ));
+                out.extend_from_slice(payload);
+                max_ts = max_ts.max(b.timestamp_ms);
+                if last_indexed.is_none_or(|l| pos - l >= interval) {
+                    if let Some(e) = index_entry(base, b.base_offset, pos, max_ts) {
+                        index.push(e);
+                        last_indexed = Some(pos);
+                    }
+                }
+            }
+            if !changed {
+                continue;
+            }
+            let path = segment_path(&self.dir, base);
+            let tmp = path.with_extension("log.rewritten");
+            {
+                let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+                f.write_all(&out).map_err(|e| io_err(&tmp, e))?;
+                f.sync_data().map_err(|e| io_err(&tmp, e))?;
+            }
+            let mut inner = self.inner.lock();
+            let last = inner.segments.len().saturating_sub(1);
+            let Some(i) = inner.segments[..last].iter().position(|s| s.base == base) else {
+                // deleted by retention meanwhile
+                drop(inner);
+                let _ = fs::remove_file(&tmp);
+                continue;
+            };
+            fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+            if let Ok(d) = File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            let file = Arc::new(open_rw(&path)?);
+            let seg = &mut inner.segments[i];
+            reclaimed += seg.size.saturating_sub(out.len() as u64);
+            seg.file = file;
+            seg.size = out.len() as u64;
+            seg.index = index;
+            seg.last_indexed_pos = last_indexed.unwrap_or(0);
+            seg.max_ts = max_ts;
+            if let Err(e) = write_index(seg) {
+                tracing::warn!(path = %seg.path.display(), "could not write segment index (it will be rebuilt): {e}");
+            }
+        }
+        Ok(reclaimed)
     }
 
     /// An offset from which about the last `bytes` of the log follow: the base of the oldest
