@@ -553,3 +553,33 @@ def test_log_compaction_keeps_the_latest_record_per_key(own_eddy):
     # the last value of every key survives
     assert latest == {f"k{k}".encode(): f"r19-k{k}".encode() + b"." * 100 for k in range(10)}
     assert any(k is None and v == b"no key" for _, k, v in got)
+
+
+def test_cooperative_sticky_and_roundrobin_assignors(own_eddy):
+    """The coordinator is assignor-agnostic: members pick the protocol (librdkafka's
+    cooperative-sticky does incremental rebalances over the classic protocol)."""
+    import time
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    s = own_eddy()
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    for strategy in ("cooperative-sticky", "roundrobin"):
+        t, group = qname("asg"), qname("g")
+        admin.create_topics([NewTopic(t, num_partitions=4)])[t].result(10)
+        cs = [_group_consumer(s.bootstrap, group, **{"partition.assignment.strategy": strategy}) for _ in range(2)]
+        cs[0].subscribe([t])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(cs[0].assignment()) < 4:
+            cs[0].poll(0.2)
+        cs[1].subscribe([t])
+        while time.monotonic() < deadline and not all(len(c.assignment()) == 2 for c in cs):
+            for c in cs:
+                c.poll(0.2)
+        assert [len(c.assignment()) for c in cs] == [2, 2], strategy
+        mine = [{tp.partition for tp in c.assignment()} for c in cs]
+        assert not mine[0] & mine[1]
+        desc = admin.describe_consumer_groups([group])[group].result(10)
+        assert desc.partition_assignor == strategy
+        for c in cs:
+            c.close()

@@ -777,7 +777,7 @@ impl Handler {
 
     fn init_producer_id(&self, r: InitProducerIdRequest, _version: i16) -> InitProducerIdResponse {
         let mut resp = InitProducerIdResponse::default();
-        if r.transactional_id.is_some() {
+        if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
             // transactions are not implemented: a fatal error for the client, not a retry loop
             resp.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
             resp.producer_id = ProducerId(-1);
