@@ -583,3 +583,67 @@ def test_cooperative_sticky_and_roundrobin_assignors(own_eddy):
         assert desc.partition_assignor == strategy
         for c in cs:
             c.close()
+
+
+def test_compaction_never_drops_a_key_written_while_it_runs(own_eddy):
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    s = own_eddy()
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    t = qname("cmprace")
+    admin.create_topics([NewTopic(t, num_partitions=1, config={
+        "cleanup.policy": "compact", "segment.bytes": "4000"})])[t].result(10)
+    p = Producer({"bootstrap.servers": s.bootstrap, "acks": "1", "linger.ms": 1})
+    n = 0
+    end = time.monotonic() + 3
+    while time.monotonic() < end and n < 40000:
+        # every key once, plus a key rewritten all the time, so compaction has work
+        try:
+            p.produce(t, key=f"u{n}".encode(), value=b"x" * 50)
+        except BufferError:
+            p.poll(0.05)
+            continue
+        while True:
+            try:
+                p.produce(t, key=b"hot", value=f"{n}".encode())
+                break
+            except BufferError:
+                p.poll(0.05)
+        n += 1
+        if n % 500 == 0:
+            p.poll(0)
+    assert p.flush(20) == 0
+    time.sleep(1.5)  # let a compaction pass finish
+    c = Consumer({"bootstrap.servers": s.bootstrap, "group.id": qname("g"), "enable.auto.commit": False})
+    c.assign([TopicPartition(t, 0, OFFSET_BEGINNING)])
+    keys = set()
+    hot = []
+    while True:
+        m = c.poll(2)
+        if m is None:
+            break
+        assert m.error() is None
+        keys.add(m.key())
+        if m.key() == b"hot":
+            hot.append(m.value())
+    c.close()
+    missing = {f"u{i}".encode() for i in range(n)} - keys
+    assert not missing, f"{len(missing)} of {n} unique keys lost"
+    assert hot[-1] == f"{n - 1}".encode() and len(hot) < n
+
+
+def test_oversized_commit_metadata_is_refused(broker):
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    t = qname("meta")
+    kcat(broker, "-P", "-t", t, stdin=b"x\n")
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": qname("g"), "enable.auto.commit": False})
+    with pytest.raises(KafkaException) as e:
+        c.commit(offsets=[TopicPartition(t, 0, 1, metadata="m" * 5000)], asynchronous=False)
+    assert "OFFSET_METADATA_TOO_LARGE" in str(e.value)
+    c.commit(offsets=[TopicPartition(t, 0, 1, metadata="small")], asynchronous=False)
+    assert c.committed([TopicPartition(t, 0)], timeout=10)[0].offset == 1
+    c.close()

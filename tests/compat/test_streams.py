@@ -116,3 +116,31 @@ def test_stream_rules_as_rabbitmq(own_eddy):
     admin = AdminClient({"bootstrap.servers": s.bootstrap})
     assert name not in admin.list_topics(timeout=10).topics
     conn2.close()
+
+
+def test_odd_records_and_arguments_never_stall_a_stream(own_eddy):
+    from confluent_kafka import Producer
+
+    s = own_eddy()
+    name = qname("odd")
+    conn = pika.BlockingConnection(params(s))
+    conn.channel().queue_declare(name, durable=True, arguments=STREAM)
+    p = Producer({"bootstrap.servers": s.bootstrap, "acks": "all"})
+    # header values and names longer than an AMQP short string allows
+    p.produce(name, value=b"long", headers=[("amqp.message-id", b"m" * 300), ("k" * 300, b"v")])
+    p.produce(name, value=b"after")
+    assert p.flush(10) == 0
+    got = consume_stream(conn, name, "first", 2)
+    assert [b for _, _, b in got] == [b"long", b"after"]
+    assert got[0][1].message_id == "m" * 255
+    # malformed offsets and ages are refused, and the client hears it
+    for bad in ("1\u00e9", "9999999999999999999Y", "soon"):
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=1)
+        with pytest.raises(ChannelClosedByBroker) as e:
+            ch.basic_consume(name, lambda *a: None, arguments={"x-stream-offset": bad})
+        assert e.value.reply_code == 406
+    with pytest.raises(ChannelClosedByBroker) as e:
+        conn.channel().queue_declare(qname("age"), durable=True, arguments={**STREAM, "x-max-age": "1\u00e9"})
+    assert e.value.reply_code == 406
+    conn.close()

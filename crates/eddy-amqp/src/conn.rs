@@ -239,6 +239,18 @@ pub async fn handle(
     let out = Outbound::new();
     let wake = Arc::new(Notify::new());
     let writer = tokio::spawn(writer_task(out.clone(), wr, wake.clone()));
+    /// If this task unwinds (a bug), the writer still stops and the socket closes, so the
+    /// client learns it at once instead of waiting on a half-open connection.
+    struct CloseOnUnwind(Arc<Outbound>);
+    impl Drop for CloseOnUnwind {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.closed.store(true, Ordering::Relaxed);
+                self.0.notify.notify_one();
+            }
+        }
+    }
+    let _unwind = CloseOnUnwind(out.clone());
     let mut conn = Conn {
         id: broker.next_connection_id(),
         alarms: broker.alarms(),

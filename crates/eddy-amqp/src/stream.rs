@@ -21,6 +21,9 @@ pub(crate) async fn deliver(
     mut appends: watch::Receiver<u64>,
 ) {
     let stream = consumer.queue.name.clone();
+    // records read but not yet delivered (credit ran out): delivered first next time, so a
+    // large batch is decoded once, not once per credit window
+    let mut pending: std::collections::VecDeque<eddy_broker::records::Record> = Default::default();
     loop {
         if consumer.stopped.load(Ordering::Relaxed)
             || consumer.channel.closed.load(Ordering::Relaxed)
@@ -29,15 +32,19 @@ pub(crate) async fn deliver(
         }
         appends.borrow_and_update();
         // as much as the credit allows
-        'fill: while consumer.can_accept() && offset < partition.end_offset() {
-            let records = match eddy_broker::stream::read(&partition, offset, READ_BYTES) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(stream = %stream, offset, "reading the stream failed: {e}");
-                    return;
+        'fill: while consumer.can_accept()
+            && (!pending.is_empty() || offset < partition.end_offset())
+        {
+            if pending.is_empty() {
+                match eddy_broker::stream::read(&partition, offset, READ_BYTES) {
+                    Ok(r) => pending.extend(r),
+                    Err(e) => {
+                        tracing::error!(stream = %stream, offset, "reading the stream failed: {e}");
+                        return;
+                    }
                 }
-            };
-            if records.is_empty() {
+            }
+            if pending.is_empty() {
                 // only markers or unreadable batches there: step past them
                 match partition
                     .read(offset, 1)
@@ -49,8 +56,9 @@ pub(crate) async fn deliver(
                 }
                 continue;
             }
-            for r in records {
+            while let Some(r) = pending.pop_front() {
                 if !consumer.can_accept() {
+                    pending.push_front(r);
                     break 'fill;
                 }
                 let message = Arc::new(eddy_broker::stream::record_to_message(&r, &stream));

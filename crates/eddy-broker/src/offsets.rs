@@ -46,6 +46,8 @@ enum Record {
 pub struct OffsetStore {
     log: Arc<Log>,
     groups: Mutex<HashMap<String, HashMap<Key, Committed>>>,
+    /// Log size right after the last snapshot: the next one waits for the log to double.
+    snapshot_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn entry((topic, partition): &Key, c: &Committed) -> Entry {
@@ -127,6 +129,7 @@ impl OffsetStore {
             }
         }
         Ok(OffsetStore {
+            snapshot_bytes: std::sync::atomic::AtomicU64::new(log.size_bytes()),
             log,
             groups: Mutex::new(groups),
         })
@@ -158,8 +161,14 @@ impl OffsetStore {
         for (t, p, c) in offsets {
             g.insert((t, p), c);
         }
-        if self.log.size_bytes() > SNAPSHOT_AFTER {
+        let size = self.log.size_bytes();
+        let last = self
+            .snapshot_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if size > SNAPSHOT_AFTER.max(last.saturating_mul(2)) {
             self.snapshot(&groups);
+            self.snapshot_bytes
+                .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
         }
         Ok(done)
     }
@@ -171,6 +180,11 @@ impl OffsetStore {
             .collect();
         match self.append(&Record::Snapshot(all)) {
             Ok((_, end)) => {
+                // the history goes only once the snapshot that replaces it is on disk
+                if let Err(e) = self.log.sync_now() {
+                    tracing::warn!("syncing the committed-offsets snapshot failed: {e}");
+                    return;
+                }
                 if let Err(e) = self.log.delete_before(end - 1) {
                     tracing::warn!("compacting committed offsets failed: {e}");
                 }

@@ -80,16 +80,10 @@ pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, Recor
     if count < 0 {
         return Err(malformed(format!("record count {count}")));
     }
-    let body = &batch[HEADER..];
-    let owned;
-    let body: &[u8] = match attributes & 0x07 {
-        0 => body,
-        c => {
-            owned = decompress(c, body)?;
-            &owned
-        }
+    let body = match attributes & 0x07 {
+        0 => Bytes::copy_from_slice(&batch[HEADER..]),
+        c => Bytes::from(decompress(c, &batch[HEADER..])?),
     };
-    let body = Bytes::copy_from_slice(body);
     let mut r = Cursor { buf: &body, at: 0 };
     let mut out = Vec::with_capacity((count as usize).min(body.len()));
     for _ in 0..count {
@@ -274,21 +268,21 @@ pub fn encode_batch(records: &[Record]) -> Vec<u8> {
     encode(records, &deltas, (records.len() as i32 - 1).max(0))
 }
 
-/// Encode records that keep their offsets inside a batch starting at `base_offset` and spanning
-/// `last_offset_delta` + 1 offsets (compaction: the batch keeps its place, some records go).
-pub fn encode_batch_at(records: &[Record], base_offset: u64, last_offset_delta: i32) -> Vec<u8> {
+/// Re-encode what remains of a stored batch whose first offset is `base_offset` (compaction):
+/// the records keep their offsets, the batch keeps its span and producer fields (id, epoch,
+/// base sequence), so offsets and idempotence state survive. (A stored batch's own base-offset
+/// field is whatever the producer sent; the log knows the real one.)
+pub fn encode_batch_like(records: &[Record], base_offset: u64, original: &[u8]) -> Vec<u8> {
     let deltas: Vec<i64> = records
         .iter()
         .map(|r| r.offset.saturating_sub(base_offset) as i64)
         .collect();
-    let mut b = encode(records, &deltas, last_offset_delta);
+    let mut b = encode(records, &deltas, be_i32(original, 23));
     b[0..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
+    b[43..57].copy_from_slice(&original[43..57]);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
-}
-
-/// The lastOffsetDelta of a stored batch (its offset span minus one).
-pub fn last_offset_delta(batch: &[u8]) -> Option<i32> {
-    (batch.len() >= HEADER).then(|| be_i32(batch, 23))
 }
 
 fn encode(records: &[Record], deltas: &[i64], last_offset_delta: i32) -> Vec<u8> {
@@ -365,6 +359,33 @@ mod tests {
             })
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn compaction_rewrite_keeps_offsets_span_and_producer() {
+        // a stored batch at offset 1000 whose own base-offset field says 0 (as producers send)
+        let mut original = encode_batch(&[
+            rec(0, Some("a"), Some("1")),
+            rec(1, Some("b"), Some("2")),
+            rec(2, Some("a"), Some("3")),
+        ]);
+        original[43..51].copy_from_slice(&77i64.to_be_bytes());
+        original[53..57].copy_from_slice(&5i32.to_be_bytes());
+        let all = decode_batch(1000, &original).unwrap();
+        let keep: Vec<Record> = all.iter().filter(|r| r.offset != 1000).cloned().collect();
+        let b = encode_batch_like(&keep, 1000, &original);
+        let got = decode_batch(1000, &b).unwrap();
+        assert_eq!(
+            got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![1001, 1002]
+        );
+        assert_eq!(be_i32(&b, 23), 2, "same span");
+        assert_eq!(be_i64(&b, 43), 77, "producer id kept");
+        assert_eq!(be_i32(&b, 53), 5, "base sequence kept");
+        assert_eq!(
+            crc32c::crc32c(&b[21..]),
+            u32::from_be_bytes(b[17..21].try_into().unwrap())
+        );
     }
 
     #[test]

@@ -56,6 +56,33 @@ fn text(v: &AMQPValue) -> Option<Vec<u8>> {
     })
 }
 
+/// A short string (at most 255 bytes, cut at a character boundary).
+fn short_string(s: &str) -> ShortString {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&s[..end])
+}
+
+/// RabbitMQ's interval syntax (`30s`, `10m`, `1h`, `7D`, `2W`, `1M`, `1Y`) in milliseconds;
+/// None when malformed or out of range.
+pub fn interval_ms(s: &str) -> Option<i64> {
+    let unit = s.chars().last()?;
+    let n: i64 = s.strip_suffix(unit)?.parse().ok().filter(|n| *n >= 0)?;
+    let secs: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'D' => 86_400,
+        'W' => 7 * 86_400,
+        'M' => 30 * 86_400,
+        'Y' => 365 * 86_400,
+        _ => return None,
+    };
+    n.checked_mul(secs)?.checked_mul(1000)
+}
+
 /// An AMQP message as a record.
 pub fn message_to_record(msg: &Message) -> Record {
     let p = &msg.properties;
@@ -118,7 +145,7 @@ pub fn record_to_message(rec: &Record, stream: &str) -> Message {
             .as_ref()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default();
-        let short = || ShortString::from(s.clone());
+        let short = || short_string(&s);
         match k.strip_prefix("amqp.") {
             Some("content-type") => props = props.with_content_type(short()),
             Some("content-encoding") => props = props.with_content_encoding(short()),
@@ -151,7 +178,7 @@ pub fn record_to_message(rec: &Record, stream: &str) -> Message {
                     Some(b) => AMQPValue::LongString(LongString::from(b.to_vec())),
                     None => AMQPValue::Void,
                 };
-                table.insert(k.as_str().into(), value);
+                table.insert(short_string(k), value);
             }
         }
     }
@@ -228,19 +255,8 @@ pub fn start_offset(partition: &Partition, spec: Option<&AMQPValue>) -> Result<u
                 "last" => Ok(end.saturating_sub(1).max(start)),
                 "next" => Ok(end),
                 other => {
-                    let (num, unit) = other.split_at(other.len().saturating_sub(1));
-                    let n: i64 = num.parse().map_err(|_| bad(format!("'{other}'")))?;
-                    let secs = match unit {
-                        "s" => n,
-                        "m" => n * 60,
-                        "h" => n * 3600,
-                        "D" => n * 86_400,
-                        "W" => n * 7 * 86_400,
-                        "M" => n * 30 * 86_400,
-                        "Y" => n * 365 * 86_400,
-                        _ => return Err(bad(format!("'{other}'"))),
-                    };
-                    by_time(now_ms() - secs * 1000)
+                    let ms = interval_ms(other).ok_or_else(|| bad(format!("'{other}'")))?;
+                    by_time(now_ms().saturating_sub(ms))
                 }
             }
         }

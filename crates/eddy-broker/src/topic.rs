@@ -192,7 +192,8 @@ impl Partition {
                     Ok(records) => {
                         for r in records {
                             if let Some(k) = r.key {
-                                latest.insert(k, r.offset);
+                                // a copy: a slice would pin the whole decoded batch
+                                latest.insert(bytes::Bytes::copy_from_slice(&k), r.offset);
                             }
                         }
                     }
@@ -202,31 +203,27 @@ impl Partition {
                 }
             }
         }
+        let scanned = end;
         let reclaimed = self.log.rewrite_sealed(|b| {
-            use crate::records::{decode_batch, encode_batch_at, is_control, last_offset_delta};
-            if is_control(&b.payload) {
+            use crate::records::{decode_batch, encode_batch_like, is_control};
+            // a segment sealed while the keys were scanned holds records the map has not seen
+            if is_control(&b.payload) || b.base_offset + b.record_count as u64 > scanned {
                 return eddy_log::Rewrite::Keep;
             }
-            let (Ok(records), Some(span)) = (
-                decode_batch(b.base_offset, &b.payload),
-                last_offset_delta(&b.payload),
-            ) else {
+            let Ok(records) = decode_batch(b.base_offset, &b.payload) else {
                 return eddy_log::Rewrite::Keep;
             };
-            let keep: Vec<_> = records
-                .iter()
-                .filter(|r| {
-                    r.key
-                        .as_ref()
-                        .is_none_or(|k| latest.get(k) == Some(&r.offset))
-                })
-                .cloned()
-                .collect();
-            if keep.len() == records.len() {
-                eddy_log::Rewrite::Keep
-            } else {
-                eddy_log::Rewrite::Replace(encode_batch_at(&keep, b.base_offset, span))
+            // a record goes only when a later record of its key exists
+            let superseded = |r: &crate::records::Record| {
+                r.key
+                    .as_ref()
+                    .is_some_and(|k| latest.get(k).is_some_and(|l| *l > r.offset))
+            };
+            if !records.iter().any(superseded) {
+                return eddy_log::Rewrite::Keep;
             }
+            let keep: Vec<_> = records.into_iter().filter(|r| !superseded(r)).collect();
+            eddy_log::Rewrite::Replace(encode_batch_like(&keep, b.base_offset, &b.payload))
         })?;
         self.compacted_through.store(sealed, Ordering::Relaxed);
         if reclaimed > 0 {

@@ -867,18 +867,7 @@ fn server_name() -> String {
     format!("amq.gen-{s}")
 }
 
-/// RabbitMQ's `x-max-age` (`Y`, `M`, `D`, `h`, `m`, `s` units) in milliseconds.
+/// RabbitMQ's `x-max-age` in milliseconds.
 fn parse_age_ms(s: &str) -> Option<i64> {
-    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: i64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "D" => 86_400,
-        "M" => 30 * 86_400,
-        "Y" => 365 * 86_400,
-        _ => return None,
-    };
-    n.checked_mul(secs * 1000)
+    crate::stream::interval_ms(s)
 }

@@ -59,6 +59,11 @@ const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
 ];
 
+/// Most record bytes in one fetch response (Kafka's default `fetch.max.bytes`).
+const MAX_FETCH_BYTES: usize = 55 << 20;
+/// Longest offset-commit metadata (Kafka's `offset.metadata.max.bytes`).
+const MAX_COMMIT_METADATA: usize = 4096;
+
 /// DescribeConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -522,10 +527,11 @@ impl Handler {
     /// One pass over the requested partitions: (response, record bytes, any error).
     fn fetch_once(&self, r: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
         let mut resp = FetchResponse::default();
+        // Kafka's fetch.max.bytes bounds what one response may hold, whatever the client asks
         let mut budget = if r.max_bytes > 0 {
-            r.max_bytes as usize
+            (r.max_bytes as usize).min(MAX_FETCH_BYTES)
         } else {
-            usize::MAX
+            MAX_FETCH_BYTES
         };
         let mut total = 0usize;
         let mut errors = false;
@@ -562,7 +568,8 @@ impl Handler {
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget).max(1);
                     match part.read(from as u64, limit) {
                         Ok(batches) => {
-                            for mut b in batches {
+                            // nothing above the high watermark this response reports
+                            for mut b in batches.into_iter().filter(|b| b.base_offset < end) {
                                 // whole batches only, but the first one even if it is larger
                                 // than the limits, so a consumer always makes progress
                                 if !records.is_empty() && records.len() + b.payload.len() > limit {
@@ -942,8 +949,11 @@ impl Handler {
             for p in t.partitions {
                 let mut pr = offset_commit_response::OffsetCommitResponsePartition::default();
                 pr.partition_index = p.partition_index;
+                let metadata_len = p.committed_metadata.as_ref().map_or(0, |m| m.len());
                 pr.error_code = if check != 0 {
                     check
+                } else if metadata_len > MAX_COMMIT_METADATA {
+                    ResponseError::OffsetMetadataTooLarge.code()
                 } else if topic
                     .as_ref()
                     .and_then(|x| x.partition(p.partition_index))

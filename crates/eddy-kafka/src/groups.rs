@@ -515,9 +515,13 @@ fn complete_join(st: &mut State) {
     st.protocol = protocol;
     st.leader = Some(leader);
     let gen = st.generation;
+    let now = Instant::now();
     for m in st.members.values_mut() {
         m.join_generation = gen;
         m.joined = false;
+        // as Kafka: a member's session starts over when the join completes (it may have
+        // waited in JoinGroup longer than its session timeout)
+        m.last_seen = now;
     }
     st.phase = Phase::CompletingRebalance;
 }

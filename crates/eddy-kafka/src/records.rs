@@ -126,6 +126,12 @@ pub fn validate(batch: &[u8]) -> Result<BatchInfo, BatchError> {
         )));
     }
     let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+    if attributes & 0x07 > 4 {
+        return Err(BatchError::Invalid(format!(
+            "compression codec {} is unknown",
+            attributes & 0x07
+        )));
+    }
     Ok(BatchInfo {
         record_count: last_delta as u32 + 1,
         max_timestamp: be_i64(batch, 35),

@@ -658,6 +658,15 @@ impl Log {
     /// segments are kept). What was repaired is in [`Log::recovery_report`]. Only I/O errors
     /// fail the open.
     pub fn open(dir: &Path, config: LogConfig, syncer: Arc<Syncer>) -> Result<Arc<Log>, LogError> {
+        // a rewrite (compaction) cut short by a crash leaves its new file behind: the old
+        // segment is still whole, so the leftover goes
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".log.rewritten") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut bases: Vec<u64> = fs::read_dir(dir)
             .map_err(|e| io_err(dir, e))?
@@ -1280,6 +1289,23 @@ impl Log {
         let a = inner.segments.last().expect("active segment");
         a.file.sync_data().map_err(|e| io_err(&a.path, e))?;
         let end = inner.next_offset;
+        self.sync
+            .durable
+            .send_modify(|d| d.offset = d.offset.max(end));
+        Ok(())
+    }
+
+    /// fsync the active segment now, on this thread; everything appended so far is durable
+    /// when this returns.
+    pub fn sync_now(&self) -> Result<(), LogError> {
+        let inner = self.inner.lock();
+        if inner.closed {
+            return Err(LogError::Closed);
+        }
+        let a = inner.segments.last().expect("active segment");
+        a.file.sync_data().map_err(|e| io_err(&a.path, e))?;
+        let end = inner.next_offset;
+        drop(inner);
         self.sync
             .durable
             .send_modify(|d| d.offset = d.offset.max(end));
