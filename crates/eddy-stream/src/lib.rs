@@ -1,0 +1,53 @@
+//! `eddy-stream`: Eddy's stream engine — a Flink-style DataStream API (sources, `map`,
+//! `flat_map`, `filter`, `key_by`, event-time windows, aggregations, sinks) lowered onto timely
+//! dataflow, which runs it on N worker threads, or on several processes, with its own exchange
+//! and progress tracking.
+//!
+//! Shaping decision: event time travels *in* the records, and watermarks travel in-band beside
+//! them (as in Flink): each source instance emits its watermark, a keyed exchange sends every
+//! watermark to every downstream worker, and a stateful operator's watermark is the minimum over
+//! its upstream channels. Timely's own timestamp is left for checkpoint epochs.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use eddy_stream::{Source, StreamEnv, Tumbling};
+//!
+//! StreamEnv::from_args().unwrap().execute("wordcount", |env| {
+//!     env.source(Source::lines_of_file("words.txt"))
+//!         .flat_map(|line: String| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+//!         .key_by(|w| w.clone())
+//!         .window(Tumbling::event_time(Duration::from_secs(5)))
+//!         .count()
+//!         .print();
+//! }).unwrap();
+//! ```
+
+mod env;
+mod event;
+mod operators;
+mod source;
+mod window;
+
+pub use env::{Env, StreamEnv};
+pub use event::{Ev, Windowed};
+pub use operators::{DataStream, KeyedStream, Sink};
+pub use source::{Source, WatermarkStrategy};
+pub use window::{
+    Aggregator, CountWindow, GlobalWindow, Session, Sliding, Tumbling, WindowSpec, WindowedStream,
+    WithLate,
+};
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Bad worker/process arguments.
+    #[error("invalid execution arguments: {0}")]
+    Config(String),
+    /// A worker failed.
+    #[error("the dataflow failed: {0}")]
+    Execution(String),
+}
+
+/// What a stream may carry: cloneable, and serializable so it can cross workers and processes.
+pub trait Data: timely::ExchangeData + Clone {}
+impl<T: timely::ExchangeData + Clone> Data for T {}

@@ -1,0 +1,429 @@
+//! Windows on keyed streams: tumbling, sliding and session windows in event time, count
+//! windows, and a global window with a count trigger; allowed lateness; late records to a side
+//! output instead of silently dropped.
+//!
+//! A time window fires when the operator's watermark reaches its end; records that arrive
+//! later but within the allowed lateness update it and fire it again; records later than that
+//! go to the late output. Results carry the event time `end - 1`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::event::{Ev, Watermarks, Windowed};
+use crate::operators::{Cb, DataStream, KeyedStream, Upstream};
+use crate::Data;
+
+/// Which windows a keyed stream is cut into.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WindowSpec {
+    /// Fixed, non-overlapping windows of `size` ms, aligned to the epoch.
+    Tumbling { size: i64 },
+    /// Windows of `size` ms starting every `slide` ms.
+    Sliding { size: i64, slide: i64 },
+    /// Per key, records closer than `gap` ms apart share a window.
+    Session { gap: i64 },
+    /// Per key, every `n` records form a window.
+    Count { n: u64 },
+    /// One window per key for all time, fired every `every` records (accumulating).
+    Global { every: u64 },
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().max(1) as i64
+}
+
+/// Tumbling windows.
+pub struct Tumbling;
+impl Tumbling {
+    /// Event-time tumbling windows of `size`.
+    pub fn event_time(size: Duration) -> WindowSpec {
+        WindowSpec::Tumbling { size: ms(size) }
+    }
+}
+
+/// Sliding windows.
+pub struct Sliding;
+impl Sliding {
+    /// Event-time windows of `size`, one starting every `slide`.
+    pub fn event_time(size: Duration, slide: Duration) -> WindowSpec {
+        WindowSpec::Sliding {
+            size: ms(size),
+            slide: ms(slide),
+        }
+    }
+}
+
+/// Session windows.
+pub struct Session;
+impl Session {
+    /// Event-time sessions closed by `gap` of inactivity per key.
+    pub fn with_gap(gap: Duration) -> WindowSpec {
+        WindowSpec::Session { gap: ms(gap) }
+    }
+}
+
+/// Count windows.
+pub struct CountWindow;
+impl CountWindow {
+    /// Every `n` records of a key form a window.
+    pub fn of(n: u64) -> WindowSpec {
+        WindowSpec::Count { n: n.max(1) }
+    }
+}
+
+/// The global window.
+pub struct GlobalWindow;
+impl GlobalWindow {
+    /// One window per key, its running aggregate emitted every `n` records.
+    pub fn with_count_trigger(n: u64) -> WindowSpec {
+        WindowSpec::Global { every: n.max(1) }
+    }
+}
+
+/// A user-defined aggregation (Flink's `AggregateFunction`).
+pub trait Aggregator<V>: 'static {
+    /// The accumulator.
+    type Acc: Clone + 'static;
+    /// The result.
+    type Out: Data;
+    /// A fresh accumulator.
+    fn create(&self) -> Self::Acc;
+    /// Add one value.
+    fn add(&self, acc: &mut Self::Acc, value: V);
+    /// Merge two accumulators (session windows merge).
+    fn merge(&self, acc: &mut Self::Acc, other: Self::Acc);
+    /// The result of an accumulator.
+    fn result(&self, acc: &Self::Acc) -> Self::Out;
+}
+
+struct Count;
+impl<V> Aggregator<V> for Count {
+    type Acc = u64;
+    type Out = u64;
+    fn create(&self) -> u64 {
+        0
+    }
+    fn add(&self, acc: &mut u64, _: V) {
+        *acc += 1;
+    }
+    fn merge(&self, acc: &mut u64, other: u64) {
+        *acc += other;
+    }
+    fn result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+}
+
+struct Reduce<F>(F);
+impl<V: Data, F: Fn(V, V) -> V + 'static> Aggregator<V> for Reduce<F> {
+    type Acc = Option<V>;
+    type Out = V;
+    fn create(&self) -> Option<V> {
+        None
+    }
+    fn add(&self, acc: &mut Option<V>, v: V) {
+        *acc = Some(match acc.take() {
+            Some(a) => (self.0)(a, v),
+            None => v,
+        });
+    }
+    fn merge(&self, acc: &mut Option<V>, other: Option<V>) {
+        if let Some(o) = other {
+            self.add(acc, o);
+        }
+    }
+    fn result(&self, acc: &Option<V>) -> V {
+        acc.clone()
+            .expect("a fired window holds at least one record")
+    }
+}
+
+/// What the window operator emits before it is split: results and late records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Out<R, L> {
+    Res(R),
+    Late(L),
+}
+
+/// Window results with the late side output.
+pub struct WithLate<'s, K: Data, R: Data, V: Data> {
+    /// Each window's result (again for every re-firing within the allowed lateness).
+    pub results: DataStream<'s, Windowed<K, R>>,
+    /// The records too late for any window, as (key, value).
+    pub late: DataStream<'s, (K, V)>,
+}
+
+/// Open time windows: by (end, start), each key's accumulator.
+type TimeWindows<K, A> = BTreeMap<(i64, i64), HashMap<K, TimeWin<A>>>;
+
+/// A keyed stream cut into windows, waiting for its aggregation.
+pub struct WindowedStream<'s, K: Data, V: Data> {
+    keyed: KeyedStream<'s, K, V>,
+    spec: WindowSpec,
+    lateness: i64,
+}
+
+impl<'s, K: Data + Hash + Eq, V: Data> KeyedStream<'s, K, V> {
+    /// Cut the stream into windows.
+    pub fn window(self, spec: WindowSpec) -> WindowedStream<'s, K, V> {
+        WindowedStream {
+            keyed: self,
+            spec,
+            lateness: 0,
+        }
+    }
+}
+
+struct TimeWin<A> {
+    acc: A,
+    fired: bool,
+}
+
+struct Sess<A> {
+    start: i64,
+    end: i64,
+    acc: A,
+    fired: bool,
+}
+
+impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
+    /// Keep windows open this long after they fire: later records update and re-fire them.
+    pub fn allowed_lateness(mut self, d: Duration) -> Self {
+        self.lateness = d.as_millis() as i64;
+        self
+    }
+
+    /// Records per window.
+    pub fn count(self) -> DataStream<'s, Windowed<K, u64>> {
+        self.aggregate(Count)
+    }
+
+    /// Reduce the values of each window with `f`.
+    pub fn reduce<F: Fn(V, V) -> V + 'static>(self, f: F) -> DataStream<'s, Windowed<K, V>> {
+        self.aggregate(Reduce(f))
+    }
+
+    /// The sum of each window's values.
+    pub fn sum(self) -> DataStream<'s, Windowed<K, V>>
+    where
+        V: std::ops::Add<Output = V>,
+    {
+        self.reduce(|a, b| a + b)
+    }
+
+    /// The smallest value of each window.
+    pub fn min(self) -> DataStream<'s, Windowed<K, V>>
+    where
+        V: Ord,
+    {
+        self.reduce(|a, b| a.min(b))
+    }
+
+    /// The largest value of each window.
+    pub fn max(self) -> DataStream<'s, Windowed<K, V>>
+    where
+        V: Ord,
+    {
+        self.reduce(|a, b| a.max(b))
+    }
+
+    /// Aggregate each window with a user accumulator; late records are dropped (see
+    /// [`WindowedStream::aggregate_with_late`]).
+    pub fn aggregate<A: Aggregator<V>>(self, agg: A) -> DataStream<'s, Windowed<K, A::Out>> {
+        self.aggregate_with_late(agg).results
+    }
+
+    /// Aggregate each window, and also return the records that came too late for any window
+    /// (the late side output).
+    pub fn aggregate_with_late<A: Aggregator<V>>(self, agg: A) -> WithLate<'s, K, A::Out, V> {
+        let inner = self.keyed.inner;
+        let scope = inner.stream.scope();
+        let (index, peers) = (scope.index() as u32, scope.peers() as u32);
+        let channels = inner.upstream.channels;
+        let spec = self.spec;
+        let lateness = self.lateness;
+        type O<K, R, V> = Out<Windowed<K, R>, (K, V)>;
+        let out = inner.stream.clone().unary::<Cb<O<K, A::Out, V>>, _, _, _>(
+            Pipeline,
+            "Window",
+            move |_, _| {
+                let mut wms = Watermarks::new(channels);
+                let mut windows: TimeWindows<K, A::Acc> = BTreeMap::new();
+                let mut sessions: HashMap<K, Vec<Sess<A::Acc>>> = HashMap::new();
+                let mut counts: HashMap<K, (u64, i64, A::Acc)> = HashMap::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        // results, late records and the watermark, in the order they are made
+                        let mut out: Vec<Ev<O<K, A::Out, V>>> = Vec::new();
+                        let res = |key: &K, start: i64, end: i64, acc: &A::Acc| {
+                            let w = Windowed {
+                                key: key.clone(),
+                                start,
+                                end,
+                                value: agg.result(acc),
+                            };
+                            Ev::Rec(end.saturating_sub(1), Out::Res(w))
+                        };
+                        for ev in data.drain(..) {
+                            match ev {
+                                Ev::Rec(t, (k, v)) => {
+                                    let wm = wms.current();
+                                    let too_late = |end: i64| {
+                                        wm != i64::MIN && end.saturating_add(lateness) <= wm
+                                    };
+                                    match spec {
+                                        WindowSpec::Tumbling { size }
+                                        | WindowSpec::Sliding { size, .. } => {
+                                            let slide = match spec {
+                                                WindowSpec::Sliding { slide, .. } => slide,
+                                                _ => size,
+                                            };
+                                            let last_start = t.div_euclid(slide) * slide;
+                                            let mut accepted = false;
+                                            let mut start = last_start;
+                                            while start > t - size {
+                                                let end = start + size;
+                                                if !too_late(end) {
+                                                    accepted = true;
+                                                    let w = windows
+                                                        .entry((end, start))
+                                                        .or_default()
+                                                        .entry(k.clone())
+                                                        .or_insert_with(|| TimeWin {
+                                                            acc: agg.create(),
+                                                            fired: false,
+                                                        });
+                                                    agg.add(&mut w.acc, v.clone());
+                                                    if w.fired {
+                                                        // a late firing within the allowed lateness
+                                                        out.push(res(&k, start, end, &w.acc));
+                                                    }
+                                                }
+                                                start -= slide;
+                                            }
+                                            if !accepted {
+                                                out.push(Ev::Rec(t, Out::Late((k, v))));
+                                            }
+                                        }
+                                        WindowSpec::Session { gap } => {
+                                            // merge with every live session of the key it overlaps
+                                            // (as Flink, a late record may still extend one)
+                                            let list = sessions.entry(k.clone()).or_default();
+                                            let mut s = Sess {
+                                                start: t,
+                                                end: t.saturating_add(gap),
+                                                acc: agg.create(),
+                                                fired: false,
+                                            };
+                                            let mut merged = false;
+                                            let mut i = 0;
+                                            while i < list.len() {
+                                                if list[i].start < s.end && s.start < list[i].end {
+                                                    let o = list.swap_remove(i);
+                                                    s.start = s.start.min(o.start);
+                                                    s.end = s.end.max(o.end);
+                                                    agg.merge(&mut s.acc, o.acc);
+                                                    merged = true;
+                                                } else {
+                                                    i += 1;
+                                                }
+                                            }
+                                            if !merged && too_late(s.end) {
+                                                out.push(Ev::Rec(t, Out::Late((k, v))));
+                                                continue;
+                                            }
+                                            agg.add(&mut s.acc, v);
+                                            // a merged session fires when the watermark passes
+                                            // its (new) end, at once if it already has
+                                            if wm != i64::MIN && s.end <= wm {
+                                                s.fired = true;
+                                                out.push(res(&k, s.start, s.end, &s.acc));
+                                            }
+                                            list.push(s);
+                                        }
+                                        WindowSpec::Count { n } => {
+                                            let c = counts
+                                                .entry(k.clone())
+                                                .or_insert_with(|| (0, 0, agg.create()));
+                                            c.0 += 1;
+                                            agg.add(&mut c.2, v);
+                                            if c.0 == n {
+                                                let start = c.1 * n as i64;
+                                                out.push(res(&k, start, start + n as i64, &c.2));
+                                                c.0 = 0;
+                                                c.1 += 1;
+                                                c.2 = agg.create();
+                                            }
+                                        }
+                                        WindowSpec::Global { every } => {
+                                            let c = counts
+                                                .entry(k.clone())
+                                                .or_insert_with(|| (0, 0, agg.create()));
+                                            c.0 += 1;
+                                            agg.add(&mut c.2, v);
+                                            if c.0 % every == 0 {
+                                                out.push(res(&k, 0, c.0 as i64, &c.2));
+                                            }
+                                        }
+                                    }
+                                }
+                                Ev::Wm { from, t, .. } => {
+                                    let Some(wm) = wms.update(from, t) else {
+                                        continue;
+                                    };
+                                    // fire what the watermark closed, in end order
+                                    for ((end, start), keys) in
+                                        windows.range_mut(..(wm.saturating_add(1), i64::MIN))
+                                    {
+                                        for (k, w) in keys.iter_mut() {
+                                            if !w.fired && *end <= wm {
+                                                w.fired = true;
+                                                out.push(res(k, *start, *end, &w.acc));
+                                            }
+                                        }
+                                    }
+                                    for (k, list) in sessions.iter_mut() {
+                                        list.sort_by_key(|s| s.start);
+                                        for s in list.iter_mut() {
+                                            if !s.fired && s.end <= wm {
+                                                s.fired = true;
+                                                out.push(res(k, s.start, s.end, &s.acc));
+                                            }
+                                        }
+                                    }
+                                    // forget what can no longer change
+                                    windows.retain(|(end, _), _| end.saturating_add(lateness) > wm);
+                                    sessions.retain(|_, list| {
+                                        list.retain(|s| s.end.saturating_add(lateness) > wm);
+                                        !list.is_empty()
+                                    });
+                                    out.push(Ev::Wm {
+                                        from: index,
+                                        to: index,
+                                        t: wm,
+                                    });
+                                }
+                            }
+                        }
+                        output.session(&cap).give_iterator(out.into_iter());
+                    });
+                }
+            },
+        );
+        let windowed = inner.derive(out, Upstream::own(peers));
+        let results = windowed.clone_stream().flat_map(|o| match o {
+            Out::Res(r) => Some(r),
+            Out::Late(_) => None,
+        });
+        let late = windowed.flat_map(|o| match o {
+            Out::Late(l) => Some(l),
+            Out::Res(_) => None,
+        });
+        WithLate { results, late }
+    }
+}
