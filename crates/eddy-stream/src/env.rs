@@ -11,7 +11,10 @@ use parking_lot::Mutex;
 use timely::dataflow::{ProbeHandle, Scope};
 use timely::CommunicationConfig;
 
-use crate::operators::{DataStream, Upstream};
+use std::path::PathBuf;
+
+use crate::checkpoint::{Checkpoints, FINAL};
+use crate::operators::{Ctx, DataStream, Upstream};
 use crate::source::Source;
 use crate::StreamError;
 
@@ -20,7 +23,12 @@ use crate::StreamError;
 pub struct StreamEnv {
     config: timely::Config,
     args: Vec<String>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_interval: Duration,
 }
+
+/// How often sources end an epoch (and so how often checkpoints are taken), by default.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl StreamEnv {
     /// From the process arguments: `-w N` worker threads per process, `-n N` processes, `-p I`
@@ -36,6 +44,8 @@ impl StreamEnv {
         let mut it = args.into_iter().skip(1);
         let (mut threads, mut processes, mut process) = (1usize, 1usize, 0usize);
         let mut hostfile: Option<String> = None;
+        let mut checkpoint_dir: Option<PathBuf> = None;
+        let mut checkpoint_interval = DEFAULT_CHECKPOINT_INTERVAL;
         let mut rest = Vec::new();
         let number = |flag: &str, v: Option<String>| -> Result<usize, StreamError> {
             let v = v.ok_or_else(|| StreamError::Config(format!("{flag} needs a value")))?;
@@ -57,6 +67,19 @@ impl StreamEnv {
                         value()
                             .ok_or_else(|| StreamError::Config(format!("{flag} needs a file")))?,
                     )
+                }
+                "--checkpoint-dir" => {
+                    checkpoint_dir = Some(
+                        value()
+                            .ok_or_else(|| {
+                                StreamError::Config(format!("{flag} needs a directory"))
+                            })?
+                            .into(),
+                    )
+                }
+                "--checkpoint-interval" => {
+                    checkpoint_interval =
+                        Duration::from_millis(number(&flag, value())?.max(1) as u64)
                 }
                 _ => rest.push(a),
             }
@@ -112,6 +135,8 @@ impl StreamEnv {
                 worker: timely::WorkerConfig::default(),
             },
             args: rest,
+            checkpoint_dir,
+            checkpoint_interval,
         })
     }
 
@@ -124,7 +149,22 @@ impl StreamEnv {
                 timely::Config::process(n)
             },
             args: Vec::new(),
+            checkpoint_dir: None,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         }
+    }
+
+    /// Take checkpoints in `dir` (a directory every process of the job can reach), and resume
+    /// from the latest complete one found there.
+    pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> StreamEnv {
+        self.checkpoint_dir = Some(dir.into());
+        self
+    }
+
+    /// How often to take a checkpoint (default 1 s).
+    pub fn checkpoint_interval(mut self, every: Duration) -> StreamEnv {
+        self.checkpoint_interval = every.max(Duration::from_millis(1));
+        self
     }
 
     /// The arguments not taken by the engine (for the job itself).
@@ -138,32 +178,30 @@ impl StreamEnv {
         F: Fn(&mut Env) + Send + Sync + 'static,
     {
         let name = name.to_owned();
-        // the first worker panic, shared so the other workers stop instead of waiting forever
-        // for a worker that is gone
+        let checkpoint = self
+            .checkpoint_dir
+            .clone()
+            .map(|d| (d, self.checkpoint_interval));
+        // the first worker failure, shared so the other workers stop instead of waiting
+        // forever for a worker that is gone
         let failed: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let f = failed.clone();
         let guards = timely::execute(self.config, move |worker| {
+            let (index, peers) = (worker.index(), worker.peers());
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let probe = ProbeHandle::new();
-                worker.dataflow_named::<u64, _, _>(&name, |scope| {
-                    let mut env = Env {
-                        scope,
-                        probe: probe.clone(),
-                        sinks: Rc::new(RefCell::new(0)),
-                    };
-                    build(&mut env);
-                });
-                while f.lock().is_none() && worker.step_or_park(Some(Duration::from_millis(50))) {}
+                run_worker(worker, &name, checkpoint.as_ref(), &build, &f)
             }));
-            if let Err(payload) = run {
-                let msg = payload
+            let err = match run {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(payload) => payload
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "a worker panicked".to_owned());
-                f.lock()
-                    .get_or_insert(format!("worker {}: {msg}", worker.index()));
-            }
+                    .unwrap_or_else(|| "a worker panicked".to_owned()),
+            };
+            let _ = peers;
+            f.lock().get_or_insert(format!("worker {index}: {err}"));
         })
         .map_err(StreamError::Execution)?;
         for r in guards.join() {
@@ -176,11 +214,67 @@ impl StreamEnv {
     }
 }
 
+/// One worker: build the job, run it, mark checkpoints complete and let the sinks commit.
+fn run_worker<F: Fn(&mut Env)>(
+    worker: &mut timely::worker::Worker,
+    name: &str,
+    checkpoint: Option<&(PathBuf, Duration)>,
+    build: &F,
+    failed: &Mutex<Option<String>>,
+) -> Result<(), StreamError> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let checkpoints = Rc::new(match checkpoint {
+        Some((dir, interval)) => Checkpoints::open(dir, name, index, peers, *interval)?,
+        None => Checkpoints::off(index),
+    });
+    let ctx = Rc::new(Ctx {
+        job: name.to_owned(),
+        probe: ProbeHandle::new(),
+        checkpoints: checkpoints.clone(),
+        commits: RefCell::new(Vec::new()),
+    });
+    worker.dataflow_named::<u64, _, _>(name, |scope| {
+        let mut env = Env {
+            scope,
+            ctx: ctx.clone(),
+        };
+        build(&mut env);
+    });
+    // the latest epoch this worker has seen complete; at start, the restored one is
+    // announced again so that sinks commit what its checkpoint held
+    let mut last: Option<u64> = None;
+    loop {
+        if failed.lock().is_some() {
+            return Ok(());
+        }
+        let more = worker.step_or_park(Some(Duration::from_millis(50)));
+        let complete = ctx.probe.with_frontier(|f| match f.first() {
+            None => Some(FINAL),
+            Some(0) => None,
+            Some(&m) => Some(m - 1),
+        });
+        if complete > last {
+            let epoch = complete.expect("greater than something");
+            checkpoints.mark_complete(epoch)?;
+            for commit in ctx.commits.borrow_mut().iter_mut() {
+                commit(epoch);
+            }
+            last = complete;
+        }
+        if !more {
+            break;
+        }
+    }
+    if last == Some(FINAL) {
+        checkpoints.finish(peers)?;
+    }
+    Ok(())
+}
+
 /// A worker's view while the job is built: it creates sources.
 pub struct Env<'s> {
     pub(crate) scope: Scope<'s, u64>,
-    pub(crate) probe: ProbeHandle<u64>,
-    pub(crate) sinks: Rc<RefCell<usize>>,
+    pub(crate) ctx: Rc<Ctx>,
 }
 
 impl<'s> Env<'s> {
@@ -194,13 +288,19 @@ impl<'s> Env<'s> {
         self.scope.peers()
     }
 
+    /// The job's name.
+    pub fn job(&self) -> &str {
+        &self.ctx.job
+    }
+
     /// A stream from a source (each worker reads its share).
     pub fn source<D>(&mut self, source: Source<D>) -> DataStream<'s, D>
     where
         D: timely::ExchangeData + Clone,
     {
-        let stream = source.build(self.scope);
+        let slot = self.ctx.checkpoints.slot("Source");
+        let stream = source.build(self.scope, slot);
         let upstream = Upstream::own(self.scope.peers() as u32);
-        DataStream::new(stream, upstream, self.probe.clone(), self.sinks.clone())
+        DataStream::new(stream, upstream, self.ctx.clone())
     }
 }

@@ -32,12 +32,19 @@ pub struct Windowed<K, R> {
     pub value: R,
 }
 
-/// Tracks the watermarks of a stateful operator's upstream channels; the operator's
-/// watermark is their minimum (once every channel has reported) and never goes back.
+/// The watermark value meaning "this channel is idle: do not wait for it" (a source whose
+/// splits have all been quiet for longer than its idleness timeout).
+pub(crate) const IDLE: i64 = i64::MIN + 1;
+
+/// Tracks the watermarks of an operator's upstream channels; the operator's watermark is
+/// their minimum, leaving out idle channels, once every channel has reported; it never goes
+/// back. When every channel is idle, so is the operator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Watermarks {
-    latest: std::collections::HashMap<u32, i64>,
+    latest: std::collections::BTreeMap<u32, i64>,
     channels: usize,
     current: i64,
+    idle: bool,
 }
 
 impl Watermarks {
@@ -47,24 +54,63 @@ impl Watermarks {
             latest: Default::default(),
             channels: channels.max(1),
             current: i64::MIN,
+            idle: false,
         }
     }
 
-    /// Record a watermark from channel `from`; Some(new watermark) when it advanced.
+    /// Record a watermark (or [`IDLE`]) from channel `from`; returns what to tell downstream:
+    /// the new watermark when it advanced, `IDLE` when every channel went idle, and the
+    /// current watermark again when a channel comes back from idleness.
     pub(crate) fn update(&mut self, from: u32, t: i64) -> Option<i64> {
-        let e = self.latest.entry(from).or_insert(i64::MIN);
-        *e = (*e).max(t);
+        self.latest.insert(from, t);
         if self.latest.len() < self.channels {
             return None;
         }
-        let min = self.latest.values().copied().min().unwrap_or(i64::MIN);
-        (min > self.current).then(|| {
-            self.current = min;
-            min
-        })
+        match self.latest.values().copied().filter(|&w| w != IDLE).min() {
+            None => (!self.idle).then(|| {
+                self.idle = true;
+                IDLE
+            }),
+            Some(min) => {
+                let was_idle = std::mem::replace(&mut self.idle, false);
+                if min > self.current {
+                    self.current = min;
+                    Some(min)
+                } else {
+                    was_idle.then_some(self.current)
+                }
+            }
+        }
     }
 
     pub(crate) fn current(&self) -> i64 {
         self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minimum_of_active_channels_once_all_reported() {
+        let mut w = Watermarks::new(2);
+        assert_eq!(w.update(0, 10), None, "channel 1 has not reported");
+        assert_eq!(w.update(1, 5), Some(5));
+        assert_eq!(w.update(1, 20), Some(10));
+        assert_eq!(w.update(0, 8), None, "never goes back");
+        assert_eq!(
+            w.update(0, IDLE),
+            Some(20),
+            "an idle channel stops holding back"
+        );
+        assert_eq!(w.update(1, IDLE), Some(IDLE), "all idle");
+        assert_eq!(w.update(1, IDLE), None);
+        assert_eq!(
+            w.update(0, 15),
+            Some(20),
+            "back from idleness: the current watermark again"
+        );
+        assert_eq!(w.current(), 20);
     }
 }

@@ -22,15 +22,16 @@
 //! }).unwrap();
 //! ```
 
+mod checkpoint;
 mod env;
 mod event;
 mod operators;
 mod source;
 mod window;
 
-pub use env::{Env, StreamEnv};
+pub use env::{Env, StreamEnv, DEFAULT_CHECKPOINT_INTERVAL};
 pub use event::{Ev, Windowed};
-pub use operators::{DataStream, KeyedStream, Sink};
+pub use operators::{Committer, DataStream, KeyedStream, Sink};
 pub use source::{Source, WatermarkStrategy};
 pub use window::{
     Aggregator, CountWindow, GlobalWindow, Session, Sliding, Tumbling, WindowSpec, WindowedStream,
@@ -46,6 +47,9 @@ pub enum StreamError {
     /// A worker failed.
     #[error("the dataflow failed: {0}")]
     Execution(String),
+    /// Checkpoints could not be written or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// What a stream may carry: cloneable, and serializable so it can cross workers and processes.

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,6 +14,10 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, StreamVec};
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{stateful, Checkpoints};
 use crate::event::{Ev, Watermarks};
 use crate::Data;
 
@@ -45,8 +50,21 @@ impl Upstream {
 pub struct DataStream<'s, D: Data> {
     pub(crate) stream: StreamVec<'s, u64, Ev<D>>,
     pub(crate) upstream: Upstream,
+    pub(crate) ctx: Rc<Ctx>,
+}
+
+/// Called with each epoch that completes.
+pub(crate) type CommitHook = Box<dyn FnMut(u64)>;
+
+/// What every stream of a job on one worker shares.
+pub(crate) struct Ctx {
+    /// The job's name.
+    pub(crate) job: String,
+    /// Follows every sink: once it passes an epoch, the epoch is complete.
     pub(crate) probe: ProbeHandle<u64>,
-    pub(crate) sinks: Rc<RefCell<usize>>,
+    pub(crate) checkpoints: Rc<Checkpoints>,
+    /// Run when an epoch is complete (exactly-once sinks commit it).
+    pub(crate) commits: RefCell<Vec<CommitHook>>,
 }
 
 /// A stream partitioned by key: every record of a key is on the same worker.
@@ -63,17 +81,11 @@ pub(crate) fn hash_of<K: Hash>(k: &K) -> u64 {
 }
 
 impl<'s, D: Data> DataStream<'s, D> {
-    pub(crate) fn new(
-        stream: StreamVec<'s, u64, Ev<D>>,
-        upstream: Upstream,
-        probe: ProbeHandle<u64>,
-        sinks: Rc<RefCell<usize>>,
-    ) -> Self {
+    pub(crate) fn new(stream: StreamVec<'s, u64, Ev<D>>, upstream: Upstream, ctx: Rc<Ctx>) -> Self {
         DataStream {
             stream,
             upstream,
-            probe,
-            sinks,
+            ctx,
         }
     }
 
@@ -82,7 +94,7 @@ impl<'s, D: Data> DataStream<'s, D> {
         stream: StreamVec<'s, u64, Ev<E>>,
         upstream: Upstream,
     ) -> DataStream<'s, E> {
-        DataStream::new(stream, upstream, self.probe.clone(), self.sinks.clone())
+        DataStream::new(stream, upstream, self.ctx.clone())
     }
 
     /// A second handle on the same stream (each consumer gets every record).
@@ -233,8 +245,7 @@ impl<'s, D: Data> DataStream<'s, D> {
 
     /// Send every record to `sink` (called on the worker that holds the record).
     pub fn sink(self, mut sink: Sink<D>) {
-        let probe = self.probe.clone();
-        *self.sinks.borrow_mut() += 1;
+        let probe = self.ctx.probe.clone();
         self.stream
             .unary::<Cb<()>, _, _, _>(Pipeline, "Sink", move |_, _| {
                 move |input, _output| {
@@ -248,6 +259,64 @@ impl<'s, D: Data> DataStream<'s, D> {
                 }
             })
             .probe_with(&probe);
+    }
+
+    /// Send every record to `committer` exactly once: records are held per epoch (and kept in
+    /// checkpoints) and committed once their epoch's checkpoint is complete. After a restore,
+    /// epochs the checkpoint still held are committed again with `retry` set, and the
+    /// committer writes only what it finds missing. Without checkpoints, records are
+    /// committed as they arrive (no epochs, no guarantee beyond the committer's own).
+    pub fn sink_exactly_once<C: Committer<D>>(self, committer: C) {
+        let slot = self.ctx.checkpoints.slot("Sink");
+        let checkpointed = slot.enabled();
+        let saved: Option<SinkState<D>> = match slot.restore() {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let mut committer = committer;
+        let (pending, retry) = match saved {
+            Some(st) => {
+                committer.restore(&st.committer);
+                let retry = st.pending.keys().copied().collect();
+                (st.pending, retry)
+            }
+            None => (BTreeMap::new(), BTreeSet::new()),
+        };
+        let shared = Rc::new(RefCell::new(SinkShared {
+            pending,
+            retry,
+            committer,
+        }));
+        let on_complete = shared.clone();
+        self.ctx.commits.borrow_mut().push(Box::new(move |epoch| {
+            on_complete.borrow_mut().commit_through(epoch);
+        }));
+        let probe = self.ctx.probe.clone();
+        stateful(
+            self.stream,
+            Pipeline,
+            "Sink",
+            slot,
+            SinkHandle(shared),
+            move |state: &mut SinkHandle<D, C>, epoch, data, _out: &mut Vec<Ev<()>>| {
+                let mut st = state.0.borrow_mut();
+                let records = data.drain(..).filter_map(|ev| match ev {
+                    Ev::Rec(_, d) => Some(d),
+                    Ev::Wm { .. } => None,
+                });
+                if checkpointed {
+                    st.pending.entry(epoch).or_default().extend(records);
+                } else {
+                    let batch: Vec<D> = records.collect();
+                    if !batch.is_empty() {
+                        if let Err(e) = st.committer.commit(epoch, &batch, false) {
+                            panic!("sink: {e}");
+                        }
+                    }
+                }
+            },
+        )
+        .probe_with(&probe);
     }
 
     /// Print every record on standard output.
@@ -276,12 +345,7 @@ impl<'s, K: Data + Hash + Eq, V: Data> KeyedStream<'s, K, V> {
     /// A running count per key: every record emits its key's count so far (the classic
     /// streaming word count).
     pub fn count(self) -> DataStream<'s, (K, u64)> {
-        let mut state: std::collections::HashMap<K, u64> = Default::default();
-        self.inner.flat_map(move |(k, _)| {
-            let n = state.entry(k.clone()).or_insert(0);
-            *n += 1;
-            Some((k, *n))
-        })
+        self.running("Count", |n: Option<u64>, _| n.unwrap_or(0) + 1)
     }
 
     /// A running sum per key: every record emits its key's sum so far.
@@ -297,16 +361,134 @@ impl<'s, K: Data + Hash + Eq, V: Data> KeyedStream<'s, K, V> {
     where
         F: Fn(V, V) -> V + 'static,
     {
-        let mut state: std::collections::HashMap<K, V> = Default::default();
-        self.inner.flat_map(move |(k, v)| {
-            let next = match state.remove(&k) {
-                Some(acc) => f(acc, v),
-                None => v,
-            };
-            state.insert(k.clone(), next.clone());
-            Some((k, next))
+        self.running("Reduce", move |acc: Option<V>, v| match acc {
+            Some(a) => f(a, v),
+            None => v,
         })
     }
+
+    /// Keyed state `S` per key, folded over the key's records; each record emits the new
+    /// state. The state is checkpointed.
+    fn running<S, F>(self, name: &str, f: F) -> DataStream<'s, (K, S)>
+    where
+        S: Data,
+        F: Fn(Option<S>, V) -> S + 'static,
+    {
+        let slot = self.inner.ctx.checkpoints.slot(name);
+        let index = self.inner.stream.scope().index() as u32;
+        let mut wms = Watermarks::new(self.inner.upstream.channels);
+        let state = slot.restore_or(KeyedMap::<K, S>::default());
+        let out = stateful(
+            self.inner.stream.clone(),
+            Pipeline,
+            name,
+            slot,
+            state,
+            move |state, _epoch, data, out| {
+                for ev in data.drain(..) {
+                    match ev {
+                        Ev::Rec(t, (k, v)) => {
+                            let next = f(state.0.remove(&k), v);
+                            state.0.insert(k.clone(), next.clone());
+                            out.push(Ev::Rec(t, (k, next)));
+                        }
+                        Ev::Wm { from, t, .. } => {
+                            if let Some(w) = wms.update(from, t) {
+                                out.push(Ev::Wm {
+                                    from: index,
+                                    to: index,
+                                    t: w,
+                                });
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        let peers = self.inner.stream.scope().peers() as u32;
+        self.inner.derive(out, Upstream::own(peers))
+    }
+}
+
+/// Per-key state (a newtype so it can carry its serde bounds).
+#[derive(Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "K: Serialize, S: Serialize",
+    deserialize = "K: DeserializeOwned + Hash + Eq, S: DeserializeOwned"
+))]
+pub(crate) struct KeyedMap<K, S>(pub(crate) std::collections::HashMap<K, S>);
+
+impl<K, S> Default for KeyedMap<K, S> {
+    fn default() -> Self {
+        KeyedMap(Default::default())
+    }
+}
+
+/// Writes a sink's records somewhere, exactly once (see [`DataStream::sink_exactly_once`]).
+pub trait Committer<D>: 'static {
+    /// Write `records`, all of epoch `epoch`, in order. With `retry`, some or all of them may
+    /// have been written before a crash: write only the missing ones. An error fails the job
+    /// (it resumes from its last checkpoint when run again).
+    fn commit(&mut self, epoch: u64, records: &[D], retry: bool) -> Result<(), String>;
+    /// What the committer needs after a restore (e.g. where its earlier writes start); kept
+    /// in every checkpoint.
+    fn state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Resume with what [`Committer::state`] returned.
+    fn restore(&mut self, _state: &[u8]) {}
+}
+
+/// A sink's checkpointed state: the records of epochs not yet committed, and its committer's.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(serialize = "D: Serialize", deserialize = "D: DeserializeOwned"))]
+struct SinkState<D> {
+    pending: BTreeMap<u64, Vec<D>>,
+    committer: Vec<u8>,
+}
+
+struct SinkShared<D, C> {
+    pending: BTreeMap<u64, Vec<D>>,
+    /// Epochs restored from a checkpoint: they may have been committed in part already.
+    retry: BTreeSet<u64>,
+    committer: C,
+}
+
+impl<D, C: Committer<D>> SinkShared<D, C> {
+    fn commit_through(&mut self, epoch: u64) {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() > epoch {
+                break;
+            }
+            let (e, records) = entry.remove_entry();
+            let retry = self.retry.remove(&e);
+            if let Err(err) = self.committer.commit(e, &records, retry) {
+                panic!("sink: committing epoch {e}: {err}");
+            }
+        }
+    }
+}
+
+/// The operator's handle on the state it shares with the commit hook.
+struct SinkHandle<D, C>(Rc<RefCell<SinkShared<D, C>>>);
+
+impl<D: Serialize, C: Committer<D>> Serialize for SinkHandle<D, C> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let st = self.0.borrow();
+        SinkStateRef {
+            pending: &st.pending,
+            committer: st.committer.state(),
+        }
+        .serialize(s)
+    }
+}
+
+/// [`SinkState`] by reference, for saving.
+#[derive(Serialize)]
+#[serde(bound(serialize = "D: Serialize"))]
+struct SinkStateRef<'a, D> {
+    pending: &'a BTreeMap<u64, Vec<D>>,
+    committer: Vec<u8>,
 }
 
 /// Where a stream's records end: a function of (event time, record).

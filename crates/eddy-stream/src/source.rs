@@ -1,23 +1,68 @@
 //! Sources: where records come from, with their event time and watermarks.
 //!
-//! Each worker runs one instance of a source and reads its share (a partition of a collection,
-//! every n-th line of a file). After each chunk it emits a watermark: the largest event time
-//! seen minus the bounded out-of-orderness, minus one; when its share is exhausted it emits the
-//! final watermark (`i64::MAX`), so an empty share never holds the others back.
+//! Each worker runs one instance of a source, which reads its share through a [`Reader`]
+//! (a partition of a collection, every n-th line of a file, some partitions of a topic).
+//! Watermarks are kept per split (a topic partition; other readers have one split): a split's
+//! watermark is the largest event time seen in it minus the bounded out-of-orderness, minus
+//! one; the instance's watermark is the minimum over its splits, leaving out splits idle for
+//! longer than the idleness timeout (so a quiet partition does not hold results back). It is
+//! emitted after every chunk read; when the share is exhausted the final watermark
+//! (`i64::MAX`) goes out, so an empty share never holds the others back.
+//!
+//! With checkpoints on, the instance ends its epoch when the checkpoint interval has passed:
+//! it saves the reader's position and its watermark state for the epoch, then reads on in the
+//! next one.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
+use timely::scheduling::SyncActivator;
 
-use crate::event::Ev;
+use crate::checkpoint::Slot;
+use crate::event::{Ev, IDLE};
 use crate::Data;
 
-type Make<D> = Arc<dyn Fn(usize, usize) -> Box<dyn Iterator<Item = D>> + Send + Sync>;
+/// One record read by a [`Reader`].
+pub(crate) struct Item<D> {
+    /// The split it comes from.
+    pub(crate) split: u32,
+    /// Its own event time, if the medium carries one (a Kafka record's timestamp).
+    pub(crate) time: Option<i64>,
+    pub(crate) data: D,
+}
+
+/// What a poll found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Poll {
+    /// More may be there right away.
+    Ready,
+    /// The share is exhausted.
+    Done,
+}
+
+/// How a source instance reads its share.
+pub(crate) trait Reader<D>: 'static {
+    /// Called once before the first poll, after any restore, with a handle that wakes the
+    /// operator from another thread.
+    fn start(&mut self, _wake: SyncActivator) {}
+    /// Append up to `max` records to `out`.
+    fn poll(&mut self, out: &mut Vec<Item<D>>, max: usize) -> Poll;
+    /// The splits this instance reads (watermarks are per split).
+    fn splits(&self) -> Vec<u32>;
+    /// The position after the records returned so far.
+    fn position(&self) -> Vec<u8>;
+    /// Continue from a saved position (before `start`).
+    fn restore(&mut self, position: &[u8]) -> Result<(), String>;
+}
+
+type MakeReader<D> = Arc<dyn Fn(usize, usize) -> Box<dyn Reader<D>> + Send + Sync>;
 type Stamp<D> = Arc<dyn Fn(&D) -> i64 + Send + Sync>;
 
 /// How far event time may run backwards within a source.
@@ -40,22 +85,100 @@ impl WatermarkStrategy {
 
 /// A source of records of type `D`.
 pub struct Source<D> {
-    make: Make<D>,
+    make: MakeReader<D>,
     stamp: Option<Stamp<D>>,
     strategy: WatermarkStrategy,
+    idleness: Option<Duration>,
 }
 
 /// Records read per activation of a source.
 const CHUNK: usize = 1024;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
+/// A reader over an iterator made afresh on every run; its position is the number of records
+/// taken, and a restore skips that many.
+struct IterReader<D> {
+    make: Arc<dyn Fn(usize, usize) -> Box<dyn Iterator<Item = D>> + Send + Sync>,
+    index: usize,
+    peers: usize,
+    it: Option<Box<dyn Iterator<Item = D>>>,
+    taken: u64,
+}
+
+impl<D: 'static> Reader<D> for IterReader<D> {
+    fn poll(&mut self, out: &mut Vec<Item<D>>, max: usize) -> Poll {
+        let it = match &mut self.it {
+            Some(it) => it,
+            None => {
+                let mut it = (self.make)(self.index, self.peers);
+                if self.taken > 0 {
+                    // skip what the restored checkpoint already covered
+                    let _ = it.nth(self.taken as usize - 1);
+                }
+                self.it.insert(it)
+            }
+        };
+        for _ in 0..max {
+            match it.next() {
+                Some(data) => {
+                    self.taken += 1;
+                    out.push(Item {
+                        split: 0,
+                        time: None,
+                        data,
+                    });
+                }
+                None => return Poll::Done,
+            }
+        }
+        Poll::Ready
+    }
+    fn splits(&self) -> Vec<u32> {
+        vec![0]
+    }
+    fn position(&self) -> Vec<u8> {
+        self.taken.to_be_bytes().to_vec()
+    }
+    fn restore(&mut self, position: &[u8]) -> Result<(), String> {
+        let b: [u8; 8] = position
+            .try_into()
+            .map_err(|_| "a position of 8 bytes".to_owned())?;
+        self.taken = u64::from_be_bytes(b);
+        self.it = None;
+        Ok(())
+    }
+}
+
+/// A source instance's state in a checkpoint.
+#[derive(Serialize, Deserialize, Default)]
+struct SourceState {
+    position: Vec<u8>,
+    /// Per split, the largest event time seen.
+    max_ts: BTreeMap<u32, i64>,
+    /// The last watermark emitted.
+    emitted: Option<i64>,
+}
+
 impl<D: Data> Source<D> {
+    /// A source reading through `make(index, peers)` on each worker.
+    pub(crate) fn from_reader<F>(make: F) -> Source<D>
+    where
+        F: Fn(usize, usize) -> Box<dyn Reader<D>> + Send + Sync + 'static,
+    {
+        Source {
+            make: Arc::new(make),
+            stamp: None,
+            strategy: WatermarkStrategy::Monotonous,
+            idleness: None,
+        }
+    }
+
     /// A collection, all read by worker 0 (so its order, and so its watermarks, do not
     /// depend on the number of workers).
     pub fn from_vec(items: Vec<D>) -> Source<D>
@@ -63,33 +186,37 @@ impl<D: Data> Source<D> {
         D: Sync,
     {
         let items = Arc::new(items);
-        Source {
-            make: Arc::new(move |index, _| {
-                let items = items.clone();
-                let n = if index == 0 { items.len() } else { 0 };
-                Box::new((0..n).map(move |i| items[i].clone()))
-            }),
-            stamp: None,
-            strategy: WatermarkStrategy::Monotonous,
-        }
+        Source::generator(move |index, _| {
+            let items = items.clone();
+            let n = if index == 0 { items.len() } else { 0 };
+            (0..n).map(move |i| items[i].clone())
+        })
     }
 
     /// Records from a generator: worker `index` of `peers` reads what `make(index, peers)`
-    /// yields.
+    /// yields. It must yield the same records on every run (a restore skips as many as the
+    /// checkpoint had read).
     pub fn generator<I, F>(make: F) -> Source<D>
     where
         I: Iterator<Item = D> + 'static,
         F: Fn(usize, usize) -> I + Send + Sync + 'static,
     {
-        Source {
-            make: Arc::new(move |i, p| Box::new(make(i, p))),
-            stamp: None,
-            strategy: WatermarkStrategy::Monotonous,
-        }
+        let make: Arc<dyn Fn(usize, usize) -> Box<dyn Iterator<Item = D>> + Send + Sync> =
+            Arc::new(move |i, p| Box::new(make(i, p)));
+        Source::from_reader(move |index, peers| {
+            Box::new(IterReader {
+                make: make.clone(),
+                index,
+                peers,
+                it: None,
+                taken: 0,
+            })
+        })
     }
 
     /// Event time taken from each record, with a watermark strategy. Without this the event
-    /// time is the time a record is read (ingestion time).
+    /// time is the record's own timestamp where the medium has one (Kafka), else the time it
+    /// is read (ingestion time).
     pub fn with_timestamps<F>(mut self, stamp: F, strategy: WatermarkStrategy) -> Source<D>
     where
         F: Fn(&D) -> i64 + Send + Sync + 'static,
@@ -99,50 +226,154 @@ impl<D: Data> Source<D> {
         self
     }
 
-    pub(crate) fn build<'s>(self, scope: Scope<'s, u64>) -> StreamVec<'s, u64, Ev<D>> {
+    /// The watermark strategy for the records' own timestamps.
+    pub fn with_watermarks(mut self, strategy: WatermarkStrategy) -> Source<D> {
+        self.strategy = strategy;
+        self
+    }
+
+    /// A split (partition) with no record for this long stops holding the watermark back
+    /// until it has records again.
+    pub fn with_idleness(mut self, timeout: Duration) -> Source<D> {
+        self.idleness = Some(timeout);
+        self
+    }
+
+    pub(crate) fn build<'s>(self, scope: Scope<'s, u64>, slot: Slot) -> StreamVec<'s, u64, Ev<D>> {
         let index = scope.index();
         let peers = scope.peers();
         let Source {
             make,
             stamp,
             strategy,
+            idleness,
         } = self;
         let bound = strategy.bound_ms();
+        let from = index as u32;
         source::<u64, CapacityContainerBuilder<Vec<Ev<D>>>, _, _>(
             scope,
             "Source",
             move |cap, info| {
-                let activator = scope.activator_for(info.address);
-                let mut cap = Some(cap);
-                let mut items = make(index, peers);
-                let mut max_ts = i64::MIN;
-                move |output| {
-                    let Some(c) = cap.as_ref() else { return };
-                    let mut session = output.session(c);
-                    let mut done = true;
-                    for _ in 0..CHUNK {
-                        let Some(d) = items.next() else { break };
-                        let t = stamp.as_ref().map_or_else(now_ms, |s| s(&d));
-                        max_ts = max_ts.max(t);
-                        session.give(Ev::Rec(t, d));
-                        done = false;
+                let activator = scope.activator_for(info.address.clone());
+                let sync = scope.worker().sync_activator_for(info.address.to_vec());
+                let mut reader = make(index, peers);
+                let restored = match slot.restore::<SourceState>() {
+                    Ok(s) => s,
+                    Err(e) => panic!("{e}"),
+                };
+                let mut st = restored.unwrap_or_default();
+                if !st.position.is_empty() {
+                    if let Err(e) = reader.restore(&st.position) {
+                        panic!("source: cannot resume from its checkpointed position: {e}");
                     }
-                    let from = index as u32;
-                    if done {
+                }
+                let mut cap = slot.start_epoch().map(|e| cap.delayed(&e));
+                let mut started = false;
+                let mut epoch_began = Instant::now();
+                let mut last_seen: BTreeMap<u32, Instant> = BTreeMap::new();
+                let mut buf: Vec<Item<D>> = Vec::with_capacity(CHUNK);
+                let mut idle_sent = false;
+                move |output| {
+                    let Some(c) = cap.as_mut() else { return };
+                    if !started {
+                        started = true;
+                        reader.start(sync.clone());
+                        let now = Instant::now();
+                        for s in reader.splits() {
+                            last_seen.insert(s, now);
+                        }
+                    }
+                    let poll = reader.poll(&mut buf, CHUNK);
+                    let now = Instant::now();
+                    let mut session = output.session(&*c);
+                    for item in buf.drain(..) {
+                        let t = match (&stamp, item.time) {
+                            (Some(s), _) => s(&item.data),
+                            (None, Some(t)) => t,
+                            (None, None) => now_ms(),
+                        };
+                        let m = st.max_ts.entry(item.split).or_insert(i64::MIN);
+                        *m = (*m).max(t);
+                        last_seen.insert(item.split, now);
+                        session.give(Ev::Rec(t, item.data));
+                    }
+                    if poll == Poll::Done {
                         session.give(Ev::Wm {
                             from,
                             to: from,
                             t: i64::MAX,
                         });
                         drop(session);
-                        cap = None;
-                    } else {
-                        if max_ts != i64::MIN {
-                            let t = max_ts.saturating_sub(bound).saturating_sub(1);
-                            session.give(Ev::Wm { from, to: from, t });
+                        st.position = reader.position();
+                        if let Err(e) = slot.save(*c.time(), &st) {
+                            panic!("source: {e}");
                         }
-                        drop(session);
-                        activator.activate();
+                        cap = None;
+                        return;
+                    }
+                    // the watermark: the minimum over the splits not idle
+                    let splits = reader.splits();
+                    let mut wm: Option<i64> = None;
+                    let mut active = 0;
+                    for s in &splits {
+                        let idle = idleness.is_some_and(|d| {
+                            last_seen
+                                .get(s)
+                                .is_none_or(|at| now.duration_since(*at) > d)
+                        });
+                        if idle {
+                            continue;
+                        }
+                        active += 1;
+                        let w = st
+                            .max_ts
+                            .get(s)
+                            .map_or(i64::MIN, |m| m.saturating_sub(bound).saturating_sub(1));
+                        wm = Some(wm.map_or(w, |x: i64| x.min(w)));
+                    }
+                    if active == 0 && idleness.is_some() {
+                        if !idle_sent {
+                            session.give(Ev::Wm {
+                                from,
+                                to: from,
+                                t: IDLE,
+                            });
+                            idle_sent = true;
+                        }
+                    } else if let Some(w) = wm {
+                        if w != i64::MIN && (idle_sent || st.emitted.is_none_or(|e| w > e)) {
+                            let w = st.emitted.map_or(w, |e| w.max(e));
+                            session.give(Ev::Wm {
+                                from,
+                                to: from,
+                                t: w,
+                            });
+                            st.emitted = Some(w);
+                            idle_sent = false;
+                        }
+                    }
+                    drop(session);
+                    // the end of an epoch
+                    if slot.enabled() && epoch_began.elapsed() >= slot.interval() {
+                        st.position = reader.position();
+                        let e = *c.time();
+                        if let Err(err) = slot.save(e, &st) {
+                            panic!("source: {err}");
+                        }
+                        c.downgrade(&(e + 1));
+                        epoch_began = Instant::now();
+                    }
+                    match poll {
+                        Poll::Ready => activator.activate(),
+                        _ => {
+                            // come back for the epoch's end and for idleness even without data
+                            let mut wait = Duration::from_millis(100);
+                            if slot.enabled() {
+                                wait =
+                                    wait.min(slot.interval().saturating_sub(epoch_began.elapsed()));
+                            }
+                            activator.activate_after(wait.max(Duration::from_millis(1)));
+                        }
                     }
                 }
             },

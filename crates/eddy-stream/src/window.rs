@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
 
-use crate::event::{Ev, Watermarks, Windowed};
-use crate::operators::{Cb, DataStream, KeyedStream, Upstream};
+use crate::checkpoint::stateful;
+use crate::event::{Ev, Watermarks, Windowed, IDLE};
+use crate::operators::{DataStream, KeyedStream, Upstream};
 use crate::Data;
 
 /// Which windows a keyed stream is cut into.
@@ -87,8 +88,8 @@ impl GlobalWindow {
 
 /// A user-defined aggregation (Flink's `AggregateFunction`).
 pub trait Aggregator<V>: 'static {
-    /// The accumulator.
-    type Acc: Clone + 'static;
+    /// The accumulator (checkpointed, so serializable).
+    type Acc: Clone + Serialize + DeserializeOwned + 'static;
     /// The result.
     type Out: Data;
     /// A fresh accumulator.
@@ -158,6 +159,9 @@ pub struct WithLate<'s, K: Data, R: Data, V: Data> {
     pub late: DataStream<'s, (K, V)>,
 }
 
+/// What the window operator emits.
+type WinOut<K, R, V> = Ev<Out<Windowed<K, R>, (K, V)>>;
+
 /// Open time windows: by (end, start), each key's accumulator.
 type TimeWindows<K, A> = BTreeMap<(i64, i64), HashMap<K, TimeWin<A>>>;
 
@@ -179,11 +183,27 @@ impl<'s, K: Data + Hash + Eq, V: Data> KeyedStream<'s, K, V> {
     }
 }
 
+#[derive(Serialize, Deserialize)]
 struct TimeWin<A> {
     acc: A,
     fired: bool,
 }
 
+/// The window operator's state (checkpointed).
+#[derive(Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "K: Serialize, A: Serialize",
+    deserialize = "K: DeserializeOwned + Hash + Eq, A: DeserializeOwned"
+))]
+struct WinState<K, A> {
+    wms: Watermarks,
+    windows: TimeWindows<K, A>,
+    sessions: HashMap<K, Vec<Sess<A>>>,
+    /// Count and global windows: per key, (records in the current window, windows done, acc).
+    counts: HashMap<K, (u64, i64, A)>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct Sess<A> {
     start: i64,
     end: i64,
@@ -247,171 +267,187 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
         let channels = inner.upstream.channels;
         let spec = self.spec;
         let lateness = self.lateness;
-        type O<K, R, V> = Out<Windowed<K, R>, (K, V)>;
-        let out = inner.stream.clone().unary::<Cb<O<K, A::Out, V>>, _, _, _>(
+        let slot = inner.ctx.checkpoints.slot("Window");
+        let init = WinState::<K, A::Acc> {
+            wms: Watermarks::new(channels),
+            windows: BTreeMap::new(),
+            sessions: HashMap::new(),
+            counts: HashMap::new(),
+        };
+        let state = slot.restore_or(init);
+        let out = stateful(
+            inner.stream.clone(),
             Pipeline,
             "Window",
-            move |_, _| {
-                let mut wms = Watermarks::new(channels);
-                let mut windows: TimeWindows<K, A::Acc> = BTreeMap::new();
-                let mut sessions: HashMap<K, Vec<Sess<A::Acc>>> = HashMap::new();
-                let mut counts: HashMap<K, (u64, i64, A::Acc)> = HashMap::new();
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        // results, late records and the watermark, in the order they are made
-                        let mut out: Vec<Ev<O<K, A::Out, V>>> = Vec::new();
-                        let res = |key: &K, start: i64, end: i64, acc: &A::Acc| {
-                            let w = Windowed {
-                                key: key.clone(),
-                                start,
-                                end,
-                                value: agg.result(acc),
-                            };
-                            Ev::Rec(end.saturating_sub(1), Out::Res(w))
-                        };
-                        for ev in data.drain(..) {
-                            match ev {
-                                Ev::Rec(t, (k, v)) => {
-                                    let wm = wms.current();
-                                    let too_late = |end: i64| {
-                                        wm != i64::MIN && end.saturating_add(lateness) <= wm
+            slot,
+            state,
+            move |state: &mut WinState<K, A::Acc>,
+                  _epoch,
+                  data,
+                  out: &mut Vec<WinOut<K, A::Out, V>>| {
+                let WinState {
+                    wms,
+                    windows,
+                    sessions,
+                    counts,
+                } = state;
+                // results, late records and the watermark, in the order they are made
+                let res = |key: &K, start: i64, end: i64, acc: &A::Acc| {
+                    let w = Windowed {
+                        key: key.clone(),
+                        start,
+                        end,
+                        value: agg.result(acc),
+                    };
+                    Ev::Rec(end.saturating_sub(1), Out::Res(w))
+                };
+                for ev in data.drain(..) {
+                    match ev {
+                        Ev::Rec(t, (k, v)) => {
+                            let wm = wms.current();
+                            let too_late =
+                                |end: i64| wm != i64::MIN && end.saturating_add(lateness) <= wm;
+                            match spec {
+                                WindowSpec::Tumbling { size }
+                                | WindowSpec::Sliding { size, .. } => {
+                                    let slide = match spec {
+                                        WindowSpec::Sliding { slide, .. } => slide,
+                                        _ => size,
                                     };
-                                    match spec {
-                                        WindowSpec::Tumbling { size }
-                                        | WindowSpec::Sliding { size, .. } => {
-                                            let slide = match spec {
-                                                WindowSpec::Sliding { slide, .. } => slide,
-                                                _ => size,
-                                            };
-                                            let last_start = t.div_euclid(slide) * slide;
-                                            let mut accepted = false;
-                                            let mut start = last_start;
-                                            while start > t - size {
-                                                let end = start + size;
-                                                if !too_late(end) {
-                                                    accepted = true;
-                                                    let w = windows
-                                                        .entry((end, start))
-                                                        .or_default()
-                                                        .entry(k.clone())
-                                                        .or_insert_with(|| TimeWin {
-                                                            acc: agg.create(),
-                                                            fired: false,
-                                                        });
-                                                    agg.add(&mut w.acc, v.clone());
-                                                    if w.fired {
-                                                        // a late firing within the allowed lateness
-                                                        out.push(res(&k, start, end, &w.acc));
-                                                    }
-                                                }
-                                                start -= slide;
-                                            }
-                                            if !accepted {
-                                                out.push(Ev::Rec(t, Out::Late((k, v))));
-                                            }
-                                        }
-                                        WindowSpec::Session { gap } => {
-                                            // merge with every live session of the key it overlaps
-                                            // (as Flink, a late record may still extend one)
-                                            let list = sessions.entry(k.clone()).or_default();
-                                            let mut s = Sess {
-                                                start: t,
-                                                end: t.saturating_add(gap),
-                                                acc: agg.create(),
-                                                fired: false,
-                                            };
-                                            let mut merged = false;
-                                            let mut i = 0;
-                                            while i < list.len() {
-                                                if list[i].start < s.end && s.start < list[i].end {
-                                                    let o = list.swap_remove(i);
-                                                    s.start = s.start.min(o.start);
-                                                    s.end = s.end.max(o.end);
-                                                    agg.merge(&mut s.acc, o.acc);
-                                                    merged = true;
-                                                } else {
-                                                    i += 1;
-                                                }
-                                            }
-                                            if !merged && too_late(s.end) {
-                                                out.push(Ev::Rec(t, Out::Late((k, v))));
-                                                continue;
-                                            }
-                                            agg.add(&mut s.acc, v);
-                                            // a merged session fires when the watermark passes
-                                            // its (new) end, at once if it already has
-                                            if wm != i64::MIN && s.end <= wm {
-                                                s.fired = true;
-                                                out.push(res(&k, s.start, s.end, &s.acc));
-                                            }
-                                            list.push(s);
-                                        }
-                                        WindowSpec::Count { n } => {
-                                            let c = counts
+                                    let last_start = t.div_euclid(slide) * slide;
+                                    let mut accepted = false;
+                                    let mut start = last_start;
+                                    while start > t - size {
+                                        let end = start + size;
+                                        if !too_late(end) {
+                                            accepted = true;
+                                            let w = windows
+                                                .entry((end, start))
+                                                .or_default()
                                                 .entry(k.clone())
-                                                .or_insert_with(|| (0, 0, agg.create()));
-                                            c.0 += 1;
-                                            agg.add(&mut c.2, v);
-                                            if c.0 == n {
-                                                let start = c.1 * n as i64;
-                                                out.push(res(&k, start, start + n as i64, &c.2));
-                                                c.0 = 0;
-                                                c.1 += 1;
-                                                c.2 = agg.create();
+                                                .or_insert_with(|| TimeWin {
+                                                    acc: agg.create(),
+                                                    fired: false,
+                                                });
+                                            agg.add(&mut w.acc, v.clone());
+                                            if w.fired {
+                                                // a late firing within the allowed lateness
+                                                out.push(res(&k, start, end, &w.acc));
                                             }
                                         }
-                                        WindowSpec::Global { every } => {
-                                            let c = counts
-                                                .entry(k.clone())
-                                                .or_insert_with(|| (0, 0, agg.create()));
-                                            c.0 += 1;
-                                            agg.add(&mut c.2, v);
-                                            if c.0 % every == 0 {
-                                                out.push(res(&k, 0, c.0 as i64, &c.2));
-                                            }
-                                        }
+                                        start -= slide;
+                                    }
+                                    if !accepted {
+                                        out.push(Ev::Rec(t, Out::Late((k, v))));
                                     }
                                 }
-                                Ev::Wm { from, t, .. } => {
-                                    let Some(wm) = wms.update(from, t) else {
-                                        continue;
+                                WindowSpec::Session { gap } => {
+                                    // merge with every live session of the key it overlaps
+                                    // (as Flink, a late record may still extend one)
+                                    let list = sessions.entry(k.clone()).or_default();
+                                    let mut s = Sess {
+                                        start: t,
+                                        end: t.saturating_add(gap),
+                                        acc: agg.create(),
+                                        fired: false,
                                     };
-                                    // fire what the watermark closed, in end order
-                                    for ((end, start), keys) in
-                                        windows.range_mut(..(wm.saturating_add(1), i64::MIN))
-                                    {
-                                        for (k, w) in keys.iter_mut() {
-                                            if !w.fired && *end <= wm {
-                                                w.fired = true;
-                                                out.push(res(k, *start, *end, &w.acc));
-                                            }
+                                    let mut merged = false;
+                                    let mut i = 0;
+                                    while i < list.len() {
+                                        if list[i].start < s.end && s.start < list[i].end {
+                                            let o = list.swap_remove(i);
+                                            s.start = s.start.min(o.start);
+                                            s.end = s.end.max(o.end);
+                                            agg.merge(&mut s.acc, o.acc);
+                                            merged = true;
+                                        } else {
+                                            i += 1;
                                         }
                                     }
-                                    for (k, list) in sessions.iter_mut() {
-                                        list.sort_by_key(|s| s.start);
-                                        for s in list.iter_mut() {
-                                            if !s.fired && s.end <= wm {
-                                                s.fired = true;
-                                                out.push(res(k, s.start, s.end, &s.acc));
-                                            }
-                                        }
+                                    if !merged && too_late(s.end) {
+                                        out.push(Ev::Rec(t, Out::Late((k, v))));
+                                        continue;
                                     }
-                                    // forget what can no longer change
-                                    windows.retain(|(end, _), _| end.saturating_add(lateness) > wm);
-                                    sessions.retain(|_, list| {
-                                        list.retain(|s| s.end.saturating_add(lateness) > wm);
-                                        !list.is_empty()
-                                    });
-                                    out.push(Ev::Wm {
-                                        from: index,
-                                        to: index,
-                                        t: wm,
-                                    });
+                                    agg.add(&mut s.acc, v);
+                                    // a merged session fires when the watermark passes
+                                    // its (new) end, at once if it already has
+                                    if wm != i64::MIN && s.end <= wm {
+                                        s.fired = true;
+                                        out.push(res(&k, s.start, s.end, &s.acc));
+                                    }
+                                    list.push(s);
+                                }
+                                WindowSpec::Count { n } => {
+                                    let c = counts
+                                        .entry(k.clone())
+                                        .or_insert_with(|| (0, 0, agg.create()));
+                                    c.0 += 1;
+                                    agg.add(&mut c.2, v);
+                                    if c.0 == n {
+                                        let start = c.1 * n as i64;
+                                        out.push(res(&k, start, start + n as i64, &c.2));
+                                        c.0 = 0;
+                                        c.1 += 1;
+                                        c.2 = agg.create();
+                                    }
+                                }
+                                WindowSpec::Global { every } => {
+                                    let c = counts
+                                        .entry(k.clone())
+                                        .or_insert_with(|| (0, 0, agg.create()));
+                                    c.0 += 1;
+                                    agg.add(&mut c.2, v);
+                                    if c.0 % every == 0 {
+                                        out.push(res(&k, 0, c.0 as i64, &c.2));
+                                    }
                                 }
                             }
                         }
-                        output.session(&cap).give_iterator(out.into_iter());
-                    });
+                        Ev::Wm { from, t, .. } => {
+                            let Some(wm) = wms.update(from, t) else {
+                                continue;
+                            };
+                            if wm == IDLE {
+                                out.push(Ev::Wm {
+                                    from: index,
+                                    to: index,
+                                    t: IDLE,
+                                });
+                                continue;
+                            }
+                            // fire what the watermark closed, in end order
+                            for ((end, start), keys) in
+                                windows.range_mut(..(wm.saturating_add(1), i64::MIN))
+                            {
+                                for (k, w) in keys.iter_mut() {
+                                    if !w.fired && *end <= wm {
+                                        w.fired = true;
+                                        out.push(res(k, *start, *end, &w.acc));
+                                    }
+                                }
+                            }
+                            for (k, list) in sessions.iter_mut() {
+                                list.sort_by_key(|s| s.start);
+                                for s in list.iter_mut() {
+                                    if !s.fired && s.end <= wm {
+                                        s.fired = true;
+                                        out.push(res(k, s.start, s.end, &s.acc));
+                                    }
+                                }
+                            }
+                            // forget what can no longer change
+                            windows.retain(|(end, _), _| end.saturating_add(lateness) > wm);
+                            sessions.retain(|_, list| {
+                                list.retain(|s| s.end.saturating_add(lateness) > wm);
+                                !list.is_empty()
+                            });
+                            out.push(Ev::Wm {
+                                from: index,
+                                to: index,
+                                t: wm,
+                            });
+                        }
+                    }
                 }
             },
         );

@@ -207,28 +207,36 @@ fn run(
     data: Vec<Gen>,
     workers: usize,
 ) -> (Vec<Res>, Vec<(u32, u64)>) {
+    run_with(StreamEnv::workers(workers), spec, lateness, data)
+}
+
+fn run_with(
+    env: StreamEnv,
+    spec: WindowSpec,
+    lateness: Duration,
+    data: Vec<Gen>,
+) -> (Vec<Res>, Vec<(u32, u64)>) {
     let results = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(Vec::new()));
     let (r, l) = (results.clone(), late.clone());
     let data = Arc::new(data);
-    StreamEnv::workers(workers)
-        .execute("windows", move |env| {
-            let items: Vec<(i64, u32, u64)> = data.iter().map(|g| (g.t, g.key, g.value)).collect();
-            let source = Source::from_vec(items).with_timestamps(
-                |r: &(i64, u32, u64)| r.0,
-                WatermarkStrategy::BoundedOutOfOrderness(Duration::from_millis(BOUND as u64)),
-            );
-            let out = env
-                .source(source)
-                .map(|(_, key, value)| (key, value))
-                .key_by(|r: &(u32, u64)| r.0)
-                .window(spec.clone())
-                .allowed_lateness(lateness)
-                .aggregate_with_late(SumOfSecond);
-            out.results.collect(r.clone());
-            out.late.map(|(_, (k, v))| (k, v)).collect(l.clone());
-        })
-        .expect("the job runs");
+    env.execute("windows", move |env| {
+        let items: Vec<(i64, u32, u64)> = data.iter().map(|g| (g.t, g.key, g.value)).collect();
+        let source = Source::from_vec(items).with_timestamps(
+            |r: &(i64, u32, u64)| r.0,
+            WatermarkStrategy::BoundedOutOfOrderness(Duration::from_millis(BOUND as u64)),
+        );
+        let out = env
+            .source(source)
+            .map(|(_, key, value)| (key, value))
+            .key_by(|r: &(u32, u64)| r.0)
+            .window(spec.clone())
+            .allowed_lateness(lateness)
+            .aggregate_with_late(SumOfSecond);
+        out.results.collect(r.clone());
+        out.late.map(|(_, (k, v))| (k, v)).collect(l.clone());
+    })
+    .expect("the job runs");
     let results = std::mem::take(&mut *results.lock());
     let late = std::mem::take(&mut *late.lock());
     (results, late)
@@ -307,6 +315,18 @@ fn out_of_order_data_matches_the_reference_on_1_and_2_workers() {
             );
             assert_eq!(got, want, "{name} on {workers} workers");
         }
+        // with checkpoints every few milliseconds: many epochs, the same results
+        let dir = tempfile::tempdir().unwrap();
+        let env = StreamEnv::workers(2)
+            .checkpoint_dir(dir.path())
+            .checkpoint_interval(Duration::from_millis(3));
+        let (mut got, _) = run_with(env, spec.clone(), Duration::ZERO, data.clone());
+        got.sort();
+        assert_eq!(got, want, "{name} on 2 workers with checkpoints");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "a finished job leaves no checkpoints behind"
+        );
     }
 }
 

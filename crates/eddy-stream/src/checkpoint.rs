@@ -1,0 +1,372 @@
+//! Epoch-based checkpoints.
+//!
+//! Timely's timestamp is the checkpoint epoch. Sources read in epoch `e` until the checkpoint
+//! interval passes, save their position for `e` and move on to `e + 1`. Every stateful
+//! operator holds a capability for the epoch it is working on; it applies records of that
+//! epoch only (later ones wait), and when its input frontier passes the epoch it saves its
+//! state for it, then moves on. So once the sinks' frontier (the probe) has passed `e` on a
+//! worker, every operator on every worker has saved its state for `e`: the worker then writes
+//! its marker `complete.w<i>` = `e`, and only then do its exactly-once sinks commit what they
+//! hold for epochs up to `e`. `execute` restores from the largest marker of any worker; an
+//! operator restores the latest state it saved at or before that epoch (an operator that saw
+//! no records of an epoch saved nothing for it, and its earlier state is its state then).
+//!
+//! Files, under `<checkpoint dir>/<job>/`: `meta` (the number of workers), `complete.w<i>`,
+//! `done.w<i>` (written when the job has finished and worker `i` committed everything), and
+//! `w<i>/op<n>/<epoch>` (one operator's state, bincode). Every file is written to a temporary
+//! name, fsynced, renamed and its directory fsynced. When every worker is done, the job's
+//! checkpoints are deleted, so running a finished job again starts from the beginning.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::ParallelizationContract;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::event::Ev;
+use crate::{Data, StreamError};
+
+/// The epoch a finished job's last state is saved under.
+pub(crate) const FINAL: u64 = u64::MAX;
+
+/// One worker's view of the job's checkpoints.
+pub(crate) struct Checkpoints {
+    dir: Option<PathBuf>,
+    worker: usize,
+    pub(crate) interval: Duration,
+    /// The epoch restored from (None: a fresh start).
+    pub(crate) restored: Option<u64>,
+    next_op: Cell<usize>,
+    /// The latest epoch this worker marked complete.
+    complete: Cell<Option<u64>>,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> StreamError {
+    StreamError::Checkpoint(format!("{what} {}: {e}", path.display()))
+}
+
+/// Write `bytes` to `path` durably (temporary file, fsync, rename, fsync of the directory).
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StreamError> {
+    let dir = path.parent().expect("checkpoint files live in a directory");
+    fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| io_err("cannot write", &tmp, e))?;
+    f.sync_all().map_err(|e| io_err("cannot fsync", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err("cannot rename to", path, e))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("cannot fsync", dir, e))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Job names become directory names: keep them to a safe alphabet.
+pub(crate) fn dir_name(job: &str) -> String {
+    job.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Checkpoints {
+    /// Checkpoints switched off.
+    pub(crate) fn off(worker: usize) -> Checkpoints {
+        Checkpoints {
+            dir: None,
+            worker,
+            interval: Duration::MAX,
+            restored: None,
+            next_op: Cell::new(0),
+            complete: Cell::new(None),
+        }
+    }
+
+    /// Open `root/<job>` for worker `worker` of `peers`: find the epoch to restore from.
+    pub(crate) fn open(
+        root: &Path,
+        job: &str,
+        worker: usize,
+        peers: usize,
+        interval: Duration,
+    ) -> Result<Checkpoints, StreamError> {
+        let dir = root.join(dir_name(job));
+        let meta = dir.join("meta");
+        let mut restored = None;
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("complete.w") && !name.ends_with(".tmp") {
+                    if let Some(epoch) = read_u64(&e.path()) {
+                        restored = restored.max(Some(epoch));
+                    }
+                }
+            }
+        }
+        match read_u64(&meta) {
+            Some(n) if restored.is_some() && n as usize != peers => {
+                return Err(StreamError::Checkpoint(format!(
+                    "the checkpoint in {} was taken with {n} workers; restart the job with {n} \
+                     workers in all (or delete the directory to start over)",
+                    dir.display()
+                )))
+            }
+            _ => {}
+        }
+        if worker == 0 {
+            write_durably(&meta, peers.to_string().as_bytes())?;
+        }
+        if let Some(e) = restored {
+            tracing::info!(job, worker, epoch = e, "resuming from checkpoint");
+        }
+        Ok(Checkpoints {
+            dir: Some(dir),
+            worker,
+            interval,
+            restored,
+            next_op: Cell::new(0),
+            complete: Cell::new(restored),
+        })
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// The epoch work starts in: 0, or the one after the restored checkpoint; None when the
+    /// restored checkpoint is a finished job's final one.
+    pub(crate) fn start_epoch(&self) -> Option<u64> {
+        match self.restored {
+            None => Some(0),
+            Some(FINAL) => None,
+            Some(e) => Some(e + 1),
+        }
+    }
+
+    /// A slot for the next stateful operator (numbered in the order the job builds them, the
+    /// same on every run of the same job).
+    pub(crate) fn slot(self: &Rc<Self>, name: &str) -> Slot {
+        let id = self.next_op.get();
+        self.next_op.set(id + 1);
+        Slot {
+            cp: self.clone(),
+            id,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Mark `epoch` complete for this worker (durably).
+    pub(crate) fn mark_complete(&self, epoch: u64) -> Result<(), StreamError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        write_durably(
+            &dir.join(format!("complete.w{}", self.worker)),
+            epoch.to_string().as_bytes(),
+        )?;
+        self.complete.set(Some(epoch));
+        Ok(())
+    }
+
+    /// After the job finished and this worker committed everything: note it, and when every
+    /// worker has, delete the job's checkpoints.
+    pub(crate) fn finish(&self, peers: usize) -> Result<(), StreamError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        write_durably(&dir.join(format!("done.w{}", self.worker)), b"done")?;
+        let all = (0..peers).all(|w| dir.join(format!("done.w{w}")).exists());
+        if all {
+            // another worker may be deleting at the same time: whoever gets there does it
+            let _ = fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+
+    fn op_dir(&self, id: usize) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("w{}", self.worker)).join(format!("op{id}")))
+    }
+}
+
+/// Where one stateful operator saves its state.
+pub(crate) struct Slot {
+    cp: Rc<Checkpoints>,
+    id: usize,
+    name: String,
+}
+
+impl Slot {
+    pub(crate) fn start_epoch(&self) -> Option<u64> {
+        self.cp.start_epoch()
+    }
+
+    pub(crate) fn interval(&self) -> Duration {
+        self.cp.interval
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.cp.enabled()
+    }
+
+    /// Saved epochs of this operator, ascending.
+    fn saved(&self) -> Vec<(u64, PathBuf)> {
+        let Some(dir) = self.cp.op_dir(self.id) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().parse::<u64>().ok()?;
+                Some((n, e.path()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The state to resume with: the latest saved at or before the restored epoch.
+    pub(crate) fn restore<S: DeserializeOwned>(&self) -> Result<Option<S>, StreamError> {
+        let Some(r) = self.cp.restored else {
+            return Ok(None);
+        };
+        let Some((_, path)) = self.saved().into_iter().rev().find(|(e, _)| *e <= r) else {
+            return Ok(None);
+        };
+        let bytes = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
+        bincode::deserialize(&bytes).map(Some).map_err(|e| {
+            StreamError::Checkpoint(format!(
+                "the state of operator {} ({}) in {} does not fit this job (was the job changed \
+                 since the checkpoint?): {e}",
+                self.id,
+                self.name,
+                path.display()
+            ))
+        })
+    }
+
+    /// The restored state, or `init` on a fresh start; an unreadable checkpoint fails the job
+    /// (this runs while the job is built, where a panic becomes the job's error).
+    pub(crate) fn restore_or<S: DeserializeOwned>(&self, init: S) -> S {
+        match self.restore() {
+            Ok(s) => s.unwrap_or(init),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Save the state as of the end of `epoch`, and delete what no restore can need any more.
+    pub(crate) fn save<S: Serialize>(&self, epoch: u64, state: &S) -> Result<(), StreamError> {
+        let Some(dir) = self.cp.op_dir(self.id) else {
+            return Ok(());
+        };
+        let bytes = bincode::serialize(state).map_err(|e| {
+            StreamError::Checkpoint(format!("cannot encode the state of {}: {e}", self.name))
+        })?;
+        write_durably(&dir.join(format!("{epoch:020}")), &bytes)?;
+        // a restore uses an epoch at or after this worker's latest complete one, so it needs
+        // the latest state at or before that, and nothing older
+        if let Some(c) = self.cp.complete.get() {
+            let saved = self.saved();
+            if let Some(keep) = saved.iter().rev().find(|(e, _)| *e <= c).map(|(e, _)| *e) {
+                for (e, path) in saved {
+                    if e < keep {
+                        let _ = fs::remove_file(path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stateful operator on the epoch protocol: `logic(state, epoch, records, output)` sees the
+/// records of one epoch at a time, in epoch order; the state is saved when each epoch ends.
+/// `state` is what the caller restored (see [`Slot::restore_or`]). A failure to save fails
+/// the job (a panic the engine reports).
+pub(crate) fn stateful<'s, D, O, S, P, F>(
+    stream: StreamVec<'s, u64, Ev<D>>,
+    pact: P,
+    name: &str,
+    slot: Slot,
+    state: S,
+    mut logic: F,
+) -> StreamVec<'s, u64, Ev<O>>
+where
+    D: Data,
+    O: Data,
+    S: Serialize + 'static,
+    P: ParallelizationContract<u64, Vec<Ev<D>>>,
+    F: FnMut(&mut S, u64, &mut Vec<Ev<D>>, &mut Vec<Ev<O>>) + 'static,
+{
+    let op_name = name.to_owned();
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<Ev<O>>>, _, _, _>(
+        pact,
+        name,
+        move |cap, _info| {
+            let mut state = state;
+            let start = slot.start_epoch();
+            let mut held: Option<Capability<u64>> = start.map(|e| cap.delayed(&e));
+            let mut cur = start.unwrap_or(FINAL);
+            let mut stash: BTreeMap<u64, Vec<Vec<Ev<D>>>> = BTreeMap::new();
+            let mut out: Vec<Ev<O>> = Vec::new();
+            move |(input, frontier), output| {
+                input.for_each(|c, data| {
+                    let Some(&t) = c.least() else { return };
+                    if t == cur {
+                        logic(&mut state, t, data, &mut out);
+                        if !out.is_empty() {
+                            output.session(&c).give_iterator(out.drain(..));
+                        }
+                    } else {
+                        stash.entry(t).or_default().push(std::mem::take(data));
+                    }
+                });
+                while held.is_some() && !frontier.less_equal(&cur) {
+                    if let Err(e) = slot.save(cur, &state) {
+                        panic!("{op_name}: {e}");
+                    }
+                    let next = match (
+                        frontier.frontier().first().copied(),
+                        stash.keys().next().copied(),
+                    ) {
+                        (Some(f), Some(s)) => Some(f.min(s)),
+                        (f, s) => f.or(s),
+                    };
+                    match next {
+                        None => held = None,
+                        Some(n) => {
+                            cur = n;
+                            let h = held.as_mut().expect("checked above");
+                            h.downgrade(&n);
+                            for mut batch in stash.remove(&n).unwrap_or_default() {
+                                logic(&mut state, n, &mut batch, &mut out);
+                            }
+                            if !out.is_empty() {
+                                output.session(&*h).give_iterator(out.drain(..));
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
