@@ -28,6 +28,22 @@ enum Command {
     ///
     /// Precedence: flags > EDDY_* environment variables > --config TOML file > defaults.
     Serve(ServeArgs),
+    /// Run a packaged stream job (`eddy run wordcount --input-topic lines --window 5
+    /// --output-topic word-counts`). Engine flags: -w N worker threads, -n N processes, -p I
+    /// this process, -h FILE hosts (one host:port per process), --checkpoint-dir DIR (resume
+    /// from its latest checkpoint), --checkpoint-interval MS.
+    ///
+    /// Jobs: wordcount — count words: --input-file FILE | --input-topic TOPIC [--from-latest]
+    /// [--bounded]; [--window SECONDS] (tumbling event-time windows; without it, running
+    /// counts); [--output-topic TOPIC] (exactly-once with --checkpoint-dir; else printed);
+    /// [--bootstrap HOST:PORT] (default 127.0.0.1:9092).
+    Run {
+        /// The job's name.
+        job: String,
+        /// Engine flags and the job's own.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Load generators that run against Eddy or any peer speaking the same protocol.
     Bench {
         #[command(subcommand)]
@@ -151,7 +167,12 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Command::Run { job, args } = cli.command {
+        // no async runtime: the engine runs its own worker threads
+        return eddy_stream::jobs::run(&job, args).with_context(|| format!("job {job}"));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,6 +188,7 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchCommand::Kafka(args),
         } => rt.block_on(eddy_bench::run_kafka(args)),
+        Command::Run { .. } => unreachable!("handled above"),
     }
 }
 

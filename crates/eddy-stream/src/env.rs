@@ -232,6 +232,7 @@ fn run_worker<F: Fn(&mut Env)>(
         probe: ProbeHandle::new(),
         checkpoints: checkpoints.clone(),
         commits: RefCell::new(Vec::new()),
+        sinks: std::cell::Cell::new(0),
     });
     worker.dataflow_named::<u64, _, _>(name, |scope| {
         let mut env = Env {
@@ -294,10 +295,11 @@ impl<'s> Env<'s> {
     }
 
     /// A stream from a source (each worker reads its share).
-    pub fn source<D>(&mut self, source: Source<D>) -> DataStream<'s, D>
+    pub fn source<D>(&mut self, source: impl Into<Source<D>>) -> DataStream<'s, D>
     where
         D: timely::ExchangeData + Clone,
     {
+        let source = source.into();
         let slot = self.ctx.checkpoints.slot("Source");
         let stream = source.build(self.scope, slot);
         let upstream = Upstream::own(self.scope.peers() as u32);

@@ -23,15 +23,19 @@
 //! ```
 
 mod checkpoint;
+mod connectors;
 mod env;
 mod event;
+pub mod jobs;
+mod kafka;
 mod operators;
 mod source;
 mod window;
 
+pub use connectors::{EddySink, EddySource, ToRecord, TopicRecord, DEFAULT_BOOTSTRAP};
 pub use env::{Env, StreamEnv, DEFAULT_CHECKPOINT_INTERVAL};
 pub use event::{Ev, Windowed};
-pub use operators::{Committer, DataStream, KeyedStream, Sink};
+pub use operators::{Committer, DataStream, KeyedStream, Sink, SinkTo};
 pub use source::{Source, WatermarkStrategy};
 pub use window::{
     Aggregator, CountWindow, GlobalWindow, Session, Sliding, Tumbling, WindowSpec, WindowedStream,

@@ -65,6 +65,16 @@ pub(crate) struct Ctx {
     pub(crate) checkpoints: Rc<Checkpoints>,
     /// Run when an epoch is complete (exactly-once sinks commit it).
     pub(crate) commits: RefCell<Vec<CommitHook>>,
+    /// Connector sinks built so far (numbering them the same on every run).
+    pub(crate) sinks: std::cell::Cell<usize>,
+}
+
+impl Ctx {
+    pub(crate) fn next_sink_id(&self) -> usize {
+        let id = self.sinks.get();
+        self.sinks.set(id + 1);
+        id
+    }
 }
 
 /// A stream partitioned by key: every record of a key is on the same worker.
@@ -243,8 +253,14 @@ impl<'s, D: Data> DataStream<'s, D> {
         }
     }
 
-    /// Send every record to `sink` (called on the worker that holds the record).
-    pub fn sink(self, mut sink: Sink<D>) {
+    /// Send every record to a sink: a [`Sink`] function, or a connector such as
+    /// `EddySink::topic(…)`.
+    pub fn sink<S: SinkTo<D>>(self, sink: S) {
+        sink.attach(self)
+    }
+
+    /// Call `sink` with every record (on the worker that holds the record).
+    fn sink_fn(self, mut sink: Sink<D>) {
         let probe = self.ctx.probe.clone();
         self.stream
             .unary::<Cb<()>, _, _, _>(Pipeline, "Sink", move |_, _| {
@@ -489,6 +505,18 @@ impl<D: Serialize, C: Committer<D>> Serialize for SinkHandle<D, C> {
 struct SinkStateRef<'a, D> {
     pending: &'a BTreeMap<u64, Vec<D>>,
     committer: Vec<u8>,
+}
+
+/// Where a stream can end: [`DataStream::sink`] attaches it.
+pub trait SinkTo<D: Data> {
+    /// Attach the sink to `stream`.
+    fn attach(self, stream: DataStream<'_, D>);
+}
+
+impl<D: Data> SinkTo<D> for Sink<D> {
+    fn attach(self, stream: DataStream<'_, D>) {
+        stream.sink_fn(self)
+    }
 }
 
 /// Where a stream's records end: a function of (event time, record).

@@ -43,6 +43,8 @@ pub(crate) struct Item<D> {
 pub(crate) enum Poll {
     /// More may be there right away.
     Ready,
+    /// Nothing now; the reader wakes the operator when there is.
+    Pending,
     /// The share is exhausted.
     Done,
 }
@@ -331,7 +333,7 @@ impl<D: Data> Source<D> {
                             .map_or(i64::MIN, |m| m.saturating_sub(bound).saturating_sub(1));
                         wm = Some(wm.map_or(w, |x: i64| x.min(w)));
                     }
-                    if active == 0 && idleness.is_some() {
+                    if active == 0 && (idleness.is_some() || splits.is_empty()) {
                         if !idle_sent {
                             session.give(Ev::Wm {
                                 from,

@@ -1,0 +1,147 @@
+//! Packaged jobs for `eddy run`.
+
+use std::time::Duration;
+
+use crate::{
+    EddySink, EddySource, Source, StreamEnv, StreamError, Tumbling, WatermarkStrategy,
+    DEFAULT_BOOTSTRAP,
+};
+
+/// The packaged jobs and what they do.
+pub const JOBS: &[(&str, &str)] = &[(
+    "wordcount",
+    "count words: --input-file FILE | --input-topic TOPIC [--from-latest] [--bounded]; \
+     [--window SECONDS] (tumbling event-time windows; without it, running counts); \
+     [--output-topic TOPIC] (else printed); [--bootstrap HOST:PORT]",
+)];
+
+/// Run packaged job `name` with `args` (engine flags -w/-n/-p/-h/--checkpoint-dir/
+/// --checkpoint-interval, then the job's own).
+pub fn run(name: &str, args: Vec<String>) -> Result<(), StreamError> {
+    let env = StreamEnv::from_arg_list(std::iter::once(format!("eddy run {name}")).chain(args))?;
+    match name {
+        "wordcount" => wordcount(env),
+        other => Err(StreamError::Config(format!(
+            "no packaged job {other:?}; there are: {}",
+            JOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The job's own options: `--flag value` pairs and bare flags.
+struct Opts(Vec<String>);
+
+impl Opts {
+    fn value(&self, flag: &str) -> Result<Option<String>, StreamError> {
+        let mut it = self.0.iter();
+        while let Some(a) = it.next() {
+            if a == flag {
+                return it
+                    .next()
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| StreamError::Config(format!("{flag} needs a value")));
+            }
+            if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                return Ok(Some(v.to_owned()));
+            }
+        }
+        Ok(None)
+    }
+    fn flag(&self, flag: &str) -> bool {
+        self.0.iter().any(|a| a == flag)
+    }
+    fn check(&self, known_values: &[&str], known_flags: &[&str]) -> Result<(), StreamError> {
+        let mut it = self.0.iter();
+        while let Some(a) = it.next() {
+            let name = a.split('=').next().unwrap_or(a);
+            if known_values.contains(&name) {
+                if !a.contains('=') {
+                    it.next();
+                }
+            } else if !known_flags.contains(&a.as_str()) {
+                return Err(StreamError::Config(format!("unknown argument {a:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn split_words(line: String) -> Vec<String> {
+    line.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn wordcount(env: StreamEnv) -> Result<(), StreamError> {
+    let o = Opts(env.args().to_vec());
+    o.check(
+        &[
+            "--input-file",
+            "--input-topic",
+            "--output-topic",
+            "--window",
+            "--bootstrap",
+        ],
+        &["--from-latest", "--bounded"],
+    )?;
+    let bootstrap = o
+        .value("--bootstrap")?
+        .unwrap_or_else(|| DEFAULT_BOOTSTRAP.to_owned());
+    let file = o.value("--input-file")?;
+    let topic = o.value("--input-topic")?;
+    let output = o.value("--output-topic")?;
+    let window = match o.value("--window")? {
+        Some(s) => Some(
+            s.parse::<f64>()
+                .ok()
+                .filter(|s| *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| StreamError::Config(format!("--window takes seconds, not {s:?}")))?,
+        ),
+        None => None,
+    };
+    let (from_latest, bounded) = (o.flag("--from-latest"), o.flag("--bounded"));
+    if file.is_some() == topic.is_some() {
+        return Err(StreamError::Config(
+            "give one of --input-file FILE and --input-topic TOPIC".into(),
+        ));
+    }
+    env.execute("wordcount", move |env| {
+        let source: Source<String> = match (&file, &topic) {
+            (Some(f), _) => Source::lines_of_file(f.clone()),
+            (None, Some(t)) => {
+                let mut s = EddySource::topic(t)
+                    .bootstrap(&bootstrap)
+                    .idle_after(Duration::from_secs(5));
+                if !from_latest {
+                    s = s.from_earliest();
+                }
+                if bounded {
+                    s = s.bounded();
+                }
+                s.watermarks(WatermarkStrategy::BoundedOutOfOrderness(
+                    Duration::from_millis(200),
+                ))
+                .into()
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        let words = env
+            .source(source)
+            .flat_map(split_words)
+            .key_by(|w: &String| w.clone());
+        match (window, &output) {
+            (Some(w), Some(out)) => words
+                .window(Tumbling::event_time(w))
+                .count()
+                .sink(EddySink::topic(out).bootstrap(&bootstrap)),
+            (Some(w), None) => words.window(Tumbling::event_time(w)).count().print(),
+            (None, Some(out)) => words
+                .count()
+                .sink(EddySink::topic(out).bootstrap(&bootstrap)),
+            (None, None) => words.count().print(),
+        }
+    })
+}
