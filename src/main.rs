@@ -57,6 +57,9 @@ enum BenchCommand {
     Amqp(eddy_bench::AmqpBenchArgs),
     /// Kafka produce/consume throughput and latency (works against any Kafka broker).
     Kafka(eddy_bench::KafkaBenchArgs),
+    /// Nexmark queries (q0 q1 q2 q5 q7) on the stream engine with checkpoints on: events/s and
+    /// events/s per core.
+    Nexmark(eddy_bench::NexmarkBenchArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -169,6 +172,13 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Command::Bench {
+        what: BenchCommand::Nexmark(args),
+    } = cli.command
+    {
+        eddy_bench::run_nexmark(args)?;
+        return Ok(());
+    }
     if let Command::Run { job, args } = cli.command {
         // no async runtime: the engine runs its own worker threads
         return eddy_stream::jobs::run(&job, args).with_context(|| format!("job {job}"));
@@ -188,7 +198,10 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchCommand::Kafka(args),
         } => rt.block_on(eddy_bench::run_kafka(args)),
-        Command::Run { .. } => unreachable!("handled above"),
+        Command::Run { .. }
+        | Command::Bench {
+            what: BenchCommand::Nexmark(_),
+        } => unreachable!("handled above"),
     }
 }
 

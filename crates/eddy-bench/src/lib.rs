@@ -20,9 +20,11 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use parking_lot::Mutex;
 
 mod kafka;
+mod nexmark;
 mod raw;
 
 pub use kafka::{run_kafka, KafkaBenchArgs};
+pub use nexmark::{run_nexmark, NexmarkBenchArgs, NexmarkResult};
 
 /// Arguments of `eddy bench amqp`.
 #[derive(clap::Args, Debug, Clone)]

@@ -136,6 +136,28 @@ impl Checkpoints {
         if worker == 0 {
             write_durably(&meta, peers.to_string().as_bytes())?;
         }
+        // what an earlier run left beyond the restored epoch (a run killed before its first
+        // marker, saves after a failure) must not be restored later: this worker's own files
+        let own = dir.join(format!("w{worker}"));
+        if let Ok(ops) = fs::read_dir(&own) {
+            for op in ops.flatten() {
+                for f in fs::read_dir(op.path()).into_iter().flatten().flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    let stale = match name.parse::<u64>() {
+                        Ok(e) => restored.is_none_or(|r| e > r),
+                        Err(_) => true, // temporary files
+                    };
+                    if stale {
+                        fs::remove_file(f.path())
+                            .map_err(|e| io_err("cannot remove", &f.path(), e))?;
+                    }
+                }
+            }
+        }
+        let done = dir.join(format!("done.w{worker}"));
+        if done.exists() {
+            fs::remove_file(&done).map_err(|e| io_err("cannot remove", &done, e))?;
+        }
         if let Some(e) = restored {
             tracing::info!(job, worker, epoch = e, "resuming from checkpoint");
         }
@@ -190,11 +212,23 @@ impl Checkpoints {
     /// worker has, delete the job's checkpoints.
     pub(crate) fn finish(&self, peers: usize) -> Result<(), StreamError> {
         let Some(dir) = &self.dir else { return Ok(()) };
-        write_durably(&dir.join(format!("done.w{}", self.worker)), b"done")?;
+        if let Err(e) = write_durably(&dir.join(format!("done.w{}", self.worker)), b"done") {
+            // gone: the last worker to finish already deleted it, so every worker was done
+            if dir.exists() {
+                return Err(e);
+            }
+            return Ok(());
+        }
         let all = (0..peers).all(|w| dir.join(format!("done.w{w}")).exists());
         if all {
-            // another worker may be deleting at the same time: whoever gets there does it
-            let _ = fs::remove_dir_all(dir);
+            // another worker may see the same: whoever renames the directory away deletes it
+            // (a half-deleted directory is never mistaken for a checkpoint)
+            let mut gone = dir.as_os_str().to_owned();
+            gone.push(format!(".deleting-{}-{}", std::process::id(), self.worker));
+            let gone = PathBuf::from(gone);
+            if fs::rename(dir, &gone).is_ok() {
+                let _ = fs::remove_dir_all(&gone);
+            }
         }
         Ok(())
     }
@@ -308,7 +342,7 @@ pub(crate) fn stateful<'s, D, O, S, P, F>(
     name: &str,
     slot: Slot,
     state: S,
-    mut logic: F,
+    logic: F,
 ) -> StreamVec<'s, u64, Ev<O>>
 where
     D: Data,
@@ -317,11 +351,44 @@ where
     P: ParallelizationContract<u64, Vec<Ev<D>>>,
     F: FnMut(&mut S, u64, &mut Vec<Ev<D>>, &mut Vec<Ev<O>>) + 'static,
 {
+    stateful_ticking(
+        stream,
+        pact,
+        name,
+        slot,
+        state,
+        logic,
+        |_: &mut S, _, _: &mut Vec<Ev<O>>| None,
+    )
+}
+
+/// [`stateful`], plus `tick(state, epoch, output)` on every activation while the operator is
+/// running (after its input): it returns how soon it wants to run again (processing-time
+/// timers and windows).
+pub(crate) fn stateful_ticking<'s, D, O, S, P, F, T>(
+    stream: StreamVec<'s, u64, Ev<D>>,
+    pact: P,
+    name: &str,
+    slot: Slot,
+    state: S,
+    mut logic: F,
+    mut tick: T,
+) -> StreamVec<'s, u64, Ev<O>>
+where
+    D: Data,
+    O: Data,
+    S: Serialize + 'static,
+    P: ParallelizationContract<u64, Vec<Ev<D>>>,
+    F: FnMut(&mut S, u64, &mut Vec<Ev<D>>, &mut Vec<Ev<O>>) + 'static,
+    T: FnMut(&mut S, u64, &mut Vec<Ev<O>>) -> Option<std::time::Duration> + 'static,
+{
     let op_name = name.to_owned();
+    let scope = stream.scope();
     stream.unary_frontier::<CapacityContainerBuilder<Vec<Ev<O>>>, _, _, _>(
         pact,
         name,
-        move |cap, _info| {
+        move |cap, info| {
+            let activator = scope.activator_for(info.address.clone());
             let mut state = state;
             let start = slot.start_epoch();
             let mut held: Option<Capability<u64>> = start.map(|e| cap.delayed(&e));
@@ -329,6 +396,15 @@ where
             let mut stash: BTreeMap<u64, Vec<Vec<Ev<D>>>> = BTreeMap::new();
             let mut out: Vec<Ev<O>> = Vec::new();
             move |(input, frontier), output| {
+                // timers due by now fire before the records that arrived after them
+                if let Some(h) = held.as_ref() {
+                    if let Some(after) = tick(&mut state, cur, &mut out) {
+                        activator.activate_after(after);
+                    }
+                    if !out.is_empty() {
+                        output.session(h).give_iterator(out.drain(..));
+                    }
+                }
                 input.for_each(|c, data| {
                     let Some(&t) = c.least() else { return };
                     if t == cur {
@@ -340,6 +416,15 @@ where
                         stash.entry(t).or_default().push(std::mem::take(data));
                     }
                 });
+                // and again after them, for what they registered (and to be woken for it)
+                if let Some(h) = held.as_ref() {
+                    if let Some(after) = tick(&mut state, cur, &mut out) {
+                        activator.activate_after(after);
+                    }
+                    if !out.is_empty() {
+                        output.session(h).give_iterator(out.drain(..));
+                    }
+                }
                 while held.is_some() && !frontier.less_equal(&cur) {
                     if let Err(e) = slot.save(cur, &state) {
                         panic!("{op_name}: {e}");

@@ -169,7 +169,8 @@ impl From<EddySource> for Source<TopicRecord> {
 
 /// What the fetching thread sends.
 enum Fetch {
-    Records(i32, Vec<Fetched>),
+    /// Records of a partition, and whether the fetcher has reached its end for now.
+    Records(i32, Vec<Fetched>, bool),
     Done,
     Failed(String),
 }
@@ -186,7 +187,17 @@ struct TopicReader<D> {
     convert: Convert<D>,
     rx: Option<Receiver<Fetch>>,
     buffered: VecDeque<(i32, Fetched)>,
+    /// Per partition, whether the fetcher last found nothing more to read.
+    caught_up: BTreeMap<i32, bool>,
     done: bool,
+}
+
+/// A topic source's checkpointed position.
+#[derive(Serialize, Deserialize)]
+struct TopicPosition {
+    offsets: BTreeMap<i32, i64>,
+    /// Bounded: the end offsets fixed at the first start.
+    ends: BTreeMap<i32, i64>,
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
@@ -228,6 +239,7 @@ impl<D> TopicReader<D> {
             convert,
             rx: None,
             buffered: VecDeque::new(),
+            caught_up: BTreeMap::new(),
             done: false,
         }
     }
@@ -250,6 +262,11 @@ fn fetch_loop(
 ) {
     let mut conn: Option<Conn> = None;
     let mut failures = 0u32;
+    let mut turn = 0usize;
+    let give_up = |e: String| {
+        let _ = tx.send(Fetch::Failed(e));
+        let _ = wake.activate();
+    };
     loop {
         if cfg.bounded {
             at.retain(|p, o| *o < ends.get(p).copied().unwrap_or(0));
@@ -266,47 +283,64 @@ fn fetch_loop(
                 Err(e) => {
                     failures += 1;
                     if failures > 60 {
-                        let _ = tx.send(Fetch::Failed(e.to_string()));
-                        let _ = wake.activate();
-                        return;
+                        return give_up(e.to_string());
                     }
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
             },
         };
-        match c.fetch(&cfg.topic, &at, Duration::from_millis(200), 4 << 20) {
+        // the broker fills its byte budget in request order: start with another partition
+        // each time so that a backlog in one does not starve the others
+        let mut order: Vec<(i32, i64)> = at.iter().map(|(p, o)| (*p, *o)).collect();
+        turn = turn.wrapping_add(1);
+        let n = order.len().max(1);
+        order.rotate_left(turn % n);
+        match c.fetch(&cfg.topic, &order, Duration::from_millis(200), 4 << 20) {
             Ok(parts) => {
                 failures = 0;
+                let mut errors = 0;
                 for fp in parts {
                     if let Some(e) = fp.error {
                         if !e.retriable() {
-                            let _ = tx.send(Fetch::Failed(format!("topic {}: {e}", cfg.topic)));
-                            let _ = wake.activate();
-                            return;
+                            return give_up(format!("topic {}: {e}", cfg.topic));
                         }
+                        errors += 1;
                         continue;
                     }
                     let mut records = fp.records;
-                    if let Some(end) = ends.get(&fp.partition) {
-                        records.retain(|r| r.offset < *end);
+                    let end = ends.get(&fp.partition).copied();
+                    if let Some(end) = end {
+                        records.retain(|r| r.offset < end);
                     }
-                    if let Some(last) = records.last() {
-                        at.insert(fp.partition, last.offset + 1);
-                        if tx.send(Fetch::Records(fp.partition, records)).is_err() {
-                            return;
-                        }
-                        let _ = wake.activate();
+                    // step over offsets without records too (compacted away)
+                    let mut next = records.last().map(|r| r.offset + 1);
+                    if let Some(n) = fp.next {
+                        next = Some(next.map_or(n, |x| x.max(n)));
                     }
+                    if let Some(n) = next {
+                        let n = end.map_or(n, |e| n.min(e));
+                        at.insert(fp.partition, n);
+                    }
+                    let caught_up =
+                        at.get(&fp.partition).copied().unwrap_or(0) >= fp.high_watermark;
+                    if tx
+                        .send(Fetch::Records(fp.partition, records, caught_up))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let _ = wake.activate();
+                }
+                if errors > 0 {
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
             Err(e) => {
                 conn = None;
                 failures += 1;
                 if !e.retriable() || failures > 60 {
-                    let _ = tx.send(Fetch::Failed(format!("topic {}: {e}", cfg.topic)));
-                    let _ = wake.activate();
-                    return;
+                    return give_up(format!("topic {}: {e}", cfg.topic));
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -339,8 +373,9 @@ impl<D: 'static> Reader<D> for TopicReader<D> {
         };
         while self.buffered.len() < max {
             match rx.try_recv() {
-                Ok(Fetch::Records(p, recs)) => {
-                    self.buffered.extend(recs.into_iter().map(|r| (p, r)))
+                Ok(Fetch::Records(p, recs, caught_up)) => {
+                    self.buffered.extend(recs.into_iter().map(|r| (p, r)));
+                    self.caught_up.insert(p, caught_up);
                 }
                 Ok(Fetch::Done) => self.done = true,
                 Ok(Fetch::Failed(e)) => fail("source", e),
@@ -376,16 +411,36 @@ impl<D: 'static> Reader<D> for TopicReader<D> {
         self.partitions.iter().map(|p| *p as u32).collect()
     }
 
+    fn caught_up(&self, split: u32) -> bool {
+        self.buffered.is_empty()
+            && self
+                .caught_up
+                .get(&(split as i32))
+                .copied()
+                .unwrap_or(false)
+    }
+
     fn position(&self) -> Vec<u8> {
-        bincode::serialize(&self.position).expect("a map of integers encodes")
+        let pos = TopicPosition {
+            offsets: self.position.clone(),
+            ends: self.ends.clone(),
+        };
+        bincode::serialize(&pos).expect("maps of integers encode")
     }
 
     fn restore(&mut self, position: &[u8]) -> Result<(), String> {
-        let saved: BTreeMap<i32, i64> =
-            bincode::deserialize(position).map_err(|e| e.to_string())?;
-        for (p, o) in saved {
+        let saved: TopicPosition = bincode::deserialize(position).map_err(|e| e.to_string())?;
+        for (p, o) in saved.offsets {
             if self.position.contains_key(&p) {
                 self.position.insert(p, o);
+            }
+        }
+        if self.cfg.bounded {
+            // the end stays where it was when the job first started
+            for (p, e) in saved.ends {
+                if self.ends.contains_key(&p) {
+                    self.ends.insert(p, e);
+                }
             }
         }
         Ok(())
@@ -475,50 +530,78 @@ impl<D: Data + ToRecord> SinkTo<D> for EddySink {
     fn attach(self, stream: DataStream<'_, D>) {
         let worker = stream.stream.scope().index();
         let sink_id = stream.ctx.next_sink_id();
-        let committer = TopicCommitter::new(
-            self,
-            stream.ctx.job.clone(),
-            format!("{sink_id}/{worker}"),
-            worker,
-        );
+        let committer = TopicCommitter::new(self, stream.ctx.job.clone(), sink_id, worker);
         stream.sink_exactly_once(committer);
     }
 }
 
-/// Records per produce request.
+/// Records per produce request, and bytes.
 const BATCH: usize = 2000;
+const BATCH_BYTES: usize = 512 << 10;
+
+/// The sink's checkpointed state.
+#[derive(Serialize, Deserialize, Default)]
+struct CommitterState {
+    /// Names this run of the job in the records' headers (kept across restores, new for a
+    /// fresh start), so two runs writing the same topic never count each other's records.
+    run: u64,
+    /// Per partition, where this sink's writes since its last completed commit begin.
+    scan_from: BTreeMap<i32, i64>,
+}
 
 struct TopicCommitter {
     cfg: EddySink,
     job: String,
-    writer: String,
+    sink: usize,
     worker: usize,
     conn: Option<Conn>,
     partitions: Vec<i32>,
     producer: Option<(i64, i16)>,
     seq: BTreeMap<i32, i32>,
-    /// Per partition, where this sink's writes since its last completed commit begin.
-    scan_from: BTreeMap<i32, i64>,
+    st: CommitterState,
+}
+
+/// Kafka sequence numbers wrap from `i32::MAX` to 0.
+fn next_seq(seq: i32, n: usize) -> i32 {
+    ((seq as i64 + n as i64) % (i32::MAX as i64 + 1)) as i32
 }
 
 impl TopicCommitter {
-    fn new(cfg: EddySink, job: String, writer: String, worker: usize) -> TopicCommitter {
+    fn new(cfg: EddySink, job: String, sink: usize, worker: usize) -> TopicCommitter {
+        let run = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u32(std::process::id());
+            h.finish()
+        };
         let mut c = TopicCommitter {
             cfg,
             job,
-            writer,
+            sink,
             worker,
             conn: None,
             partitions: Vec::new(),
             producer: None,
             seq: BTreeMap::new(),
-            scan_from: BTreeMap::new(),
+            st: CommitterState {
+                run,
+                scan_from: BTreeMap::new(),
+            },
         };
         // where a scan for this run's writes would begin (a restore replaces it)
         if let Err(e) = c.connect().and_then(|c| c.refresh_scan_from()) {
             fail(&format!("sink topic {}", c.cfg.topic), e);
         }
         c
+    }
+
+    fn writer(&self) -> String {
+        format!("{:016x}/{}/{}", self.st.run, self.sink, self.worker)
     }
 
     fn connect(&mut self) -> Result<&mut Self, KafkaError> {
@@ -536,7 +619,8 @@ impl TopicCommitter {
 
     fn refresh_scan_from(&mut self) -> Result<(), KafkaError> {
         let (topic, parts) = (self.cfg.topic.clone(), self.partitions.clone());
-        self.scan_from = self.conn().offsets(&topic, &parts, -1)?;
+        let ends = self.conn().offsets(&topic, &parts, -1)?;
+        self.st.scan_from.extend(ends);
         Ok(())
     }
 
@@ -549,20 +633,28 @@ impl TopicCommitter {
         self.partitions[i]
     }
 
-    /// How many records of `epoch` this writer already has in each partition.
-    fn already_written(&mut self, epoch: u64) -> Result<BTreeMap<i32, usize>, KafkaError> {
+    /// The indices (within `epoch`) of this writer's records already in the topic: every
+    /// partition is read from where this sink's last completed commit ended to its end now.
+    fn already_written(
+        &mut self,
+        epoch: u64,
+    ) -> Result<std::collections::BTreeSet<u64>, KafkaError> {
         let topic = self.cfg.topic.clone();
-        let (job, writer, ep) = (self.job.clone(), self.writer.clone(), epoch.to_string());
-        let mut at: BTreeMap<i32, i64> = self.scan_from.clone();
+        let (job, writer, ep) = (self.job.clone(), self.writer(), epoch.to_string());
         let parts = self.partitions.clone();
         let ends = self.conn().offsets(&topic, &parts, -1)?;
-        at.retain(|p, o| *o < ends.get(p).copied().unwrap_or(0));
-        let mut counts = BTreeMap::new();
-        while !at.is_empty() {
-            for fp in self
-                .conn()
-                .fetch(&topic, &at, Duration::from_millis(0), 4 << 20)?
-            {
+        let mut found = std::collections::BTreeSet::new();
+        for p in parts {
+            let end = ends.get(&p).copied().unwrap_or(0);
+            let mut at = self.st.scan_from.get(&p).copied().unwrap_or(0);
+            let mut empty = 0;
+            while at < end {
+                let fetched =
+                    self.conn()
+                        .fetch(&topic, &[(p, at)], Duration::from_millis(0), 4 << 20)?;
+                let Some(fp) = fetched.into_iter().find(|f| f.partition == p) else {
+                    break;
+                };
                 if let Some(e) = fp.error {
                     return Err(e);
                 }
@@ -577,22 +669,58 @@ impl TopicCommitter {
                         && h("eddy.writer").as_deref() == Some(writer.as_bytes())
                         && h("eddy.epoch").as_deref() == Some(ep.as_bytes())
                     {
-                        *counts.entry(fp.partition).or_insert(0) += 1;
+                        let idx = h("eddy.index")
+                            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+                        if let Some(i) = idx {
+                            found.insert(i);
+                        }
                     }
                 }
-                let next = fp.records.last().map(|r| r.offset + 1);
-                let end = ends.get(&fp.partition).copied().unwrap_or(0);
-                match next {
-                    Some(n) if n < end => {
-                        at.insert(fp.partition, n);
-                    }
+                match fp.next.or(fp.records.last().map(|r| r.offset + 1)) {
+                    Some(n) if n > at => at = n,
                     _ => {
-                        at.remove(&fp.partition);
+                        // nothing came back below the end: the log start moved past it, or
+                        // the broker had no budget left; ask again a few times
+                        empty += 1;
+                        if empty > 20 {
+                            return Err(KafkaError::Protocol(format!(
+                                "{topic}/{p}: offsets {at}..{end} cannot be read back"
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                 }
             }
         }
-        Ok(counts)
+        Ok(found)
+    }
+
+    /// Produce one batch, resending it as it is (same producer id and sequence numbers, so
+    /// the broker keeps one copy) if the connection breaks before the answer.
+    fn produce(&mut self, p: i32, batch: &[Outgoing]) -> Result<(), KafkaError> {
+        let topic = self.cfg.topic.clone();
+        let (pid, pepoch) = self.producer.expect("initialised before producing");
+        let seq = *self.seq.get(&p).unwrap_or(&0);
+        let mut attempts = 0;
+        loop {
+            let r = self.connect().and_then(|c| {
+                c.conn()
+                    .produce(&topic, p, batch, pid, pepoch, seq, now_ms())
+            });
+            match r {
+                Ok(_) => {
+                    self.seq.insert(p, next_seq(seq, batch.len()));
+                    return Ok(());
+                }
+                Err(KafkaError::Io(e)) if attempts < 60 => {
+                    attempts += 1;
+                    tracing::warn!(topic = %topic, "sink produce to partition {p} failed, resending: {e}");
+                    self.conn = None;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn try_commit(
@@ -606,32 +734,35 @@ impl TopicCommitter {
             self.producer = Some(self.conn().init_producer()?);
             self.seq.clear();
         }
-        let mut per: BTreeMap<i32, Vec<&Outgoing>> = BTreeMap::new();
-        for r in records {
-            per.entry(self.partition_of(r)).or_default().push(r);
-        }
         let skip = if retry {
             self.already_written(epoch)?
         } else {
-            BTreeMap::new()
+            Default::default()
         };
-        let topic = self.cfg.topic.clone();
-        let (pid, pepoch) = self.producer.expect("initialised above");
+        let mut per: BTreeMap<i32, Vec<&Outgoing>> = BTreeMap::new();
+        for (i, r) in records.iter().enumerate() {
+            if !skip.contains(&(i as u64)) {
+                per.entry(self.partition_of(r)).or_default().push(r);
+            }
+        }
         for (p, recs) in per {
-            let from = skip.get(&p).copied().unwrap_or(0).min(recs.len());
-            for chunk in recs[from..].chunks(BATCH) {
-                let owned: Vec<Outgoing> = chunk
-                    .iter()
-                    .map(|r| Outgoing {
-                        key: r.key.clone(),
-                        value: r.value.clone(),
-                        headers: r.headers.clone(),
-                    })
-                    .collect();
-                let seq = *self.seq.get(&p).unwrap_or(&0);
-                self.conn()
-                    .produce(&topic, p, &owned, pid, pepoch, seq, now_ms())?;
-                self.seq.insert(p, seq.wrapping_add(owned.len() as i32));
+            let mut batch: Vec<Outgoing> = Vec::new();
+            let mut bytes = 0;
+            for r in recs {
+                bytes += r.value.len() + r.key.as_ref().map_or(0, Vec::len) + 96;
+                batch.push(Outgoing {
+                    key: r.key.clone(),
+                    value: r.value.clone(),
+                    headers: r.headers.clone(),
+                });
+                if batch.len() >= BATCH || bytes >= BATCH_BYTES {
+                    self.produce(p, &batch)?;
+                    batch.clear();
+                    bytes = 0;
+                }
+            }
+            if !batch.is_empty() {
+                self.produce(p, &batch)?;
             }
         }
         self.refresh_scan_from()
@@ -640,21 +771,24 @@ impl TopicCommitter {
 
 impl<D: ToRecord + 'static> Committer<D> for TopicCommitter {
     fn commit(&mut self, epoch: u64, records: &[D], retry: bool) -> Result<(), String> {
-        let headers = vec![
-            ("eddy.job".to_owned(), self.job.clone().into_bytes()),
-            ("eddy.writer".to_owned(), self.writer.clone().into_bytes()),
-            ("eddy.epoch".to_owned(), epoch.to_string().into_bytes()),
-        ];
+        let writer = self.writer();
         let out: Vec<Outgoing> = records
             .iter()
-            .map(|r| Outgoing {
+            .enumerate()
+            .map(|(i, r)| Outgoing {
                 key: r.key(),
                 value: r.value(),
-                headers: headers.clone(),
+                headers: vec![
+                    ("eddy.job".to_owned(), self.job.clone().into_bytes()),
+                    ("eddy.writer".to_owned(), writer.clone().into_bytes()),
+                    ("eddy.epoch".to_owned(), epoch.to_string().into_bytes()),
+                    ("eddy.index".to_owned(), i.to_string().into_bytes()),
+                ],
             })
             .collect();
-        // a broken connection is retried: the same producer id and sequence numbers make a
-        // batch that did land before the break count once; anything else is looked up again
+        // a broken connection is retried inside (same producer id and sequence numbers);
+        // anything else retriable starts over with a new producer id, looking up first what
+        // already landed
         let mut retry = retry;
         let mut attempts = 0;
         loop {
@@ -664,8 +798,6 @@ impl<D: ToRecord + 'static> Committer<D> for TopicCommitter {
                     attempts += 1;
                     tracing::warn!(topic = %self.cfg.topic, "sink commit of epoch {epoch} failed, retrying: {e}");
                     self.conn = None;
-                    // what landed is found by the scan; a new producer id keeps the sequence
-                    // numbers of the rest from colliding with a batch whose ack was lost
                     self.producer = None;
                     retry = true;
                     std::thread::sleep(Duration::from_millis(500));
@@ -676,12 +808,12 @@ impl<D: ToRecord + 'static> Committer<D> for TopicCommitter {
     }
 
     fn state(&self) -> Vec<u8> {
-        bincode::serialize(&self.scan_from).expect("a map of integers encodes")
+        bincode::serialize(&self.st).expect("integers encode")
     }
 
     fn restore(&mut self, state: &[u8]) {
         match bincode::deserialize(state) {
-            Ok(s) => self.scan_from = s,
+            Ok(s) => self.st = s,
             Err(e) => fail("sink: its checkpointed state", e),
         }
     }

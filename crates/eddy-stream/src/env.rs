@@ -192,16 +192,27 @@ impl StreamEnv {
                 run_worker(worker, &name, checkpoint.as_ref(), &build, &f)
             }));
             let err = match run {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => e.to_string(),
-                Err(payload) => payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "a worker panicked".to_owned()),
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(payload) => Some(
+                    payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "a worker panicked".to_owned()),
+                ),
             };
+            if let Some(err) = err {
+                f.lock().get_or_insert(format!("worker {index}: {err}"));
+            }
+            if f.lock().is_some() {
+                // stop this worker's part of the job for good: timely would otherwise keep
+                // stepping it (saving state past the failure) until it finished
+                for id in worker.installed_dataflows() {
+                    worker.drop_dataflow(id);
+                }
+            }
             let _ = peers;
-            f.lock().get_or_insert(format!("worker {index}: {err}"));
         })
         .map_err(StreamError::Execution)?;
         for r in guards.join() {
@@ -249,6 +260,10 @@ fn run_worker<F: Fn(&mut Env)>(
             return Ok(());
         }
         let more = worker.step_or_park(Some(Duration::from_millis(50)));
+        if failed.lock().is_some() {
+            // another worker failed during this step: mark nothing more
+            return Ok(());
+        }
         let complete = ctx.probe.with_frontier(|f| match f.first() {
             None => Some(FINAL),
             Some(0) => None,

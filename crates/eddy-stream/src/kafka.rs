@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -16,7 +16,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use kafka_protocol::ResponseError;
 
@@ -88,6 +88,9 @@ pub(crate) struct Fetched {
 pub(crate) struct FetchedPartition {
     pub(crate) partition: i32,
     pub(crate) records: Vec<Fetched>,
+    /// The offset after the last whole batch returned (records compacted away included).
+    pub(crate) next: Option<i64>,
+    pub(crate) high_watermark: i64,
     pub(crate) error: Option<KafkaError>,
 }
 
@@ -232,11 +235,12 @@ impl Conn {
         Ok(out)
     }
 
-    /// Fetch from each partition at its offset, waiting up to `max_wait` for data.
+    /// Fetch from each partition at its offset (in the order given: the broker fills its
+    /// byte budget in that order), waiting up to `max_wait` for data.
     pub(crate) fn fetch(
         &mut self,
         topic: &str,
-        at: &BTreeMap<i32, i64>,
+        at: &[(i32, i64)],
         max_wait: Duration,
         max_bytes: i32,
     ) -> Result<Vec<FetchedPartition>, KafkaError> {
@@ -244,7 +248,7 @@ impl Conn {
         ft.topic = topic_name(topic);
         ft.partitions = at
             .iter()
-            .map(|(&p, &o)| {
+            .map(|&(p, o)| {
                 let mut fp = FetchPartition::default();
                 fp.partition = p;
                 fp.fetch_offset = o;
@@ -267,17 +271,25 @@ impl Conn {
         for t in r.responses {
             for p in t.partitions {
                 let partition = p.partition_index;
-                let from = at.get(&partition).copied().unwrap_or(0);
+                let from = at
+                    .iter()
+                    .find(|(q, _)| *q == partition)
+                    .map_or(0, |(_, o)| *o);
                 let mut fp = FetchedPartition {
                     partition,
                     records: Vec::new(),
+                    next: None,
+                    high_watermark: p.high_watermark,
                     error: None,
                 };
                 if let Err(e) = check(p.error_code, || format!("fetch from {topic}/{partition}")) {
                     fp.error = Some(e);
                 } else if let Some(bytes) = p.records {
                     match decode_batches(bytes, from) {
-                        Ok(r) => fp.records = r,
+                        Ok(d) => {
+                            fp.records = d.records;
+                            fp.next = d.next;
+                        }
                         Err(e) => {
                             fp.error =
                                 Some(KafkaError::Protocol(format!("{topic}/{partition}: {e}")))
@@ -372,40 +384,139 @@ impl Conn {
     }
 }
 
-/// The records of whole batches in `bytes` at or after offset `from` (a fetch may end in a
-/// partial batch, which is left for the next fetch); control records are skipped.
-fn decode_batches(mut bytes: Bytes, from: i64) -> Result<Vec<Fetched>, String> {
-    let mut out = Vec::new();
+/// What whole batches in a fetch response hold: the records at or after `from` (control
+/// records skipped), and the offset after the last batch (so offsets whose records compaction
+/// removed are stepped over too).
+#[derive(Debug)]
+struct Decoded {
+    records: Vec<Fetched>,
+    next: Option<i64>,
+}
+
+/// Reads varints and byte strings off a batch, every length checked against what is left.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn varlong(&mut self) -> Result<i64, String> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let (&b, rest) = self
+                .0
+                .split_first()
+                .ok_or("a record ends inside a varint")?;
+            self.0 = rest;
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
+            }
+        }
+        Err("a varint longer than 10 bytes".into())
+    }
+    fn varint(&mut self) -> Result<i32, String> {
+        i32::try_from(self.varlong()?).map_err(|_| "a varint out of range".to_owned())
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.0.len() {
+            return Err(format!("a field of {n} bytes with {} left", self.0.len()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    /// A length-prefixed byte string (`None` for length -1).
+    fn bytes(&mut self) -> Result<Option<&'a [u8]>, String> {
+        match self.varint()? {
+            -1 => Ok(None),
+            n if n < 0 => Err(format!("a length of {n}")),
+            n => self.take(n as usize).map(Some),
+        }
+    }
+}
+
+/// Decode the v2 record batches in `bytes` (a fetch may end in a partial batch, left for the
+/// next fetch). Counts and lengths are checked against the bytes there before anything is
+/// allocated for them.
+fn decode_batches(mut bytes: Bytes, from: i64) -> Result<Decoded, String> {
+    const HEADER: usize = 61;
+    let mut out = Decoded {
+        records: Vec::new(),
+        next: None,
+    };
     while bytes.len() >= 12 {
+        let base = i64::from_be_bytes(bytes[0..8].try_into().expect("8 bytes"));
         let len = i32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if len < 0 {
+        if len < (HEADER - 12) as i32 {
             return Err(format!("a batch of length {len}"));
         }
         let total = 12 + len as usize;
         if bytes.len() < total {
             break;
         }
-        let mut batch = bytes.split_to(total);
-        let set = RecordBatchDecoder::decode(&mut batch)
-            .map_err(|e| format!("cannot decode a record batch: {e}"))?;
-        for r in set.records {
-            if r.control || r.offset < from {
-                continue;
+        let batch = bytes.split_to(total);
+        if batch[16] != 2 {
+            return Err(format!(
+                "a record batch of magic {} (only v2 is read)",
+                batch[16]
+            ));
+        }
+        let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+        let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+        let first_ts = i64::from_be_bytes(batch[27..35].try_into().expect("8 bytes"));
+        let count = i32::from_be_bytes(batch[57..61].try_into().expect("4 bytes"));
+        out.next = Some(base.saturating_add(last_delta as i64).saturating_add(1));
+        let codec = attributes & 0x7;
+        if codec != 0 {
+            let name = ["none", "gzip", "snappy", "lz4", "zstd"]
+                .get(codec as usize)
+                .copied()
+                .unwrap_or("unknown");
+            return Err(format!("a {name}-compressed batch at offset {base}: the stream source reads uncompressed batches only"));
+        }
+        if attributes & 0x20 != 0 {
+            continue; // control batch (transaction markers)
+        }
+        let body = &batch[HEADER..];
+        // a record takes at least 7 bytes: a count beyond that is a lie
+        if count < 0 || count as usize > body.len() / 7 + 1 {
+            return Err(format!(
+                "a batch claiming {count} records in {} bytes",
+                body.len()
+            ));
+        }
+        let mut c = Cursor(body);
+        for _ in 0..count {
+            let size = c.varint()?;
+            if size < 0 {
+                return Err(format!("a record of length {size}"));
             }
-            out.push(Fetched {
-                offset: r.offset,
-                timestamp: r.timestamp,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), v))
-                    .collect(),
-            });
+            let mut r = Cursor(c.take(size as usize)?);
+            let _attributes = r.take(1)?;
+            let ts_delta = r.varlong()?;
+            let offset_delta = r.varint()?;
+            let key = r.bytes()?.map(Bytes::copy_from_slice);
+            let value = r.bytes()?.map(Bytes::copy_from_slice);
+            let n_headers = r.varint()?;
+            if n_headers < 0 || n_headers as usize > r.0.len() / 2 {
+                return Err(format!("a record claiming {n_headers} headers"));
+            }
+            let mut headers = Vec::with_capacity(n_headers as usize);
+            for _ in 0..n_headers {
+                let k = r.bytes()?.ok_or("a header without a name")?;
+                let v = r.bytes()?.map(Bytes::copy_from_slice);
+                headers.push((String::from_utf8_lossy(k).into_owned(), v));
+            }
+            let offset = base.saturating_add(offset_delta as i64);
+            if offset >= from {
+                out.records.push(Fetched {
+                    offset,
+                    timestamp: first_ts.saturating_add(ts_delta),
+                    key,
+                    value,
+                    headers,
+                });
+            }
         }
     }
-    let _ = bytes.remaining();
     Ok(out)
 }
 
@@ -459,6 +570,85 @@ pub(crate) fn partition_for(key: &[u8], partitions: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn batch_of(records: &[Record]) -> Bytes {
+        let mut buf = BytesMut::new();
+        let opts = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, records, &opts).unwrap();
+        buf.freeze()
+    }
+
+    fn rec(offset: i64, value: &str) -> Record {
+        let mut headers = IndexMap::new();
+        headers.insert(
+            StrBytes::from_static_str("h"),
+            Some(Bytes::from_static(b"v")),
+        );
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: -1,
+            timestamp: 1000 + offset,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            headers,
+        }
+    }
+
+    #[test]
+    fn batches_decode_and_a_partial_one_waits() {
+        let mut all = BytesMut::new();
+        all.extend_from_slice(&batch_of(&[rec(10, "a"), rec(11, "b")]));
+        all.extend_from_slice(&batch_of(&[rec(12, "c")]));
+        let whole = all.clone().freeze();
+        let d = decode_batches(whole.clone(), 11).unwrap();
+        assert_eq!(
+            d.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            [11, 12]
+        );
+        assert_eq!(d.next, Some(13));
+        assert_eq!(d.records[0].timestamp, 1011);
+        assert_eq!(
+            d.records[0].headers,
+            [("h".to_owned(), Some(Bytes::from_static(b"v")))]
+        );
+        // cut inside the second batch: only the first comes out
+        let d = decode_batches(whole.slice(..whole.len() - 3), 0).unwrap();
+        assert_eq!(d.records.len(), 2);
+        assert_eq!(d.next, Some(12));
+    }
+
+    #[test]
+    fn lying_counts_and_lengths_are_refused_before_allocating() {
+        let b = batch_of(&[rec(0, "a")]);
+        let mut huge = b.to_vec();
+        huge[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(decode_batches(Bytes::from(huge), 0)
+            .unwrap_err()
+            .contains("claiming"));
+        let mut gz = b.to_vec();
+        gz[22] |= 1;
+        assert!(decode_batches(Bytes::from(gz), 0)
+            .unwrap_err()
+            .contains("gzip"));
+        let mut neg = b.to_vec();
+        neg[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(decode_batches(Bytes::from(neg), 0).is_err());
+        // a record whose header count is absurd
+        let mut bad = b.to_vec();
+        let n = bad.len();
+        bad[n - 1 - 5] = 0x7e; // somewhere inside the record: never a panic, an error or records
+        let _ = decode_batches(Bytes::from(bad), 0);
+    }
 
     #[test]
     fn murmur2_matches_kafkas_partitioner() {

@@ -28,7 +28,9 @@ mod env;
 mod event;
 pub mod jobs;
 mod kafka;
+pub mod nexmark;
 mod operators;
+mod process;
 mod source;
 mod window;
 
@@ -36,6 +38,7 @@ pub use connectors::{EddySink, EddySource, ToRecord, TopicRecord, DEFAULT_BOOTST
 pub use env::{Env, StreamEnv, DEFAULT_CHECKPOINT_INTERVAL};
 pub use event::{Ev, Windowed};
 pub use operators::{Committer, DataStream, KeyedStream, Sink, SinkTo};
+pub use process::{Context, ProcessFunction, Processed, TimeDomain};
 pub use source::{Source, WatermarkStrategy};
 pub use window::{
     Aggregator, CountWindow, GlobalWindow, Session, Sliding, Tumbling, WindowSpec, WindowedStream,

@@ -472,15 +472,18 @@ struct SinkShared<D, C> {
 
 impl<D, C: Committer<D>> SinkShared<D, C> {
     fn commit_through(&mut self, epoch: u64) {
-        while let Some(entry) = self.pending.first_entry() {
-            if *entry.key() > epoch {
+        while let Some((&e, _)) = self.pending.first_key_value() {
+            if e > epoch {
                 break;
             }
-            let (e, records) = entry.remove_entry();
-            let retry = self.retry.remove(&e);
-            if let Err(err) = self.committer.commit(e, &records, retry) {
+            let retry = self.retry.contains(&e);
+            // the epoch leaves `pending` only once committed: a failure keeps it for the
+            // checkpoints taken until the job stops
+            if let Err(err) = self.committer.commit(e, &self.pending[&e], retry) {
                 panic!("sink: committing epoch {e}: {err}");
             }
+            self.pending.remove(&e);
+            self.retry.remove(&e);
         }
     }
 }

@@ -58,6 +58,11 @@ pub(crate) trait Reader<D>: 'static {
     fn poll(&mut self, out: &mut Vec<Item<D>>, max: usize) -> Poll;
     /// The splits this instance reads (watermarks are per split).
     fn splits(&self) -> Vec<u32>;
+    /// Whether a split has nothing more to read for now (only such a split may be idle:
+    /// one that is merely slow to fetch is not).
+    fn caught_up(&self, _split: u32) -> bool {
+        true
+    }
     /// The position after the records returned so far.
     fn position(&self) -> Vec<u8>;
     /// Continue from a saved position (before `start`).
@@ -126,7 +131,12 @@ impl<D: 'static> Reader<D> for IterReader<D> {
                 self.it.insert(it)
             }
         };
-        for _ in 0..max {
+        // a slow iterator hands over what it has every few milliseconds
+        let began = Instant::now();
+        for i in 0..max {
+            if (i < 16 || i % 16 == 15) && i > 0 && began.elapsed() >= Duration::from_millis(10) {
+                return Poll::Ready;
+            }
             match it.next() {
                 Some(data) => {
                     self.taken += 1;
@@ -322,7 +332,7 @@ impl<D: Data> Source<D> {
                             last_seen
                                 .get(s)
                                 .is_none_or(|at| now.duration_since(*at) > d)
-                        });
+                        }) && reader.caught_up(*s);
                         if idle {
                             continue;
                         }

@@ -314,11 +314,11 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                                         WindowSpec::Sliding { slide, .. } => slide,
                                         _ => size,
                                     };
-                                    let last_start = t.div_euclid(slide) * slide;
+                                    let last_start = t.div_euclid(slide).saturating_mul(slide);
                                     let mut accepted = false;
                                     let mut start = last_start;
-                                    while start > t - size {
-                                        let end = start + size;
+                                    while start > t.saturating_sub(size) {
+                                        let end = start.saturating_add(size);
                                         if !too_late(end) {
                                             accepted = true;
                                             let w = windows
@@ -330,12 +330,17 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                                                     fired: false,
                                                 });
                                             agg.add(&mut w.acc, v.clone());
-                                            if w.fired {
-                                                // a late firing within the allowed lateness
+                                            // within the allowed lateness after the watermark
+                                            // passed its end: (re-)fire at once
+                                            if w.fired || (wm != i64::MIN && end <= wm) {
+                                                w.fired = true;
                                                 out.push(res(&k, start, end, &w.acc));
                                             }
                                         }
-                                        start -= slide;
+                                        if start == i64::MIN {
+                                            break;
+                                        }
+                                        start = start.saturating_sub(slide);
                                     }
                                     if !accepted {
                                         out.push(Ev::Rec(t, Out::Late((k, v))));

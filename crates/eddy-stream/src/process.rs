@@ -1,0 +1,354 @@
+//! Keyed process functions (Flink's `KeyedProcessFunction`): per-key state of any serde type,
+//! event-time and processing-time timers, a main and a side output.
+//!
+//! An event-time timer fires when the operator's watermark reaches its time; a processing-time
+//! timer when the wall clock does (the operator wakes itself for the earliest one). Timers are
+//! per key and time (registering the same one twice fires it once); they and the state are in
+//! every checkpoint. With a state TTL, a key's state that has not been touched (read or
+//! written) for that long is dropped: the function sees a fresh `Default` state again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+
+use crate::checkpoint::stateful_ticking;
+use crate::event::{Ev, Watermarks, IDLE};
+use crate::operators::{DataStream, KeyedStream, Upstream};
+use crate::source::now_ms;
+use crate::Data;
+
+/// What a process function emitted, with its event time: `Ok` main, `Err` side output.
+type Emitted<O, X> = Vec<(i64, Result<O, X>)>;
+
+/// Which clock a timer follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeDomain {
+    /// The watermark.
+    EventTime,
+    /// The wall clock.
+    ProcessingTime,
+}
+
+/// A keyed process function.
+pub trait ProcessFunction<K, V>: 'static {
+    /// Per-key state (created with `Default` when a key is first seen).
+    type State: Serialize + DeserializeOwned + Default + 'static;
+    /// The main output.
+    type Out: Data;
+    /// The side output (`()` when unused).
+    type Side: Data;
+    /// One record of key `key`.
+    fn process(
+        &mut self,
+        key: &K,
+        value: V,
+        ctx: &mut Context<'_, Self::State, Self::Out, Self::Side>,
+    );
+    /// A timer of key `key` registered for `time` fired.
+    fn on_timer(
+        &mut self,
+        _key: &K,
+        _time: i64,
+        _domain: TimeDomain,
+        _ctx: &mut Context<'_, Self::State, Self::Out, Self::Side>,
+    ) {
+    }
+}
+
+/// Timer changes asked for by a function call.
+#[derive(Default)]
+struct TimerOps {
+    add_event: Vec<i64>,
+    del_event: Vec<i64>,
+    add_proc: Vec<i64>,
+    del_proc: Vec<i64>,
+}
+
+/// What a process function sees and does for one key.
+pub struct Context<'a, S, O, X> {
+    state: &'a mut Option<S>,
+    timestamp: i64,
+    watermark: i64,
+    now: i64,
+    out: &'a mut Emitted<O, X>,
+    timers: &'a mut TimerOps,
+}
+
+impl<S: Default, O, X> Context<'_, S, O, X> {
+    /// The key's state.
+    pub fn state(&mut self) -> &mut S {
+        self.state.get_or_insert_with(S::default)
+    }
+    /// Drop the key's state.
+    pub fn clear_state(&mut self) {
+        *self.state = None;
+    }
+    /// The event time of the record (or of the timer) being handled.
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+    /// The operator's current watermark.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+    /// The wall clock, ms since the epoch.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+    /// Emit a record at the current timestamp.
+    pub fn emit(&mut self, value: O) {
+        self.out.push((self.timestamp, Ok(value)));
+    }
+    /// Emit a record at event time `t`.
+    pub fn emit_at(&mut self, t: i64, value: O) {
+        self.out.push((t, Ok(value)));
+    }
+    /// Emit to the side output.
+    pub fn side(&mut self, value: X) {
+        self.out.push((self.timestamp, Err(value)));
+    }
+    /// Call `on_timer` once the watermark reaches `t`.
+    pub fn register_event_timer(&mut self, t: i64) {
+        self.timers.add_event.push(t);
+    }
+    /// Forget an event-time timer.
+    pub fn delete_event_timer(&mut self, t: i64) {
+        self.timers.del_event.push(t);
+    }
+    /// Call `on_timer` once the wall clock reaches `t` (ms since the epoch).
+    pub fn register_processing_timer(&mut self, t: i64) {
+        self.timers.add_proc.push(t);
+    }
+    /// Forget a processing-time timer.
+    pub fn delete_processing_timer(&mut self, t: i64) {
+        self.timers.del_proc.push(t);
+    }
+}
+
+/// The operator's checkpointed state.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "K: Serialize, S: Serialize",
+    deserialize = "K: DeserializeOwned + Hash + Eq, S: DeserializeOwned"
+))]
+struct ProcState<K, S> {
+    wms: Watermarks,
+    /// Per key: its state and when it was last touched (ms).
+    keys: HashMap<K, (S, i64)>,
+    event_timers: BTreeMap<i64, HashSet<K>>,
+    proc_timers: BTreeMap<i64, HashSet<K>>,
+}
+
+/// A process function's outputs.
+pub struct Processed<'s, O: Data, X: Data> {
+    /// What `emit` sent.
+    pub main: DataStream<'s, O>,
+    /// What `side` sent.
+    pub side: DataStream<'s, X>,
+}
+
+/// Run `f` for `key` with its state; apply its timer changes.
+#[allow(clippy::too_many_arguments)]
+fn call<K, S, O, X>(
+    st: &mut ProcState<K, S>,
+    key: &K,
+    timestamp: i64,
+    now: i64,
+    ttl: Option<i64>,
+    out: &mut Emitted<O, X>,
+    f: impl FnOnce(&mut Context<'_, S, O, X>),
+) where
+    K: Clone + Hash + Eq,
+    S: Default,
+{
+    let mut slot = match st.keys.remove(key) {
+        Some((s, touched)) if ttl.is_none_or(|ttl| now.saturating_sub(touched) < ttl) => Some(s),
+        _ => None,
+    };
+    let mut timers = TimerOps::default();
+    let mut ctx = Context {
+        state: &mut slot,
+        timestamp,
+        watermark: st.wms.current(),
+        now,
+        out,
+        timers: &mut timers,
+    };
+    f(&mut ctx);
+    if let Some(s) = slot {
+        st.keys.insert(key.clone(), (s, now));
+    }
+    for t in timers.del_event {
+        if let Some(set) = st.event_timers.get_mut(&t) {
+            set.remove(key);
+        }
+    }
+    for t in timers.add_event {
+        st.event_timers.entry(t).or_default().insert(key.clone());
+    }
+    for t in timers.del_proc {
+        if let Some(set) = st.proc_timers.get_mut(&t) {
+            set.remove(key);
+        }
+    }
+    for t in timers.add_proc {
+        st.proc_timers.entry(t).or_default().insert(key.clone());
+    }
+}
+
+/// Fire every timer in `timers` due at or before `upto` (re-reading, since a timer may
+/// register another one that is due too).
+#[allow(clippy::too_many_arguments)]
+fn fire<K, V, P>(
+    st: &mut ProcState<K, P::State>,
+    f: &mut P,
+    domain: TimeDomain,
+    upto: i64,
+    now: i64,
+    ttl: Option<i64>,
+    out: &mut Emitted<P::Out, P::Side>,
+) where
+    K: Clone + Hash + Eq + Ord,
+    P: ProcessFunction<K, V>,
+{
+    loop {
+        let timers = match domain {
+            TimeDomain::EventTime => &mut st.event_timers,
+            TimeDomain::ProcessingTime => &mut st.proc_timers,
+        };
+        let Some((&t, _)) = timers.first_key_value() else {
+            break;
+        };
+        if t > upto {
+            break;
+        }
+        let keys = timers.remove(&t).unwrap_or_default();
+        let mut keys: Vec<K> = keys.into_iter().collect();
+        keys.sort();
+        for k in keys {
+            call(st, &k, t, now, ttl, out, |ctx| {
+                f.on_timer(&k, t, domain, ctx)
+            });
+        }
+    }
+}
+
+impl<'s, K: Data + Hash + Eq + Ord, V: Data> KeyedStream<'s, K, V> {
+    /// Run a keyed process function.
+    pub fn process<P: ProcessFunction<K, V>>(self, f: P) -> Processed<'s, P::Out, P::Side> {
+        self.process_inner(f, None)
+    }
+
+    /// Run a keyed process function whose per-key state expires after `ttl` untouched.
+    pub fn process_with_ttl<P: ProcessFunction<K, V>>(
+        self,
+        f: P,
+        ttl: Duration,
+    ) -> Processed<'s, P::Out, P::Side> {
+        self.process_inner(f, Some(ttl.as_millis() as i64))
+    }
+
+    fn process_inner<P: ProcessFunction<K, V>>(
+        self,
+        f: P,
+        ttl: Option<i64>,
+    ) -> Processed<'s, P::Out, P::Side> {
+        let inner = self.inner;
+        let scope = inner.stream.scope();
+        let (index, peers) = (scope.index() as u32, scope.peers() as u32);
+        let slot = inner.ctx.checkpoints.slot("Process");
+        let state = slot.restore_or(ProcState::<K, P::State> {
+            wms: Watermarks::new(inner.upstream.channels),
+            keys: HashMap::new(),
+            event_timers: BTreeMap::new(),
+            proc_timers: BTreeMap::new(),
+        });
+        let f = std::rc::Rc::new(std::cell::RefCell::new(f));
+        let f2 = f.clone();
+        type Out<O, X> = Ev<Result<O, X>>;
+        let mut buf: Emitted<P::Out, P::Side> = Vec::new();
+        let mut buf2: Emitted<P::Out, P::Side> = Vec::new();
+        let mut last_sweep = 0i64;
+        let out = stateful_ticking(
+            inner.stream.clone(),
+            Pipeline,
+            "Process",
+            slot,
+            state,
+            move |st: &mut ProcState<K, P::State>,
+                  _epoch,
+                  data,
+                  out: &mut Vec<Out<P::Out, P::Side>>| {
+                let mut f = f.borrow_mut();
+                let now = now_ms();
+                for ev in data.drain(..) {
+                    match ev {
+                        Ev::Rec(t, (k, v)) => {
+                            call(st, &k, t, now, ttl, &mut buf, |ctx| f.process(&k, v, ctx));
+                        }
+                        Ev::Wm { from, t, .. } => {
+                            let Some(wm) = st.wms.update(from, t) else {
+                                continue;
+                            };
+                            if wm != IDLE {
+                                fire::<K, V, P>(
+                                    st,
+                                    &mut f,
+                                    TimeDomain::EventTime,
+                                    wm,
+                                    now,
+                                    ttl,
+                                    &mut buf,
+                                );
+                            }
+                            out.extend(buf.drain(..).map(|(t, r)| Ev::Rec(t, r)));
+                            out.push(Ev::Wm {
+                                from: index,
+                                to: index,
+                                t: wm,
+                            });
+                        }
+                    }
+                }
+                out.extend(buf.drain(..).map(|(t, r)| Ev::Rec(t, r)));
+            },
+            move |st: &mut ProcState<K, P::State>, _epoch, out: &mut Vec<Out<P::Out, P::Side>>| {
+                let now = now_ms();
+                {
+                    let mut f = f2.borrow_mut();
+                    fire::<K, V, P>(
+                        st,
+                        &mut f,
+                        TimeDomain::ProcessingTime,
+                        now,
+                        now,
+                        ttl,
+                        &mut buf2,
+                    );
+                }
+                out.extend(buf2.drain(..).map(|(t, r)| Ev::Rec(t, r)));
+                // expired state is ignored when read; sweep it out now and then
+                if let Some(ttl) = ttl {
+                    if now - last_sweep >= ttl.clamp(1, 1000) {
+                        last_sweep = now;
+                        st.keys
+                            .retain(|_, (_, touched)| now.saturating_sub(*touched) < ttl);
+                    }
+                }
+                st.proc_timers
+                    .first_key_value()
+                    .map(|(&t, _)| Duration::from_millis(t.saturating_sub(now).max(1) as u64))
+            },
+        );
+        let both = inner.derive(out, Upstream::own(peers));
+        let main = both
+            .clone_stream()
+            .flat_map(|r: Result<P::Out, P::Side>| r.ok());
+        let side = both.flat_map(|r: Result<P::Out, P::Side>| r.err());
+        Processed { main, side }
+    }
+}
