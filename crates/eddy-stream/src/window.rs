@@ -14,13 +14,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 
-use crate::checkpoint::stateful;
+use crate::checkpoint::stateful_ticking;
 use crate::event::{Ev, Watermarks, Windowed, IDLE};
 use crate::operators::{DataStream, KeyedStream, Upstream};
+use crate::source::now_ms;
 use crate::Data;
 
 /// Which windows a keyed stream is cut into.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum WindowSpec {
     /// Fixed, non-overlapping windows of `size` ms, aligned to the epoch.
     Tumbling { size: i64 },
@@ -28,6 +30,11 @@ pub enum WindowSpec {
     Sliding { size: i64, slide: i64 },
     /// Per key, records closer than `gap` ms apart share a window.
     Session { gap: i64 },
+    /// Tumbling windows of `size` ms of processing time (the wall clock when a record
+    /// arrives), fired when the clock passes their end.
+    TumblingProcessing { size: i64 },
+    /// Sliding windows of processing time.
+    SlidingProcessing { size: i64, slide: i64 },
     /// Per key, every `n` records form a window.
     Count { n: u64 },
     /// One window per key for all time, fired every `every` records (accumulating).
@@ -45,6 +52,10 @@ impl Tumbling {
     pub fn event_time(size: Duration) -> WindowSpec {
         WindowSpec::Tumbling { size: ms(size) }
     }
+    /// Processing-time tumbling windows of `size`.
+    pub fn processing_time(size: Duration) -> WindowSpec {
+        WindowSpec::TumblingProcessing { size: ms(size) }
+    }
 }
 
 /// Sliding windows.
@@ -53,6 +64,13 @@ impl Sliding {
     /// Event-time windows of `size`, one starting every `slide`.
     pub fn event_time(size: Duration, slide: Duration) -> WindowSpec {
         WindowSpec::Sliding {
+            size: ms(size),
+            slide: ms(slide),
+        }
+    }
+    /// Processing-time windows of `size`, one starting every `slide`.
+    pub fn processing_time(size: Duration, slide: Duration) -> WindowSpec {
+        WindowSpec::SlidingProcessing {
             size: ms(size),
             slide: ms(slide),
         }
@@ -275,7 +293,39 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
             counts: HashMap::new(),
         };
         let state = slot.restore_or(init);
-        let out = stateful(
+        let processing = matches!(
+            spec,
+            WindowSpec::TumblingProcessing { .. } | WindowSpec::SlidingProcessing { .. }
+        );
+        let agg = std::rc::Rc::new(agg);
+        let agg2 = agg.clone();
+        let tick = move |state: &mut WinState<K, A::Acc>,
+                         _epoch,
+                         out: &mut Vec<WinOut<K, A::Out, V>>| {
+            if !processing {
+                return None;
+            }
+            let now = now_ms();
+            for ((end, start), keys) in state.windows.range(..(now.saturating_add(1), i64::MIN)) {
+                for (k, w) in keys {
+                    let value = agg2.result(&w.acc);
+                    let r = Windowed {
+                        key: k.clone(),
+                        start: *start,
+                        end: *end,
+                        value,
+                    };
+                    out.push(Ev::Rec(end.saturating_sub(1), Out::Res(r)));
+                }
+            }
+            state.windows.retain(|(end, _), _| *end > now);
+            state
+                .windows
+                .keys()
+                .next()
+                .map(|(end, _)| Duration::from_millis(end.saturating_sub(now).max(1) as u64))
+        };
+        let out = stateful_ticking(
             inner.stream.clone(),
             Pipeline,
             "Window",
@@ -309,11 +359,18 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                                 |end: i64| wm != i64::MIN && end.saturating_add(lateness) <= wm;
                             match spec {
                                 WindowSpec::Tumbling { size }
-                                | WindowSpec::Sliding { size, .. } => {
+                                | WindowSpec::Sliding { size, .. }
+                                | WindowSpec::TumblingProcessing { size }
+                                | WindowSpec::SlidingProcessing { size, .. } => {
                                     let slide = match spec {
-                                        WindowSpec::Sliding { slide, .. } => slide,
+                                        WindowSpec::Sliding { slide, .. }
+                                        | WindowSpec::SlidingProcessing { slide, .. } => slide,
                                         _ => size,
                                     };
+                                    // processing time: the window is the clock's, nothing is
+                                    // late, and the clock fires it (see the tick below)
+                                    let t = if processing { now_ms() } else { t };
+                                    let too_late = |end: i64| !processing && too_late(end);
                                     let last_start = t.div_euclid(slide).saturating_mul(slide);
                                     let mut accepted = false;
                                     let mut start = last_start;
@@ -332,7 +389,9 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                                             agg.add(&mut w.acc, v.clone());
                                             // within the allowed lateness after the watermark
                                             // passed its end: (re-)fire at once
-                                            if w.fired || (wm != i64::MIN && end <= wm) {
+                                            if !processing
+                                                && (w.fired || (wm != i64::MIN && end <= wm))
+                                            {
                                                 w.fired = true;
                                                 out.push(res(&k, start, end, &w.acc));
                                             }
@@ -420,12 +479,14 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                                 });
                                 continue;
                             }
-                            // fire what the watermark closed, in end order
+                            // fire what the watermark closed, in end order (processing-time
+                            // windows: only at the end of the input)
+                            let windows_on_wm = !processing || wm == i64::MAX;
                             for ((end, start), keys) in
                                 windows.range_mut(..(wm.saturating_add(1), i64::MIN))
                             {
                                 for (k, w) in keys.iter_mut() {
-                                    if !w.fired && *end <= wm {
+                                    if windows_on_wm && !w.fired && *end <= wm {
                                         w.fired = true;
                                         out.push(res(k, *start, *end, &w.acc));
                                     }
@@ -441,7 +502,9 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                                 }
                             }
                             // forget what can no longer change
-                            windows.retain(|(end, _), _| end.saturating_add(lateness) > wm);
+                            if windows_on_wm {
+                                windows.retain(|(end, _), _| end.saturating_add(lateness) > wm);
+                            }
                             sessions.retain(|_, list| {
                                 list.retain(|s| s.end.saturating_add(lateness) > wm);
                                 !list.is_empty()
@@ -455,6 +518,7 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                     }
                 }
             },
+            tick,
         );
         let windowed = inner.derive(out, Upstream::own(peers));
         let results = windowed.clone_stream().flat_map(|o| match o {

@@ -195,6 +195,7 @@ fn reference(spec: &WindowSpec, data: &[Gen]) -> Vec<Res> {
                 }
             }
         }
+        _ => unreachable!("event-time windows only"),
     }
     out.sort();
     out
