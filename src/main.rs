@@ -34,7 +34,7 @@ enum Command {
     /// from its latest checkpoint), --checkpoint-interval MS.
     ///
     /// Jobs: wordcount — count words: --input-file FILE | --input-topic TOPIC [--from-latest]
-    /// [--bounded]; [--window SECONDS] (tumbling event-time windows; without it, running
+    /// [--bounded] | --input-queue QUEUE [--amqp URI] [--until-idle SECONDS]; [--window SECONDS] (tumbling event-time windows; without it, running
     /// counts); [--output-topic TOPIC] (exactly-once with --checkpoint-dir; else printed);
     /// [--bootstrap HOST:PORT] (default 127.0.0.1:9092).
     Run {

@@ -349,7 +349,7 @@ fn fetch_loop(
 }
 
 impl<D: 'static> Reader<D> for TopicReader<D> {
-    fn start(&mut self, wake: SyncActivator) {
+    fn start(&mut self, wake: SyncActivator, _checkpointed: bool) {
         let (tx, rx) = sync_channel(8);
         self.rx = Some(rx);
         let (cfg, at, ends) = (self.cfg.clone(), self.position.clone(), self.ends.clone());

@@ -316,7 +316,7 @@ impl<'s> Env<'s> {
     {
         let source = source.into();
         let slot = self.ctx.checkpoints.slot("Source");
-        let stream = source.build(self.scope, slot);
+        let stream = source.build(self.scope, slot, &self.ctx.commits);
         let upstream = Upstream::own(self.scope.peers() as u32);
         DataStream::new(stream, upstream, self.ctx.clone())
     }

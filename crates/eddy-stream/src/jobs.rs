@@ -10,9 +10,10 @@ use crate::{
 /// The packaged jobs and what they do.
 pub const JOBS: &[(&str, &str)] = &[(
     "wordcount",
-    "count words: --input-file FILE | --input-topic TOPIC [--from-latest] [--bounded]; \
-     [--window SECONDS] (tumbling event-time windows; without it, running counts); \
-     [--output-topic TOPIC] (else printed); [--bootstrap HOST:PORT]",
+    "count words: --input-file FILE | --input-topic TOPIC [--from-latest] [--bounded] | \
+     --input-queue QUEUE [--amqp URI] [--until-idle SECONDS]; [--window SECONDS] (tumbling \
+     event-time windows; without it, running counts); [--output-topic TOPIC] (else printed); \
+     [--bootstrap HOST:PORT]",
 )];
 
 /// Run packaged job `name` with `args` (engine flags -w/-n/-p/-h/--checkpoint-dir/
@@ -67,6 +68,20 @@ impl Opts {
     }
 }
 
+#[cfg(feature = "amqp")]
+fn queue_source(queue: &str, uri: &str, until_idle: Option<Duration>) -> Source<String> {
+    let mut q = crate::EddyQueue::named(queue).uri(uri);
+    if let Some(d) = until_idle {
+        q = q.until_idle(d);
+    }
+    q.into()
+}
+
+#[cfg(not(feature = "amqp"))]
+fn queue_source(_queue: &str, _uri: &str, _until_idle: Option<Duration>) -> Source<String> {
+    panic!("this build of eddy-stream has no AMQP support (feature `amqp`)")
+}
+
 fn split_words(line: String) -> Vec<String> {
     line.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -80,12 +95,31 @@ fn wordcount(env: StreamEnv) -> Result<(), StreamError> {
         &[
             "--input-file",
             "--input-topic",
+            "--input-queue",
+            "--amqp",
+            "--until-idle",
             "--output-topic",
             "--window",
             "--bootstrap",
         ],
         &["--from-latest", "--bounded"],
     )?;
+    let queue = o.value("--input-queue")?;
+    let amqp = o
+        .value("--amqp")?
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let until_idle = match o.value("--until-idle")? {
+        Some(s) => Some(
+            s.parse::<f64>()
+                .ok()
+                .filter(|s| *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    StreamError::Config(format!("--until-idle takes seconds, not {s:?}"))
+                })?,
+        ),
+        None => None,
+    };
     let bootstrap = o
         .value("--bootstrap")?
         .unwrap_or_else(|| DEFAULT_BOOTSTRAP.to_owned());
@@ -103,14 +137,22 @@ fn wordcount(env: StreamEnv) -> Result<(), StreamError> {
         None => None,
     };
     let (from_latest, bounded) = (o.flag("--from-latest"), o.flag("--bounded"));
-    if file.is_some() == topic.is_some() {
+    if [file.is_some(), topic.is_some(), queue.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count()
+        != 1
+    {
         return Err(StreamError::Config(
-            "give one of --input-file FILE and --input-topic TOPIC".into(),
+            "give one of --input-file FILE, --input-topic TOPIC and --input-queue QUEUE".into(),
         ));
     }
     env.execute("wordcount", move |env| {
         let source: Source<String> = match (&file, &topic) {
             (Some(f), _) => Source::lines_of_file(f.clone()),
+            (None, None) => {
+                queue_source(queue.as_deref().expect("checked above"), &amqp, until_idle)
+            }
             (None, Some(t)) => {
                 let mut s = EddySource::topic(t)
                     .bootstrap(&bootstrap)
@@ -126,7 +168,6 @@ fn wordcount(env: StreamEnv) -> Result<(), StreamError> {
                 ))
                 .into()
             }
-            (None, None) => unreachable!("checked above"),
         };
         let words = env
             .source(source)

@@ -32,6 +32,8 @@ mod kafka;
 pub mod nexmark;
 mod operators;
 mod process;
+#[cfg(feature = "amqp")]
+mod queue;
 mod source;
 mod window;
 
@@ -41,6 +43,8 @@ pub use event::{Ev, Windowed};
 pub use join::{Either, IntervalJoin, Join, Joined, WindowJoin};
 pub use operators::{Committer, DataStream, KeyedStream, Sink, SinkTo};
 pub use process::{Context, ProcessFunction, Processed, TimeDomain};
+#[cfg(feature = "amqp")]
+pub use queue::{EddyQueue, QueueMessage, DEFAULT_AMQP};
 pub use source::{Source, WatermarkStrategy};
 pub use window::{
     Aggregator, CountWindow, GlobalWindow, Session, Sliding, Tumbling, WindowSpec, WindowedStream,

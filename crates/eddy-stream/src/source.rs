@@ -13,9 +13,11 @@
 //! it saves the reader's position and its watermark state for the epoch, then reads on in the
 //! next one.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,7 @@ use timely::scheduling::SyncActivator;
 
 use crate::checkpoint::Slot;
 use crate::event::{Ev, IDLE};
+use crate::operators::CommitHook;
 use crate::Data;
 
 /// One record read by a [`Reader`].
@@ -53,7 +56,7 @@ pub(crate) enum Poll {
 pub(crate) trait Reader<D>: 'static {
     /// Called once before the first poll, after any restore, with a handle that wakes the
     /// operator from another thread.
-    fn start(&mut self, _wake: SyncActivator) {}
+    fn start(&mut self, _wake: SyncActivator, _checkpointed: bool) {}
     /// Append up to `max` records to `out`.
     fn poll(&mut self, out: &mut Vec<Item<D>>, max: usize) -> Poll;
     /// The splits this instance reads (watermarks are per split).
@@ -67,6 +70,11 @@ pub(crate) trait Reader<D>: 'static {
     fn position(&self) -> Vec<u8>;
     /// Continue from a saved position (before `start`).
     fn restore(&mut self, position: &[u8]) -> Result<(), String>;
+    /// The source ended epoch `epoch` (its position was just saved for it).
+    fn epoch_ended(&mut self, _epoch: u64) {}
+    /// Checkpoint `epoch` is complete: what was read up to its end will never be read again
+    /// (a queue acknowledges those messages now).
+    fn epoch_complete(&mut self, _epoch: u64) {}
 }
 
 type MakeReader<D> = Arc<dyn Fn(usize, usize) -> Box<dyn Reader<D>> + Send + Sync>;
@@ -251,7 +259,12 @@ impl<D: Data> Source<D> {
         self
     }
 
-    pub(crate) fn build<'s>(self, scope: Scope<'s, u64>, slot: Slot) -> StreamVec<'s, u64, Ev<D>> {
+    pub(crate) fn build<'s>(
+        self,
+        scope: Scope<'s, u64>,
+        slot: Slot,
+        hooks: &RefCell<Vec<CommitHook>>,
+    ) -> StreamVec<'s, u64, Ev<D>> {
         let index = scope.index();
         let peers = scope.peers();
         let Source {
@@ -262,20 +275,24 @@ impl<D: Data> Source<D> {
         } = self;
         let bound = strategy.bound_ms();
         let from = index as u32;
+        let reader: Rc<RefCell<Box<dyn Reader<D>>>> = Rc::new(RefCell::new(make(index, peers)));
+        let on_complete = reader.clone();
+        hooks.borrow_mut().push(Box::new(move |epoch| {
+            on_complete.borrow_mut().epoch_complete(epoch)
+        }));
         source::<u64, CapacityContainerBuilder<Vec<Ev<D>>>, _, _>(
             scope,
             "Source",
             move |cap, info| {
                 let activator = scope.activator_for(info.address.clone());
                 let sync = scope.worker().sync_activator_for(info.address.to_vec());
-                let mut reader = make(index, peers);
                 let restored = match slot.restore::<SourceState>() {
                     Ok(s) => s,
                     Err(e) => panic!("{e}"),
                 };
                 let mut st = restored.unwrap_or_default();
                 if !st.position.is_empty() {
-                    if let Err(e) = reader.restore(&st.position) {
+                    if let Err(e) = reader.borrow_mut().restore(&st.position) {
                         panic!("source: cannot resume from its checkpointed position: {e}");
                     }
                 }
@@ -287,9 +304,10 @@ impl<D: Data> Source<D> {
                 let mut idle_sent = false;
                 move |output| {
                     let Some(c) = cap.as_mut() else { return };
+                    let mut reader = reader.borrow_mut();
                     if !started {
                         started = true;
-                        reader.start(sync.clone());
+                        reader.start(sync.clone(), slot.enabled());
                         let now = Instant::now();
                         for s in reader.splits() {
                             last_seen.insert(s, now);
@@ -320,6 +338,7 @@ impl<D: Data> Source<D> {
                         if let Err(e) = slot.save(*c.time(), &st) {
                             panic!("source: {e}");
                         }
+                        reader.epoch_ended(*c.time());
                         cap = None;
                         return;
                     }
@@ -372,6 +391,7 @@ impl<D: Data> Source<D> {
                         if let Err(err) = slot.save(e, &st) {
                             panic!("source: {err}");
                         }
+                        reader.epoch_ended(e);
                         c.downgrade(&(e + 1));
                         epoch_began = Instant::now();
                     }
@@ -393,27 +413,47 @@ impl<D: Data> Source<D> {
     }
 }
 
+impl<D: Data + serde::de::DeserializeOwned> Source<D> {
+    /// One JSON value per line of a file (empty lines skipped), shared among the workers as
+    /// [`Source::lines_of_file`] does; a line that is not a `D` fails the job with its line
+    /// number.
+    pub fn json_lines_of_file(path: impl Into<PathBuf>) -> Source<D> {
+        let path: PathBuf = path.into();
+        Source::generator(move |index, peers| {
+            let shown = path.display().to_string();
+            let file = std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("cannot read the input file {shown}: {e}"));
+            std::io::BufReader::new(file)
+                .lines()
+                .enumerate()
+                .filter(move |(i, _)| i % peers == index)
+                .filter_map(move |(i, line)| {
+                    let line = line.unwrap_or_else(|e| panic!("{shown}: line {}: {e}", i + 1));
+                    if line.trim().is_empty() {
+                        return None;
+                    }
+                    Some(serde_json::from_str::<D>(&line).unwrap_or_else(|e| {
+                        panic!("{shown}: line {}: not the expected JSON: {e}", i + 1)
+                    }))
+                })
+        })
+    }
+}
+
 impl Source<String> {
     /// The lines of a text file; worker `index` of `peers` reads lines `index`, `index +
     /// peers`, … (so every line is read once whatever the number of workers).
     pub fn lines_of_file(path: impl Into<PathBuf>) -> Source<String> {
         let path: PathBuf = path.into();
         Source::generator(move |index, peers| {
-            let lines: Box<dyn Iterator<Item = String>> = match std::fs::File::open(&path) {
-                Ok(f) => Box::new(
-                    std::io::BufReader::new(f)
-                        .lines()
-                        .map_while(Result::ok)
-                        .enumerate()
-                        .filter(move |(i, _)| i % peers == index)
-                        .map(|(_, l)| l),
-                ),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), "cannot read the input file: {e}");
-                    Box::new(std::iter::empty())
-                }
-            };
-            lines
+            let shown = path.display().to_string();
+            let file = std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("cannot read the input file {shown}: {e}"));
+            std::io::BufReader::new(file)
+                .lines()
+                .enumerate()
+                .filter(move |(i, _)| i % peers == index)
+                .map(move |(i, l)| l.unwrap_or_else(|e| panic!("{shown}: line {}: {e}", i + 1)))
         })
     }
 }

@@ -78,3 +78,59 @@ fn a_panicking_function_fails_the_job_with_its_message() {
         .expect("the job fails");
     assert!(err.to_string().contains("bad record 5000"), "{err}");
 }
+
+#[test]
+fn json_lines_are_read_and_a_bad_line_is_named() {
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    struct Order {
+        item: String,
+        qty: u64,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders.jsonl");
+    let mut text = String::new();
+    for i in 0..100 {
+        text.push_str(&format!("{{\"item\":\"i{}\",\"qty\":{}}}\n", i % 3, i));
+        if i == 50 {
+            text.push('\n');
+        }
+    }
+    std::fs::write(&path, &text).unwrap();
+    for workers in [1, 2] {
+        let total = Arc::new(Mutex::new(0u64));
+        let t = total.clone();
+        let p = path.clone();
+        StreamEnv::workers(workers)
+            .execute("json", move |env| {
+                let t = t.clone();
+                env.source(Source::<Order>::json_lines_of_file(p.clone()))
+                    .sink(eddy_stream::Sink::new(move |_, o: Order| {
+                        *t.lock() += o.qty
+                    }));
+            })
+            .unwrap();
+        assert_eq!(*total.lock(), (0..100).sum::<u64>());
+    }
+    std::fs::write(
+        &path,
+        "{\"item\":\"a\",\"qty\":1}\n{\"item\":\"b\",\"qty\":\"many\"}\n",
+    )
+    .unwrap();
+    let p = path.clone();
+    let err = StreamEnv::workers(1)
+        .execute("json", move |env| {
+            env.source(Source::<Order>::json_lines_of_file(p.clone()))
+                .sink(eddy_stream::Sink::new(|_, _| {}));
+        })
+        .err()
+        .expect("fails");
+    assert!(err.to_string().contains("line 2"), "{err}");
+    let err = StreamEnv::workers(1)
+        .execute("json", |env| {
+            env.source(Source::lines_of_file("/nonexistent/input.txt"))
+                .sink(eddy_stream::Sink::new(|_, _| {}));
+        })
+        .err()
+        .expect("fails");
+    assert!(err.to_string().contains("/nonexistent/input.txt"), "{err}");
+}
