@@ -286,3 +286,33 @@ def test_a_queue_source_is_exactly_once_across_a_kill9_of_the_job(own_eddy, tmp_
     for word, n in want.items():
         assert sorted(counts[word]) == list(range(1, n + 1)), f"{word}: {len(counts[word])} counts for {n} words"
     assert set(counts) == set(want)
+
+
+def test_the_topic_source_reads_batches_of_every_compression_codec(broker, tmp_path):
+    src, out = qname("zipped"), qname("counts")
+    want = collections.Counter()
+    rng = random.Random(9)
+    for codec in ["gzip", "snappy", "lz4", "zstd", "none"]:
+        p = Producer({"bootstrap.servers": broker.bootstrap, "compression.type": codec, "linger.ms": 50})
+        for _ in range(500):
+            line = " ".join(rng.choice(VOCAB) for _ in range(rng.randint(1, 6)))
+            want.update(line.split())
+            p.produce(src, line.encode())
+        assert p.flush(30) == 0
+    args = [BINARY, "run", "wordcount", "--input-topic", src, "--bounded", "--bootstrap", broker.bootstrap,
+            "--output-topic", out]
+    run_job(args, tmp_path / "job.log")
+    got = {}
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": qname("check"), "auto.offset.reset": "earliest"})
+    try:
+        c.subscribe([out])
+        deadline = time.monotonic() + 60
+        while got != dict(want):
+            assert time.monotonic() < deadline, f"{len(got)} of {len(want)} words"
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            w = m.key().decode()
+            got[w] = max(got.get(w, 0), int(m.value()))
+    finally:
+        c.close()

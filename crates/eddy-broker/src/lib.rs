@@ -17,7 +17,8 @@ pub mod exchange;
 pub mod message;
 pub mod offsets;
 pub mod queue;
-pub mod records;
+/// Kafka's record batch format (the `eddy-records` crate, shared with the stream engine).
+pub use eddy_records as records;
 pub mod stream;
 pub mod topic;
 pub mod vhost;

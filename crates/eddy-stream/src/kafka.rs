@@ -393,51 +393,10 @@ struct Decoded {
     next: Option<i64>,
 }
 
-/// Reads varints and byte strings off a batch, every length checked against what is left.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn varlong(&mut self) -> Result<i64, String> {
-        let mut v: u64 = 0;
-        for i in 0..10 {
-            let (&b, rest) = self
-                .0
-                .split_first()
-                .ok_or("a record ends inside a varint")?;
-            self.0 = rest;
-            v |= ((b & 0x7f) as u64) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
-            }
-        }
-        Err("a varint longer than 10 bytes".into())
-    }
-    fn varint(&mut self) -> Result<i32, String> {
-        i32::try_from(self.varlong()?).map_err(|_| "a varint out of range".to_owned())
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if n > self.0.len() {
-            return Err(format!("a field of {n} bytes with {} left", self.0.len()));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    /// A length-prefixed byte string (`None` for length -1).
-    fn bytes(&mut self) -> Result<Option<&'a [u8]>, String> {
-        match self.varint()? {
-            -1 => Ok(None),
-            n if n < 0 => Err(format!("a length of {n}")),
-            n => self.take(n as usize).map(Some),
-        }
-    }
-}
-
-/// Decode the v2 record batches in `bytes` (a fetch may end in a partial batch, left for the
-/// next fetch). Counts and lengths are checked against the bytes there before anything is
-/// allocated for them.
+/// Decode the record batches in `bytes` (a fetch may end in a partial batch, left for the
+/// next fetch) with the shared record codec (`eddy-records`: v2 batches, every codec Kafka
+/// clients compress with, counts and lengths checked before anything is sized by them).
 fn decode_batches(mut bytes: Bytes, from: i64) -> Result<Decoded, String> {
-    const HEADER: usize = 61;
     let mut out = Decoded {
         records: Vec::new(),
         next: None,
@@ -445,74 +404,30 @@ fn decode_batches(mut bytes: Bytes, from: i64) -> Result<Decoded, String> {
     while bytes.len() >= 12 {
         let base = i64::from_be_bytes(bytes[0..8].try_into().expect("8 bytes"));
         let len = i32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if len < (HEADER - 12) as i32 {
-            return Err(format!("a batch of length {len}"));
+        if len < (eddy_records::HEADER - 12) as i32 || base < 0 {
+            return Err(format!("a batch of length {len} at offset {base}"));
         }
         let total = 12 + len as usize;
         if bytes.len() < total {
             break;
         }
         let batch = bytes.split_to(total);
-        if batch[16] != 2 {
-            return Err(format!(
-                "a record batch of magic {} (only v2 is read)",
-                batch[16]
-            ));
-        }
-        let attributes = i16::from_be_bytes([batch[21], batch[22]]);
         let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
-        let first_ts = i64::from_be_bytes(batch[27..35].try_into().expect("8 bytes"));
-        let count = i32::from_be_bytes(batch[57..61].try_into().expect("4 bytes"));
         out.next = Some(base.saturating_add(last_delta as i64).saturating_add(1));
-        let codec = attributes & 0x7;
-        if codec != 0 {
-            let name = ["none", "gzip", "snappy", "lz4", "zstd"]
-                .get(codec as usize)
-                .copied()
-                .unwrap_or("unknown");
-            return Err(format!("a {name}-compressed batch at offset {base}: the stream source reads uncompressed batches only"));
+        if eddy_records::is_control(&batch) {
+            continue; // transaction markers
         }
-        if attributes & 0x20 != 0 {
-            continue; // control batch (transaction markers)
-        }
-        let body = &batch[HEADER..];
-        // a record takes at least 7 bytes: a count beyond that is a lie
-        if count < 0 || count as usize > body.len() / 7 + 1 {
-            return Err(format!(
-                "a batch claiming {count} records in {} bytes",
-                body.len()
-            ));
-        }
-        let mut c = Cursor(body);
-        for _ in 0..count {
-            let size = c.varint()?;
-            if size < 0 {
-                return Err(format!("a record of length {size}"));
-            }
-            let mut r = Cursor(c.take(size as usize)?);
-            let _attributes = r.take(1)?;
-            let ts_delta = r.varlong()?;
-            let offset_delta = r.varint()?;
-            let key = r.bytes()?.map(Bytes::copy_from_slice);
-            let value = r.bytes()?.map(Bytes::copy_from_slice);
-            let n_headers = r.varint()?;
-            if n_headers < 0 || n_headers as usize > r.0.len() / 2 {
-                return Err(format!("a record claiming {n_headers} headers"));
-            }
-            let mut headers = Vec::with_capacity(n_headers as usize);
-            for _ in 0..n_headers {
-                let k = r.bytes()?.ok_or("a header without a name")?;
-                let v = r.bytes()?.map(Bytes::copy_from_slice);
-                headers.push((String::from_utf8_lossy(k).into_owned(), v));
-            }
-            let offset = base.saturating_add(offset_delta as i64);
+        let records = eddy_records::decode_batch(base as u64, &batch)
+            .map_err(|e| format!("at offset {base}: {e}"))?;
+        for r in records {
+            let offset = r.offset.min(i64::MAX as u64) as i64;
             if offset >= from {
                 out.records.push(Fetched {
                     offset,
-                    timestamp: first_ts.saturating_add(ts_delta),
-                    key,
-                    value,
-                    headers,
+                    timestamp: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
                 });
             }
         }
@@ -634,12 +549,15 @@ mod tests {
         huge[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
         assert!(decode_batches(Bytes::from(huge), 0)
             .unwrap_err()
-            .contains("claiming"));
+            .contains("records in"));
         let mut gz = b.to_vec();
         gz[22] |= 1;
-        assert!(decode_batches(Bytes::from(gz), 0)
-            .unwrap_err()
-            .contains("gzip"));
+        assert!(
+            decode_batches(Bytes::from(gz), 0)
+                .unwrap_err()
+                .contains("gzip"),
+            "not gzip data"
+        );
         let mut neg = b.to_vec();
         neg[8..12].copy_from_slice(&(-5i32).to_be_bytes());
         assert!(decode_batches(Bytes::from(neg), 0).is_err());

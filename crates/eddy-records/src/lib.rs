@@ -85,7 +85,15 @@ pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, Recor
         c => Bytes::from(decompress(c, &batch[HEADER..])?),
     };
     let mut r = Cursor { buf: &body, at: 0 };
-    let mut out = Vec::with_capacity((count as usize).min(body.len()));
+    // a record takes at least 7 bytes: a count beyond that is a lie, refused before
+    // anything is sized by it
+    if count as usize > body.len() / 7 + 1 {
+        return Err(malformed(format!(
+            "{count} records in {} bytes",
+            body.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let len = r.varint()?;
         let end = r
@@ -99,7 +107,8 @@ pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, Recor
         let key = r.bytes(&body)?;
         let value = r.bytes(&body)?;
         let n_headers = r.varint()?;
-        if n_headers < 0 || n_headers as usize > body.len() {
+        // a header takes at least 2 bytes
+        if n_headers < 0 || n_headers as usize > end.saturating_sub(r.at) / 2 {
             return Err(malformed(format!("header count {n_headers}")));
         }
         let mut headers = Vec::with_capacity(n_headers as usize);
@@ -114,8 +123,8 @@ pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, Recor
             return Err(malformed("record length does not match its fields"));
         }
         out.push(Record {
-            offset: base_offset + offset_delta.max(0) as u64,
-            timestamp: base_ts + ts_delta,
+            offset: base_offset.saturating_add(offset_delta.max(0) as u64),
+            timestamp: base_ts.saturating_add(ts_delta),
             key,
             value,
             headers,
