@@ -190,6 +190,30 @@ def test_one_worker_two_workers_and_two_processes_agree(own_eddy, tmp_path):
     assert workers == {b"0/0", b"0/1"}, f"both processes wrote: {workers}"
 
 
+def test_a_failure_in_one_of_two_processes_ends_both_with_the_error(tmp_path):
+    """Process 1 cannot read its input (the file is only where process 0 runs): both processes
+    exit with status 1 and say why, instead of waiting for each other."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1:{free_port()}\n127.0.0.1:{free_port()}\n")
+    dirs = [tmp_path / "p0", tmp_path / "p1"]
+    for d in dirs:
+        d.mkdir()
+    (dirs[0] / "in.txt").write_text("a b c\n" * 1000)
+    jobs = [subprocess.Popen([BINARY, "run", "wordcount", "--input-file", "in.txt", "-n", "2", "-p", str(i),
+                              "-h", str(hosts)], cwd=dirs[i], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, env={**os.environ, "RUST_BACKTRACE": "0"})
+            for i in range(2)]
+    try:
+        errs = [j.communicate(timeout=60)[1] for j in jobs]
+    finally:
+        for j in jobs:
+            if j.poll() is None:
+                j.kill()
+    assert [j.returncode for j in jobs] == [1, 1], errs
+    assert b"cannot read the input file in.txt" in errs[1], errs[1][-2000:]
+    assert b"lost the connection to a peer process" in errs[0], errs[0][-2000:]
+
+
 def test_bad_job_arguments_and_a_missing_topic_are_clear_errors(broker, tmp_path):
     r = subprocess.run([BINARY, "run", "nosuchjob"], capture_output=True, timeout=30)
     assert r.returncode != 0 and b"no packaged job" in r.stderr
@@ -286,6 +310,13 @@ def test_a_queue_source_is_exactly_once_across_a_kill9_of_the_job(own_eddy, tmp_
     for word, n in want.items():
         assert sorted(counts[word]) == list(range(1, n + 1)), f"{word}: {len(counts[word])} counts for {n} words"
     assert set(counts) == set(want)
+    # the job's last acknowledgements were sent before it returned: nothing is left to redeliver
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", s.port))
+    try:
+        left = conn.channel().queue_declare(q, passive=True).method.message_count
+    finally:
+        conn.close()
+    assert left == 0, f"{left} messages still in the queue after the job ended"
 
 
 def test_the_topic_source_reads_batches_of_every_compression_codec(broker, tmp_path):

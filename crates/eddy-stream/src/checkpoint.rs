@@ -234,9 +234,13 @@ impl Checkpoints {
     }
 
     fn op_dir(&self, id: usize) -> Option<PathBuf> {
+        self.op_dir_of(self.worker, id)
+    }
+
+    fn op_dir_of(&self, worker: usize, id: usize) -> Option<PathBuf> {
         self.dir
             .as_ref()
-            .map(|d| d.join(format!("w{}", self.worker)).join(format!("op{id}")))
+            .map(|d| d.join(format!("w{worker}")).join(format!("op{id}")))
     }
 }
 
@@ -262,7 +266,12 @@ impl Slot {
 
     /// Saved epochs of this operator, ascending.
     fn saved(&self) -> Vec<(u64, PathBuf)> {
-        let Some(dir) = self.cp.op_dir(self.id) else {
+        self.saved_by(self.cp.worker)
+    }
+
+    /// Saved epochs of this operator on worker `worker`, ascending.
+    fn saved_by(&self, worker: usize) -> Vec<(u64, PathBuf)> {
+        let Some(dir) = self.cp.op_dir_of(worker, self.id) else {
             return Vec::new();
         };
         let mut v: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
@@ -280,10 +289,34 @@ impl Slot {
 
     /// The state to resume with: the latest saved at or before the restored epoch.
     pub(crate) fn restore<S: DeserializeOwned>(&self) -> Result<Option<S>, StreamError> {
+        self.restore_of(self.cp.worker)
+    }
+
+    /// What the same operator on every other worker of `peers` resumes with (for state that
+    /// the workers share, like the ids of messages a queue may redeliver to any of them).
+    /// Workers whose files this process cannot see (another machine without a shared
+    /// checkpoint directory) are missing from it.
+    pub(crate) fn restore_peers<S: DeserializeOwned>(
+        &self,
+        peers: usize,
+    ) -> Result<Vec<S>, StreamError> {
+        let mut all = Vec::new();
+        for w in (0..peers).filter(|w| *w != self.cp.worker) {
+            all.extend(self.restore_of(w)?);
+        }
+        Ok(all)
+    }
+
+    fn restore_of<S: DeserializeOwned>(&self, worker: usize) -> Result<Option<S>, StreamError> {
         let Some(r) = self.cp.restored else {
             return Ok(None);
         };
-        let Some((_, path)) = self.saved().into_iter().rev().find(|(e, _)| *e <= r) else {
+        let Some((_, path)) = self
+            .saved_by(worker)
+            .into_iter()
+            .rev()
+            .find(|(e, _)| *e <= r)
+        else {
             return Ok(None);
         };
         let bytes = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
@@ -395,12 +428,12 @@ where
             let mut cur = start.unwrap_or(FINAL);
             let mut stash: BTreeMap<u64, Vec<Vec<Ev<D>>>> = BTreeMap::new();
             let mut out: Vec<Ev<O>> = Vec::new();
+            let mut armed: Option<std::time::Instant> = None;
             move |(input, frontier), output| {
                 // timers due by now fire before the records that arrived after them
                 if let Some(h) = held.as_ref() {
-                    if let Some(after) = tick(&mut state, cur, &mut out) {
-                        activator.activate_after(after);
-                    }
+                    let after = tick(&mut state, cur, &mut out);
+                    arm(&activator, &mut armed, after);
                     if !out.is_empty() {
                         output.session(h).give_iterator(out.drain(..));
                     }
@@ -416,15 +449,6 @@ where
                         stash.entry(t).or_default().push(std::mem::take(data));
                     }
                 });
-                // and again after them, for what they registered (and to be woken for it)
-                if let Some(h) = held.as_ref() {
-                    if let Some(after) = tick(&mut state, cur, &mut out) {
-                        activator.activate_after(after);
-                    }
-                    if !out.is_empty() {
-                        output.session(h).give_iterator(out.drain(..));
-                    }
-                }
                 while held.is_some() && !frontier.less_equal(&cur) {
                     if let Err(e) = slot.save(cur, &state) {
                         panic!("{op_name}: {e}");
@@ -451,7 +475,31 @@ where
                         }
                     }
                 }
+                // and again after the records (and stashed ones), for what they registered
+                if let Some(h) = held.as_ref() {
+                    let after = tick(&mut state, cur, &mut out);
+                    arm(&activator, &mut armed, after);
+                    if !out.is_empty() {
+                        output.session(h).give_iterator(out.drain(..));
+                    }
+                }
             }
         },
     )
+}
+
+/// Ask to be activated `after` from now unless an activation at or before then is pending
+/// (timely keeps every request, so re-asking on each activation would pile them up).
+fn arm(
+    activator: &timely::scheduling::Activator,
+    armed: &mut Option<std::time::Instant>,
+    after: Option<std::time::Duration>,
+) {
+    let Some(after) = after else { return };
+    let now = std::time::Instant::now();
+    let at = now + after;
+    if armed.is_none_or(|pending| pending <= now || at < pending) {
+        *armed = Some(at);
+        activator.activate_after(after);
+    }
 }

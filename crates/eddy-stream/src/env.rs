@@ -178,6 +178,13 @@ impl StreamEnv {
         F: Fn(&mut Env) + Send + Sync + 'static,
     {
         let name = name.to_owned();
+        let cluster = matches!(
+            self.config.communication,
+            CommunicationConfig::Cluster { .. }
+        );
+        if cluster {
+            exit_when_a_peer_is_lost();
+        }
         let checkpoint = self
             .checkpoint_dir
             .clone()
@@ -203,7 +210,16 @@ impl StreamEnv {
                 ),
             };
             if let Some(err) = err {
+                let first = f.lock().is_none();
                 f.lock().get_or_insert(format!("worker {index}: {err}"));
+                if cluster && first {
+                    // timely cannot take a process out of a running cluster: the peers would
+                    // wait for this one forever. Ending the process ends its connections, and
+                    // the peers end too (see exit_when_a_peer_is_lost).
+                    tracing::error!(worker = index, "the job failed: {err}");
+                    eprintln!("error: worker {index}: {err}");
+                    std::process::exit(1);
+                }
             }
             if f.lock().is_some() {
                 // stop this worker's part of the job for good: timely would otherwise keep
@@ -223,6 +239,41 @@ impl StreamEnv {
         }
         Ok(())
     }
+}
+
+/// In a job of several processes, a lost connection to a peer process (it failed or was
+/// killed) ends this process with status 1 and a message, instead of leaving its workers
+/// waiting for progress that cannot come. (Timely's network threads panic then; the workers
+/// are not told.)
+fn exit_when_a_peer_is_lost() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let network = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("timely:recv") || n.starts_with("timely:send"));
+            if network {
+                let what = info
+                    .payload()
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| {
+                        info.payload()
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                    })
+                    .unwrap_or_default();
+                tracing::error!("lost the connection to a peer process: {what}");
+                eprintln!(
+                    "error: lost the connection to a peer process of the job (it failed or was \
+                     stopped): {what}"
+                );
+                std::process::exit(1);
+            }
+            previous(info)
+        }));
+    });
 }
 
 /// One worker: build the job, run it, mark checkpoints complete and let the sinks commit.

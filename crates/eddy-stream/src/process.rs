@@ -59,13 +59,10 @@ pub trait ProcessFunction<K, V>: 'static {
     }
 }
 
-/// Timer changes asked for by a function call.
-#[derive(Default)]
-struct TimerOps {
-    add_event: Vec<i64>,
-    del_event: Vec<i64>,
-    add_proc: Vec<i64>,
-    del_proc: Vec<i64>,
+/// A timer change asked for by a function call; applied in the order asked.
+enum TimerOp {
+    Add(TimeDomain, i64),
+    Delete(TimeDomain, i64),
 }
 
 /// What a process function sees and does for one key.
@@ -75,7 +72,7 @@ pub struct Context<'a, S, O, X> {
     watermark: i64,
     now: i64,
     out: &'a mut Emitted<O, X>,
-    timers: &'a mut TimerOps,
+    timers: &'a mut Vec<TimerOp>,
 }
 
 impl<S: Default, O, X> Context<'_, S, O, X> {
@@ -113,19 +110,21 @@ impl<S: Default, O, X> Context<'_, S, O, X> {
     }
     /// Call `on_timer` once the watermark reaches `t`.
     pub fn register_event_timer(&mut self, t: i64) {
-        self.timers.add_event.push(t);
+        self.timers.push(TimerOp::Add(TimeDomain::EventTime, t));
     }
     /// Forget an event-time timer.
     pub fn delete_event_timer(&mut self, t: i64) {
-        self.timers.del_event.push(t);
+        self.timers.push(TimerOp::Delete(TimeDomain::EventTime, t));
     }
     /// Call `on_timer` once the wall clock reaches `t` (ms since the epoch).
     pub fn register_processing_timer(&mut self, t: i64) {
-        self.timers.add_proc.push(t);
+        self.timers
+            .push(TimerOp::Add(TimeDomain::ProcessingTime, t));
     }
     /// Forget a processing-time timer.
     pub fn delete_processing_timer(&mut self, t: i64) {
-        self.timers.del_proc.push(t);
+        self.timers
+            .push(TimerOp::Delete(TimeDomain::ProcessingTime, t));
     }
 }
 
@@ -169,7 +168,7 @@ fn call<K, S, O, X>(
         Some((s, touched)) if ttl.is_none_or(|ttl| now.saturating_sub(touched) < ttl) => Some(s),
         _ => None,
     };
-    let mut timers = TimerOps::default();
+    let mut timers = Vec::new();
     let mut ctx = Context {
         state: &mut slot,
         timestamp,
@@ -182,26 +181,32 @@ fn call<K, S, O, X>(
     if let Some(s) = slot {
         st.keys.insert(key.clone(), (s, now));
     }
-    for t in timers.del_event {
-        if let Some(set) = st.event_timers.get_mut(&t) {
-            set.remove(key);
+    for op in timers {
+        let (TimerOp::Add(domain, t) | TimerOp::Delete(domain, t)) = op;
+        let map = match domain {
+            TimeDomain::EventTime => &mut st.event_timers,
+            TimeDomain::ProcessingTime => &mut st.proc_timers,
+        };
+        match op {
+            TimerOp::Add(..) => {
+                map.entry(t).or_default().insert(key.clone());
+            }
+            TimerOp::Delete(..) => {
+                if let Some(set) = map.get_mut(&t) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        map.remove(&t);
+                    }
+                }
+            }
         }
-    }
-    for t in timers.add_event {
-        st.event_timers.entry(t).or_default().insert(key.clone());
-    }
-    for t in timers.del_proc {
-        if let Some(set) = st.proc_timers.get_mut(&t) {
-            set.remove(key);
-        }
-    }
-    for t in timers.add_proc {
-        st.proc_timers.entry(t).or_default().insert(key.clone());
     }
 }
 
-/// Fire every timer in `timers` due at or before `upto` (re-reading, since a timer may
-/// register another one that is due too).
+/// Fire the timers of `domain` due at or before `upto`, in time order. A timer registered
+/// while firing for a later time (up to `upto`) fires in this pass too; one registered for the
+/// time being fired or earlier waits for the next pass, so a timer that re-registers itself
+/// cannot spin forever.
 #[allow(clippy::too_many_arguments)]
 fn fire<K, V, P>(
     st: &mut ProcState<K, P::State>,
@@ -215,17 +220,17 @@ fn fire<K, V, P>(
     K: Clone + Hash + Eq + Ord,
     P: ProcessFunction<K, V>,
 {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let mut floor = Unbounded;
     loop {
         let timers = match domain {
             TimeDomain::EventTime => &mut st.event_timers,
             TimeDomain::ProcessingTime => &mut st.proc_timers,
         };
-        let Some((&t, _)) = timers.first_key_value() else {
+        let Some((&t, _)) = timers.range((floor, Included(upto))).next() else {
             break;
         };
-        if t > upto {
-            break;
-        }
+        floor = Excluded(t);
         let keys = timers.remove(&t).unwrap_or_default();
         let mut keys: Vec<K> = keys.into_iter().collect();
         keys.sort();

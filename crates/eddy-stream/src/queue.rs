@@ -5,9 +5,13 @@
 //! epoch that read it is complete, so a crash redelivers what the restored state has not
 //! seen. Messages that carry a `message_id` are exactly-once: the ids of messages read in
 //! checkpointed epochs but not yet acknowledged are kept in the checkpoint, and a redelivery
-//! of one of them after a restore is acknowledged and skipped. Messages without an id are
-//! at-least-once across a crash between a checkpoint and its acknowledgement. Without
-//! checkpoints, messages are acknowledged as they are read.
+//! (flagged `redelivered` by the broker) of one of them after a restore is acknowledged and
+//! skipped, whichever worker it reaches: every worker restores the ids of all workers (their
+//! checkpoint files must be visible to it; a directory shared by the processes). Messages
+//! without an id are at-least-once across a crash between a checkpoint and its
+//! acknowledgement. Without checkpoints, messages are acknowledged as they are read. When the
+//! stream ends, the last acknowledgement is confirmed sent and the connection closed before
+//! the job returns.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
@@ -20,6 +24,7 @@ use lapin::{Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
 use timely::scheduling::SyncActivator;
 
+use crate::checkpoint::FINAL;
 use crate::source::{Item, Poll, Reader, Source};
 
 /// The default address of Eddy's AMQP listener, with the default user.
@@ -32,6 +37,8 @@ pub struct QueueMessage {
     pub body: Vec<u8>,
     /// Its `message_id` property.
     pub message_id: Option<String>,
+    /// Whether the broker delivered it before (to this job's earlier run, say).
+    pub redelivered: bool,
     /// The routing key it was published with.
     pub routing_key: String,
 }
@@ -69,8 +76,10 @@ impl EddyQueue {
         self
     }
 
-    /// End the stream once no message has come for `quiet` (a bounded run over what the
-    /// queue holds); by default the stream never ends.
+    /// End the stream once no message has come for `quiet` while every message read was
+    /// acknowledged (a bounded run over what the queue holds: with checkpoints, the broker
+    /// holds back deliveries beyond the prefetch until a checkpoint acknowledges, which does
+    /// not count as quiet); by default the stream never ends.
     pub fn until_idle(mut self, quiet: Duration) -> Self {
         self.until_idle = Some(quiet);
         self
@@ -107,14 +116,20 @@ enum FromBroker {
     Failed(String),
 }
 
-/// To the consuming thread: acknowledge up to this delivery tag (multiple).
-struct Ack(u64);
+/// To the consuming thread.
+enum ToBroker {
+    /// Acknowledge up to this delivery tag (multiple).
+    Ack(u64),
+    /// Close the connection (after the acknowledgements sent before) and say how it went.
+    Close(SyncSender<Result<(), String>>),
+}
 
 struct QueueReader<D> {
     cfg: EddyQueue,
     convert: fn(QueueMessage) -> D,
     rx: Option<Receiver<FromBroker>>,
-    acks: Option<tokio::sync::mpsc::UnboundedSender<Ack>>,
+    acks: Option<tokio::sync::mpsc::UnboundedSender<ToBroker>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     buffered: VecDeque<(u64, QueueMessage)>,
     checkpointed: bool,
     /// The last delivery tag handed out, the last acknowledged (an ack never repeats: the
@@ -143,6 +158,7 @@ impl<D> QueueReader<D> {
             convert,
             rx: None,
             acks: None,
+            thread: None,
             buffered: VecDeque::new(),
             checkpointed: false,
             last_tag: 0,
@@ -161,7 +177,33 @@ impl<D> QueueReader<D> {
         }
         self.acked = tag;
         if let Some(a) = &self.acks {
-            let _ = a.send(Ack(tag));
+            let _ = a.send(ToBroker::Ack(tag));
+        }
+    }
+
+    /// The stream ended: wait until the acknowledgements are on their way and the
+    /// connection is closed (a message acknowledged only in a buffer when the process exits
+    /// would be delivered again to the next run).
+    fn close(&mut self) {
+        let Some(a) = self.acks.take() else { return };
+        let (tx, rx) = sync_channel(1);
+        let closed = if a.send(ToBroker::Close(tx)).is_ok() {
+            rx.recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| Err("no answer from the broker in 10 s".into()))
+        } else {
+            Err("the connection was gone".into())
+        };
+        match closed {
+            Ok(()) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Err(e) => tracing::warn!(
+                queue = %self.cfg.queue,
+                "closing the queue source's connection: {e}; messages acknowledged last may be \
+                 delivered again"
+            ),
         }
     }
 }
@@ -169,7 +211,7 @@ impl<D> QueueReader<D> {
 async fn consume(
     cfg: EddyQueue,
     tx: SyncSender<FromBroker>,
-    mut acks: tokio::sync::mpsc::UnboundedReceiver<Ack>,
+    mut acks: tokio::sync::mpsc::UnboundedReceiver<ToBroker>,
     wake: SyncActivator,
 ) -> Result<(), String> {
     let conn = tokio::time::timeout(
@@ -210,6 +252,7 @@ async fn consume(
                 let m = QueueMessage {
                     body: d.data.clone(),
                     message_id: d.properties.message_id().as_ref().map(|s| s.as_str().to_owned()),
+                    redelivered: d.redelivered,
                     routing_key: d.routing_key.as_str().to_owned(),
                 };
                 // blocking hand-over: the bounded channel is this source's backpressure
@@ -222,8 +265,17 @@ async fn consume(
                 let _ = wake.activate();
             }
             a = acks.recv() => {
-                let Some(Ack(tag)) = a else { return Ok(()) };
-                ch.basic_ack(tag, BasicAckOptions { multiple: true }).await.map_err(|e| format!("queue {}: {e}", cfg.queue))?;
+                match a {
+                    None => return Ok(()),
+                    Some(ToBroker::Ack(tag)) => {
+                        ch.basic_ack(tag, BasicAckOptions { multiple: true }).await.map_err(|e| format!("queue {}: {e}", cfg.queue))?;
+                    }
+                    Some(ToBroker::Close(reply)) => {
+                        let r = conn.close(200, "the stream ended".into()).await.map_err(|e| format!("queue {}: {e}", cfg.queue));
+                        let _ = reply.send(r);
+                        return Ok(());
+                    }
+                }
             }
         }
     }
@@ -238,7 +290,7 @@ impl<D: 'static> Reader<D> for QueueReader<D> {
         self.rx = Some(rx);
         self.acks = Some(atx);
         let cfg = self.cfg.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("eddy-queue-{}", cfg.queue))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
@@ -258,6 +310,7 @@ impl<D: 'static> Reader<D> for QueueReader<D> {
                 }
             })
             .unwrap_or_else(|e| panic!("source: cannot start its consuming thread: {e}"));
+        self.thread = Some(thread);
     }
 
     fn poll(&mut self, out: &mut Vec<Item<D>>, max: usize) -> Poll {
@@ -282,12 +335,14 @@ impl<D: 'static> Reader<D> for QueueReader<D> {
             last = Some(tag);
             self.last_tag = tag;
             if let Some(id) = &m.message_id {
-                if self.seen.remove(id) {
+                if self.checkpointed {
+                    // kept in checkpoints until acknowledged (skipped or not: a crash before
+                    // the acknowledgement delivers it again)
+                    self.current_ids.push(id.clone());
+                }
+                if m.redelivered && self.seen.remove(id) {
                     // processed before the crash, in a checkpoint that is restored
                     continue;
-                }
-                if self.checkpointed {
-                    self.current_ids.push(id.clone());
                 }
             }
             out.push(Item {
@@ -300,6 +355,10 @@ impl<D: 'static> Reader<D> for QueueReader<D> {
             if let Some(tag) = last {
                 self.ack(tag);
             }
+        }
+        if self.last_tag > self.acked {
+            // the broker may be holding messages back for the prefetch: not quiet
+            self.last_message = std::time::Instant::now();
         }
         if !self.buffered.is_empty() {
             Poll::Ready
@@ -330,7 +389,15 @@ impl<D: 'static> Reader<D> for QueueReader<D> {
 
     fn restore(&mut self, position: &[u8]) -> Result<(), String> {
         let p: QueuePosition = bincode::deserialize(position).map_err(|e| e.to_string())?;
-        self.seen = p.ids.into_iter().collect();
+        self.seen.extend(p.ids);
+        Ok(())
+    }
+
+    fn restore_peers(&mut self, positions: &[Vec<u8>]) -> Result<(), String> {
+        // the broker redelivers a message to whichever consumer it likes
+        for p in positions.iter().filter(|p| !p.is_empty()) {
+            self.restore(p)?;
+        }
         Ok(())
     }
 
@@ -354,6 +421,9 @@ impl<D: 'static> Reader<D> for QueueReader<D> {
         }
         if let Some(tag) = upto {
             self.ack(tag);
+        }
+        if epoch == FINAL {
+            self.close();
         }
     }
 }

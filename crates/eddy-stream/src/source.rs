@@ -70,6 +70,11 @@ pub(crate) trait Reader<D>: 'static {
     fn position(&self) -> Vec<u8>;
     /// Continue from a saved position (before `start`).
     fn restore(&mut self, position: &[u8]) -> Result<(), String>;
+    /// The positions the other workers' instances saved in the restored checkpoint (before
+    /// `start`; for sources whose workers share their input, like a queue's consumers).
+    fn restore_peers(&mut self, _positions: &[Vec<u8>]) -> Result<(), String> {
+        Ok(())
+    }
     /// The source ended epoch `epoch` (its position was just saved for it).
     fn epoch_ended(&mut self, _epoch: u64) {}
     /// Checkpoint `epoch` is complete: what was read up to its end will never be read again
@@ -296,12 +301,22 @@ impl<D: Data> Source<D> {
                         panic!("source: cannot resume from its checkpointed position: {e}");
                     }
                 }
+                let others: Vec<Vec<u8>> = match slot.restore_peers::<SourceState>(peers) {
+                    Ok(v) => v.into_iter().map(|s| s.position).collect(),
+                    Err(e) => panic!("{e}"),
+                };
+                if let Err(e) = reader.borrow_mut().restore_peers(&others) {
+                    panic!("source: cannot resume from the other workers' positions: {e}");
+                }
                 let mut cap = slot.start_epoch().map(|e| cap.delayed(&e));
                 let mut started = false;
                 let mut epoch_began = Instant::now();
                 let mut last_seen: BTreeMap<u32, Instant> = BTreeMap::new();
                 let mut buf: Vec<Item<D>> = Vec::with_capacity(CHUNK);
                 let mut idle_sent = false;
+                // after a restore, the restored watermark is announced again (operators that
+                // do not checkpoint theirs would otherwise wait for the next advance)
+                let mut reannounce = st.emitted;
                 move |output| {
                     let Some(c) = cap.as_mut() else { return };
                     let mut reader = reader.borrow_mut();
@@ -326,6 +341,13 @@ impl<D: Data> Source<D> {
                         *m = (*m).max(t);
                         last_seen.insert(item.split, now);
                         session.give(Ev::Rec(t, item.data));
+                    }
+                    if let Some(w) = reannounce.take() {
+                        session.give(Ev::Wm {
+                            from,
+                            to: from,
+                            t: w,
+                        });
                     }
                     if poll == Poll::Done {
                         session.give(Ev::Wm {

@@ -407,7 +407,8 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                                 }
                                 WindowSpec::Session { gap } => {
                                     // merge with every live session of the key it overlaps
-                                    // (as Flink, a late record may still extend one)
+                                    // or touches (as Flink; a late record may still extend
+                                    // one)
                                     let list = sessions.entry(k.clone()).or_default();
                                     let mut s = Sess {
                                         start: t,
@@ -418,7 +419,7 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
                                     let mut merged = false;
                                     let mut i = 0;
                                     while i < list.len() {
-                                        if list[i].start < s.end && s.start < list[i].end {
+                                        if list[i].start <= s.end && s.start <= list[i].end {
                                             let o = list.swap_remove(i);
                                             s.start = s.start.min(o.start);
                                             s.end = s.end.max(o.end);

@@ -74,8 +74,7 @@ fn a_panicking_function_fails_the_job_with_its_message() {
                 })
                 .sink(eddy_stream::Sink::new(|_, _| {}));
         })
-        .err()
-        .expect("the job fails");
+        .expect_err("the job fails");
     assert!(err.to_string().contains("bad record 5000"), "{err}");
 }
 
@@ -122,15 +121,13 @@ fn json_lines_are_read_and_a_bad_line_is_named() {
             env.source(Source::<Order>::json_lines_of_file(p.clone()))
                 .sink(eddy_stream::Sink::new(|_, _| {}));
         })
-        .err()
-        .expect("fails");
+        .expect_err("fails");
     assert!(err.to_string().contains("line 2"), "{err}");
     let err = StreamEnv::workers(1)
         .execute("json", |env| {
             env.source(Source::lines_of_file("/nonexistent/input.txt"))
                 .sink(eddy_stream::Sink::new(|_, _| {}));
         })
-        .err()
-        .expect("fails");
+        .expect_err("fails");
     assert!(err.to_string().contains("/nonexistent/input.txt"), "{err}");
 }

@@ -169,3 +169,85 @@ fn processing_time_timers_fire_on_the_wall_clock_and_ttl_expires_state() {
         "it fired about 30 ms in, while key 1 still had records: {got:?}"
     );
 }
+
+/// Timer changes are applied in the order asked; a timer that re-registers itself for its own
+/// time does not spin; one that registers a later timer still due fires it in the same pass.
+struct Timers;
+impl ProcessFunction<u32, (u32, i64)> for Timers {
+    type State = u64;
+    type Out = (u32, i64);
+    type Side = ();
+    fn process(&mut self, key: &u32, v: (u32, i64), ctx: &mut Context<'_, u64, Self::Out, ()>) {
+        let t = v.1;
+        match key {
+            // registered then deleted: never fires
+            0 => {
+                ctx.register_event_timer(t + 5);
+                ctx.delete_event_timer(t + 5);
+            }
+            // deleted then registered: fires
+            1 => {
+                ctx.delete_event_timer(t + 5);
+                ctx.register_event_timer(t + 5);
+            }
+            // re-registers itself for the same time on every firing
+            2 => ctx.register_event_timer(t),
+            // a chain of three timers one ms apart
+            _ => ctx.register_event_timer(t + 1),
+        }
+    }
+    fn on_timer(
+        &mut self,
+        key: &u32,
+        time: i64,
+        _domain: TimeDomain,
+        ctx: &mut Context<'_, u64, Self::Out, ()>,
+    ) {
+        ctx.emit((*key, time));
+        *ctx.state() += 1;
+        match key {
+            2 => ctx.register_event_timer(time),
+            3 if *ctx.state() < 3 => ctx.register_event_timer(time + 1),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn timer_changes_apply_in_order_and_self_registering_timers_do_not_spin() {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let o = out.clone();
+    StreamEnv::workers(1)
+        .execute("timers", move |env| {
+            let o = o.clone();
+            // key 0..3 at 100, then a record at 1000 moves the watermark past them
+            let recs: Vec<(u32, i64)> = vec![(0, 100), (1, 100), (2, 100), (3, 100), (9, 1000)];
+            env.source(Source::from_vec(recs).with_timestamps(
+                |r| r.1,
+                WatermarkStrategy::BoundedOutOfOrderness(Duration::ZERO),
+            ))
+            .key_by(|r: &(u32, i64)| r.0)
+            .process(Timers)
+            .main
+            .sink(Sink::new(move |_, r| o.lock().push(r)));
+        })
+        .unwrap();
+    let got = out.lock().clone();
+    let of = |k: u32| {
+        got.iter()
+            .filter(|r| r.0 == k)
+            .map(|r| r.1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(0), Vec::<i64>::new(), "{got:?}");
+    assert_eq!(of(1), vec![105], "{got:?}");
+    assert!(
+        !of(2).is_empty() && of(2).iter().all(|&t| t == 100),
+        "{got:?}"
+    );
+    assert!(
+        of(2).len() < 10,
+        "fires once per watermark advance: {got:?}"
+    );
+    assert_eq!(of(3), vec![101, 102, 103], "{got:?}");
+}

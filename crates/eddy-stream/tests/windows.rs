@@ -137,7 +137,7 @@ fn reference(spec: &WindowSpec, data: &[Gen]) -> Vec<Res> {
                 let mut cur: Option<(i64, i64, u64)> = None;
                 for (t, v) in recs {
                     cur = match cur {
-                        Some((s, e, sum)) if t < e => Some((s, e.max(t + gap), sum + v)),
+                        Some((s, e, sum)) if t <= e => Some((s, e.max(t + gap), sum + v)),
                         Some((s, e, sum)) => {
                             out.push(Windowed {
                                 key,
@@ -185,7 +185,7 @@ fn reference(spec: &WindowSpec, data: &[Gen]) -> Vec<Res> {
                 let e = per_key.entry(g.key).or_default();
                 e.0 += 1;
                 e.1 += g.value;
-                if e.0 % every == 0 {
+                if e.0.is_multiple_of(every) {
                     out.push(Windowed {
                         key: g.key,
                         start: 0,
@@ -371,10 +371,9 @@ fn late_records_go_to_the_side_output_and_tardy_ones_refire_their_window() {
             assert!(late.is_empty(), "{name}");
             let everything: Vec<Gen> = data
                 .iter()
-                .cloned()
                 .map(|g| Gen {
                     kind: Kind::OnTime,
-                    ..g
+                    ..g.clone()
                 })
                 .collect();
             let mut got = firings;
@@ -467,4 +466,29 @@ fn min_max_reduce_on_windows_and_running_reduce_on_keyed_streams() {
             .unwrap();
         assert_eq!(last, (0..1000).filter(|t| t % 3 == key).sum::<i64>());
     }
+}
+
+#[test]
+fn sessions_that_touch_merge_as_in_flink() {
+    // gap 300: 0 and 300 touch ([0,300) and [300,600) merge); 1000 starts a new session
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    StreamEnv::workers(1)
+        .execute("touching", move |env| {
+            env.source(Source::from_vec(vec![0i64, 300, 1000]).with_timestamps(
+                |t| *t,
+                WatermarkStrategy::BoundedOutOfOrderness(Duration::ZERO),
+            ))
+            .key_by(|_: &i64| 0u8)
+            .window(Session::with_gap(Duration::from_millis(300)))
+            .count()
+            .collect(g.clone());
+        })
+        .unwrap();
+    let got: Vec<(i64, i64, u64)> = got
+        .lock()
+        .iter()
+        .map(|w| (w.start, w.end, w.value))
+        .collect();
+    assert_eq!(got, vec![(0, 600, 2), (1000, 1300, 1)]);
 }
