@@ -5,6 +5,7 @@ mod alloc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -87,6 +88,9 @@ struct ServeArgs {
     /// Kafka listener address [default: 127.0.0.1:9092]
     #[arg(long, env = "EDDY_KAFKA")]
     kafka: Option<SocketAddr>,
+    /// Management API, web console and /metrics listener address [default: 127.0.0.1:15672]
+    #[arg(long, env = "EDDY_HTTP")]
+    http: Option<SocketAddr>,
     /// Address Kafka clients are told to connect to (Metadata) [default: the --kafka address]
     #[arg(long, env = "EDDY_KAFKA_ADVERTISED")]
     kafka_advertised: Option<String>,
@@ -135,6 +139,7 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     segment_ms: Option<u64>,
     kafka: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     kafka_advertised: Option<String>,
     kafka_auto_create_partitions: Option<usize>,
     users: Option<Vec<UserConfig>>,
@@ -222,6 +227,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .kafka
         .or(file.kafka)
         .unwrap_or_else(|| "127.0.0.1:9092".parse().expect("valid default"));
+    let http_addr = args
+        .http
+        .or(file.http)
+        .unwrap_or_else(|| "127.0.0.1:15672".parse().expect("valid default"));
     let kafka_advertised = args.kafka_advertised.or(file.kafka_advertised);
     let auto_partitions = args
         .kafka_auto_create_partitions
@@ -313,6 +322,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ..eddy_kafka::KafkaConfig::default()
     };
     tracing::info!(kafka = %kafka_bound, "kafka listener started");
+    let http_listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP (management) listener on {http_addr}"))?;
+    let http_bound = http_listener.local_addr()?;
+    let history = Arc::new(eddy_http::stats::History::default());
+    let sampler = history.spawn(broker.clone());
+    let api = Arc::new(eddy_http::Api {
+        broker: broker.clone(),
+        history,
+        listeners: vec![
+            ("amqp".into(), listener.local_addr()?),
+            ("kafka".into(), kafka_bound),
+            ("http".into(), http_bound),
+        ],
+        jobs: Default::default(),
+    });
+    tracing::info!(http = %http_bound, "management API, console and /metrics started");
+    let http_server = tokio::spawn(eddy_http::serve(http_listener, api, stopped.clone()));
     let server = tokio::spawn(eddy_amqp::serve(
         listener,
         broker.clone(),
@@ -340,6 +367,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::warn!("connections did not close in time");
     }
     housekeeping.abort();
+    sampler.abort();
+    http_server.abort();
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.shutdown()).await.ok();
     tracing::info!("stopped");

@@ -11,6 +11,7 @@ pub struct Server {
     pub child: Option<Child>,
     pub port: u16,
     pub kafka_port: u16,
+    pub http_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -34,6 +35,7 @@ impl Server {
             child: None,
             port: free_port(),
             kafka_port: free_port(),
+            http_port: free_port(),
             data_dir,
             log,
             _tmp: Some(tmp),
@@ -57,6 +59,8 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--kafka")
             .arg(format!("127.0.0.1:{}", self.kafka_port))
+            .arg("--http")
+            .arg(format!("127.0.0.1:{}", self.http_port))
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

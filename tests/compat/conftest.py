@@ -39,6 +39,7 @@ class EddyServer:
     def __init__(self, tmp_path, extra=()):
         self.port = free_port()
         self.kafka_port = free_port()
+        self.http_port = free_port()
         self.data_dir = tmp_path / "data"
         self.log_path = tmp_path / "eddy.log"
         self.extra = list(extra)
@@ -57,16 +58,21 @@ class EddyServer:
     def url(self):
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
+    @property
+    def http(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
     def start(self):
         binary = os.environ.get("EDDY_BIN", str(ROOT / "target" / "debug" / "eddy"))
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [binary, "serve", "--data-dir", str(self.data_dir), "--amqp", f"127.0.0.1:{self.port}",
-             "--kafka", f"127.0.0.1:{self.kafka_port}", *self.extra],
+             "--kafka", f"127.0.0.1:{self.kafka_port}", "--http", f"127.0.0.1:{self.http_port}", *self.extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
         )
         wait_port(self.port, proc=self.proc)
         wait_port(self.kafka_port, proc=self.proc)
+        wait_port(self.http_port, proc=self.proc)
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)

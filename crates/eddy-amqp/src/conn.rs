@@ -14,7 +14,7 @@ use amq_protocol::protocol::{
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::{Bytes, BytesMut};
-use eddy_broker::{Alarms, Broker, BrokerError, Message, PublishOutcome, Queue, VHost};
+use eddy_broker::{Access, Alarms, Broker, BrokerError, Message, PublishOutcome, Queue, VHost};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -224,6 +224,11 @@ struct Conn {
     /// RabbitMQ does; clients such as lapin report an early EOF as an error).
     linger: bool,
     alarms: watch::Receiver<Alarms>,
+    /// The connection's entry in the broker's list (user, vhost, channels, bytes).
+    info: eddy_broker::ConnectionHandle,
+    /// Exchanges this connection was already allowed to publish to (permission checks off
+    /// the per-message path; dropped when it grows past a few hundred names).
+    may_publish: std::collections::HashSet<String>,
 }
 
 /// Serve one connection until it closes.
@@ -235,10 +240,13 @@ pub async fn handle(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let id = broker.next_connection_id();
+    let local = stream.local_addr().unwrap_or(peer);
+    let info = broker.register_connection(id, "AMQP 0-9-1", peer, local, false);
     let (mut rd, wr) = stream.into_split();
     let out = Outbound::new();
     let wake = Arc::new(Notify::new());
-    let writer = tokio::spawn(writer_task(out.clone(), wr, wake.clone()));
+    let writer = tokio::spawn(writer_task(out.clone(), wr, wake.clone(), info.info()));
     /// If this task unwinds (a bug), the writer still stops and the socket closes, so the
     /// client learns it at once instead of waiting on a half-open connection.
     struct CloseOnUnwind(Arc<Outbound>);
@@ -251,8 +259,11 @@ pub async fn handle(
         }
     }
     let _unwind = CloseOnUnwind(out.clone());
+    let counters = info.info();
     let mut conn = Conn {
-        id: broker.next_connection_id(),
+        id,
+        info,
+        may_publish: Default::default(),
         alarms: broker.alarms(),
         broker,
         frame_max: cfg.frame_max,
@@ -325,7 +336,7 @@ pub async fn handle(
             tokio::select! {
                 r = tokio::time::timeout(idle, rd.read_buf(&mut rbuf)) => match r {
                     Ok(Ok(0)) => return Err("client closed the socket".into()),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(n)) => counters.received(n),
                     Ok(Err(e)) => return Err(format!("read error: {e}")),
                     Err(_) => return Err(format!("missed heartbeats from client, timeout: {}s", idle.as_secs())),
                 },
@@ -377,6 +388,7 @@ async fn writer_task(
     out: Arc<Outbound>,
     mut wr: OwnedWriteHalf,
     wake: Arc<Notify>,
+    counters: Arc<eddy_broker::ConnectionInfo>,
 ) -> Option<OwnedWriteHalf> {
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
@@ -403,6 +415,7 @@ async fn writer_task(
                 Ok(n) if n > 0 => {
                     at += n;
                     out.written.fetch_add(n as u64, Ordering::Relaxed);
+                    counters.sent(n);
                 }
                 _ => {
                     out.closed.store(true, Ordering::Relaxed);
@@ -610,6 +623,7 @@ impl Conn {
         requeue(unacked);
         if remove {
             self.channels.remove(&id);
+            self.info.channel_closed(id);
         }
     }
 
@@ -887,6 +901,7 @@ impl Conn {
                     )
                     .at(&m));
                 }
+                self.info.set_user(&user);
                 self.user = user;
                 self.send(
                     0,
@@ -934,8 +949,22 @@ impl Conn {
             }
             (Phase::Open, C::Open(o)) => {
                 let name = o.virtual_host.as_str();
+                if self.broker.vhost(name).is_some()
+                    && !self.broker.users().can_access_vhost(&self.user, name)
+                {
+                    tracing::warn!(peer = %self.peer, user = %self.user, vhost = name, "vhost access refused");
+                    return Err(AmqpError::conn(
+                        NOT_ALLOWED,
+                        format!(
+                            "NOT_ALLOWED - access to vhost '{name}' refused for user '{}'",
+                            self.user
+                        ),
+                    )
+                    .at(&m));
+                }
                 match self.broker.vhost(name) {
                     Some(v) => {
+                        self.info.set_vhost(name);
                         self.vhost = Some(v);
                         self.send(0, AMQPClass::Connection(C::OpenOk(connection::OpenOk {})));
                         self.phase = Phase::Running;
@@ -975,6 +1004,16 @@ impl Conn {
         }
     }
 
+    /// Whether the user may do `access` to the named resource in this connection's vhost
+    /// (RabbitMQ's configure/write/read permissions; 403 ACCESS_REFUSED on the channel if not).
+    fn allow(&self, access: Access, kind: &str, name: &str) -> AResult<()> {
+        let vhost = self.vhost.as_ref().map_or("", |v| v.name.as_str());
+        self.broker
+            .users()
+            .check(&self.user, vhost, access, kind, name)
+            .map_err(AmqpError::from)
+    }
+
     fn vhost(&self) -> Arc<VHost> {
         self.vhost
             .clone()
@@ -1011,6 +1050,7 @@ impl Conn {
                         ));
                     }
                     let shared = ChannelShared::new(id, self.out.clone(), self.frame_max);
+                    self.info.channel_opened(id);
                     self.channels.insert(
                         id,
                         Channel {
@@ -1040,6 +1080,7 @@ impl Conn {
                 channel::AMQPMethod::CloseOk(_) => {
                     if self.channels.get(&id).is_some_and(|c| c.closing) {
                         self.channels.remove(&id);
+                        self.info.channel_closed(id);
                     }
                     return Ok(());
                 }
@@ -1136,6 +1177,9 @@ impl Conn {
         use exchange::AMQPMethod as E;
         match m {
             E::Declare(d) => {
+                if !d.passive {
+                    self.allow(Access::Configure, "exchange", d.exchange.as_str())?;
+                }
                 vhost.declare_exchange(eddy_broker::ExchangeDeclare {
                     name: d.exchange.to_string(),
                     kind: d.kind.to_string(),
@@ -1152,6 +1196,7 @@ impl Conn {
                 );
             }
             E::Delete(d) => {
+                self.allow(Access::Configure, "exchange", d.exchange.as_str())?;
                 vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 self.ok(
                     id,
@@ -1160,6 +1205,8 @@ impl Conn {
                 );
             }
             E::Bind(b) => {
+                self.allow(Access::Write, "exchange", b.destination.as_str())?;
+                self.allow(Access::Read, "exchange", b.source.as_str())?;
                 vhost.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -1173,6 +1220,8 @@ impl Conn {
                 );
             }
             E::Unbind(b) => {
+                self.allow(Access::Write, "exchange", b.destination.as_str())?;
+                self.allow(Access::Read, "exchange", b.source.as_str())?;
                 vhost.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -1205,6 +1254,15 @@ impl Conn {
         use queue::AMQPMethod as Q;
         match m {
             Q::Declare(d) => {
+                if !d.passive {
+                    // a server-named queue is named amq.gen-…
+                    let name = if d.queue.as_str().is_empty() {
+                        "amq.gen"
+                    } else {
+                        d.queue.as_str()
+                    };
+                    self.allow(Access::Configure, "queue", name)?;
+                }
                 let r = vhost.declare_queue(
                     eddy_broker::QueueDeclare {
                         name: d.queue.to_string(),
@@ -1227,6 +1285,8 @@ impl Conn {
                 );
             }
             Q::Bind(b) => {
+                self.allow(Access::Write, "queue", b.queue.as_str())?;
+                self.allow(Access::Read, "exchange", b.exchange.as_str())?;
                 vhost.bind_queue(
                     b.queue.as_str(),
                     b.exchange.as_str(),
@@ -1237,6 +1297,8 @@ impl Conn {
                 self.ok(id, b.nowait, AMQPClass::Queue(Q::BindOk(queue::BindOk {})));
             }
             Q::Unbind(b) => {
+                self.allow(Access::Write, "queue", b.queue.as_str())?;
+                self.allow(Access::Read, "exchange", b.exchange.as_str())?;
                 vhost.unbind_queue(
                     b.queue.as_str(),
                     b.exchange.as_str(),
@@ -1247,6 +1309,7 @@ impl Conn {
                 self.send(id, AMQPClass::Queue(Q::UnbindOk(queue::UnbindOk {})));
             }
             Q::Purge(p) => {
+                self.allow(Access::Read, "queue", p.queue.as_str())?;
                 let n = vhost.purge_queue(p.queue.as_str(), conn)?;
                 self.ok(
                     id,
@@ -1257,6 +1320,7 @@ impl Conn {
                 );
             }
             Q::Delete(d) => {
+                self.allow(Access::Configure, "queue", d.queue.as_str())?;
                 let n = vhost.delete_queue(d.queue.as_str(), d.if_unused, d.if_empty, conn)?;
                 self.ok(
                     id,
@@ -1300,6 +1364,7 @@ impl Conn {
                 self.kick_channel(id);
             }
             B::Consume(c) => {
+                self.allow(Access::Read, "queue", c.queue.as_str())?;
                 let q = vhost.queue_for(c.queue.as_str(), conn)?;
                 // a stream consumer reads from an offset, needs a prefetch and acks manually
                 let stream = match q.stream() {
@@ -1398,6 +1463,13 @@ impl Conn {
                         "NOT_IMPLEMENTED - immediate=true",
                     ));
                 }
+                if !self.may_publish.contains(p.exchange.as_str()) {
+                    self.allow(Access::Write, "exchange", p.exchange.as_str())?;
+                    if self.may_publish.len() >= 256 {
+                        self.may_publish.clear();
+                    }
+                    self.may_publish.insert(p.exchange.to_string());
+                }
                 let ch = self.channel_mut(id)?;
                 ch.pending = Some(PendingPublish {
                     exchange: p.exchange.to_string(),
@@ -1408,6 +1480,7 @@ impl Conn {
                 });
             }
             B::Get(g) => {
+                self.allow(Access::Read, "queue", g.queue.as_str())?;
                 let q = vhost.queue_for(g.queue.as_str(), conn)?;
                 if q.stream().is_some() {
                     return Err(AmqpError::conn(

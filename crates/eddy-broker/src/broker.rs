@@ -87,6 +87,9 @@ pub(crate) struct BrokerInner {
     meta: Mutex<MetaSync>,
     meta_written: parking_lot::Condvar,
     loading: AtomicBool,
+    pub(crate) connections: crate::connections::Connections,
+    started: Instant,
+    users: crate::users::Users,
 }
 
 /// Group commit for metadata: callers that change metadata while a write is in progress share
@@ -184,6 +187,11 @@ impl Broker {
                 config.data_dir.display()
             ))
         })?;
+        let users = crate::users::Users::open(
+            &config.data_dir,
+            &config.users,
+            config.loopback_users.clone(),
+        )?;
         let syncer = Syncer::new(config.fsync);
         let (alarms, _) = watch::channel(Alarms::default());
         let inner = Arc::new(BrokerInner {
@@ -200,6 +208,9 @@ impl Broker {
             meta: Mutex::new(MetaSync::default()),
             meta_written: parking_lot::Condvar::new(),
             loading: AtomicBool::new(true),
+            connections: Default::default(),
+            started: Instant::now(),
+            users,
         });
         let broker = Broker(inner);
         let offsets_log = Log::open(
@@ -232,9 +243,37 @@ impl Broker {
             .clone()
     }
 
+    /// Create a vhost if missing, durably (the management API's PUT /api/vhosts/name).
+    pub fn declare_vhost(&self, name: &str) -> Result<bool> {
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(BrokerError::PreconditionFailed(
+                "a vhost name is 1 to 255 bytes without control characters".into(),
+            ));
+        }
+        let created = self.vhost(name).is_none();
+        self.add_vhost(name);
+        if created {
+            self.0.save_metadata();
+        }
+        Ok(created)
+    }
+
     /// Look up a vhost.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.0.vhosts.read().get(name).cloned()
+    }
+
+    /// Delete a vhost with its queues (and their messages), exchanges and permissions.
+    pub fn delete_vhost(&self, name: &str) -> Result<()> {
+        let Some(v) = self.0.vhosts.write().remove(name) else {
+            return Err(BrokerError::NotFound(format!("no vhost '{name}'")));
+        };
+        for q in v.queues() {
+            v.remove_queue(&q);
+        }
+        self.0.users.vhost_deleted(name)?;
+        self.0.save_metadata();
+        Ok(())
     }
 
     /// All vhosts.
@@ -244,28 +283,49 @@ impl Broker {
 
     /// Check credentials. `guest`-like loopback users are refused from other addresses.
     pub fn authenticate(&self, user: &str, pass: &str, from_loopback: bool) -> Result<()> {
-        let ok = self
-            .0
-            .config
+        self.0
             .users
-            .iter()
-            .any(|(u, p)| u == user && p == pass);
-        if !ok {
-            return Err(BrokerError::AccessRefused(format!(
-                "invalid credentials for user '{user}'"
-            )));
-        }
-        if !from_loopback && self.0.config.loopback_users.iter().any(|u| u == user) {
-            return Err(BrokerError::AccessRefused(format!(
-                "user '{user}' can only connect via localhost"
-            )));
-        }
-        Ok(())
+            .authenticate(user, pass, from_loopback)
+            .map(|_| ())
+    }
+
+    /// Users, tags and permissions.
+    pub fn users(&self) -> &crate::users::Users {
+        &self.0.users
     }
 
     /// A fresh connection id (owner of exclusive queues).
     pub fn next_connection_id(&self) -> u64 {
         self.0.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// List a new connection (until the handle is dropped).
+    pub fn register_connection(
+        &self,
+        id: u64,
+        protocol: &'static str,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+        tls: bool,
+    ) -> crate::connections::ConnectionHandle {
+        self.0
+            .connections
+            .add(&self.0, id, protocol, peer, local, tls)
+    }
+
+    /// The open connections.
+    pub fn connections(&self) -> Vec<Arc<crate::connections::ConnectionInfo>> {
+        self.0.connections.list()
+    }
+
+    /// Bytes received and sent over all connections ever, and connections ever opened.
+    pub fn connection_totals(&self) -> (u64, u64, u64) {
+        self.0.connections.totals()
+    }
+
+    /// How long the broker has run.
+    pub fn uptime(&self) -> Duration {
+        self.0.started.elapsed()
     }
 
     /// Clean up after a connection: its exclusive queues are deleted.
@@ -289,6 +349,16 @@ impl Broker {
     /// the memory watermark; release them with the negative amount.
     pub fn track_memory(&self, delta: i64) {
         self.0.memory.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// How long the group committer's fsyncs took.
+    pub fn fsync_histogram(&self) -> eddy_log::FsyncHistogram {
+        self.0.syncer.fsync_histogram()
+    }
+
+    /// Free bytes on the data directory's file system.
+    pub fn disk_free(&self) -> Option<u64> {
+        free_disk_bytes(&self.0.config.data_dir)
     }
 
     /// Number of fsyncs the group committer has made.
@@ -819,7 +889,7 @@ fn queue_dir(data: &Path, vhost: &str, queue: &str) -> PathBuf {
         .join(encode_name(queue))
 }
 
-fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;

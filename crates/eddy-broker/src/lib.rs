@@ -12,6 +12,7 @@
 
 pub mod args;
 mod broker;
+pub mod connections;
 pub mod error;
 pub mod exchange;
 pub mod message;
@@ -21,17 +22,20 @@ pub mod queue;
 pub use eddy_records as records;
 pub mod stream;
 pub mod topic;
+pub mod users;
 pub mod vhost;
 
 pub use amq_protocol::protocol::BasicProperties;
 pub use amq_protocol::types;
 pub use broker::{Alarms, Broker, BrokerConfig};
-pub use eddy_log::{FsyncPolicy, Log};
+pub use connections::{ConnectionHandle, ConnectionInfo};
+pub use eddy_log::{FsyncHistogram, FsyncPolicy, Log, FSYNC_BUCKETS};
 pub use error::{BrokerError, Result};
 pub use message::Message;
 pub use offsets::{Committed, OffsetStore};
 pub use queue::{ConsumerSink, Delivery, GetResult, Queue, QueueCounts};
 pub use topic::{Partition, Topic, TopicConfig};
+pub use users::{Access, Permission, User, Users};
 pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};
 
 /// Run `f`, which may block on disk (metadata writes, removing a queue's log), from async code:

@@ -103,6 +103,8 @@ struct Entry {
     log_offset: Option<u64>,
     redelivered: bool,
     expires_at: Option<Instant>,
+    /// When it entered the queue (for the mean time in queue).
+    enqueued: Instant,
 }
 
 struct ConsumerEntry {
@@ -184,9 +186,34 @@ struct State {
     last_used: Instant,
     deleted: bool,
     stats: QueueStats,
+    /// When `stats`' time integrals were last brought up to date.
+    ticked: Instant,
 }
 
-/// Counters for a queue.
+impl State {
+    /// Bring the time integrals up to now (before anything changes the counts).
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.ticked).as_secs_f64();
+        self.ticked = now;
+        let held = self.ready.len + self.unacked.len();
+        if held > 0 {
+            self.stats.held_secs += held as f64 * dt;
+        }
+        if !self.unacked.is_empty() || (self.ready.len > 0 && !self.consumers.is_empty()) {
+            self.stats.busy_secs += dt;
+        }
+    }
+}
+
+/// Counters for a queue (all only grow: rates and means come from two readings).
+///
+/// The queueing view (a queue as a queueing system): arrivals are `published`; the queue is
+/// *busy* while consumers hold unacknowledged messages or have ready ones to take, and its
+/// service rate is `acked / busy_secs`; `held_secs` is the integral over time of the messages
+/// in the queue (ready + unacknowledged), so over an interval the mean number held is
+/// `Δheld_secs / Δt`; every message that leaves (acknowledged, expired, dropped, purged,
+/// dead-lettered) adds its time in the queue to `sojourn_secs` and counts in `departed`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct QueueStats {
     /// Messages enqueued.
@@ -197,6 +224,14 @@ pub struct QueueStats {
     pub acked: u64,
     /// Redeliveries.
     pub redelivered: u64,
+    /// Messages that left the queue, by any way.
+    pub departed: u64,
+    /// Their total time in the queue, seconds.
+    pub sojourn_secs: f64,
+    /// ∫ (ready + unacknowledged) dt, message-seconds.
+    pub held_secs: f64,
+    /// Time the queue had consumers working on it, seconds.
+    pub busy_secs: f64,
 }
 
 /// A point-in-time view of a queue.
@@ -260,7 +295,7 @@ pub(crate) struct QueueSpec {
     pub args: QueueArgs,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -296,6 +331,7 @@ impl Queue {
                 last_used: Instant::now(),
                 deleted: false,
                 stats: QueueStats::default(),
+                ticked: Instant::now(),
             }),
             log,
             stream,
@@ -350,7 +386,7 @@ impl Queue {
         let n = live.len() as u64;
         let now = Instant::now();
         let wall = now_ms();
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         for (off, (m, ts)) in live {
             let msg = Arc::new(m);
             let ttl = self.effective_ttl(&msg);
@@ -370,6 +406,7 @@ impl Queue {
                 log_offset: Some(off),
                 redelivered: true,
                 expires_at,
+                enqueued: now,
             });
         }
         Ok(n)
@@ -392,11 +429,11 @@ impl Queue {
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Result<Enqueued> {
         if let Some(p) = &self.stream {
             // a stream keeps every message, persistent or not, until retention removes it
-            if self.state.lock().deleted {
+            if self.lock().deleted {
                 return Ok(Enqueued::default());
             }
             let end = crate::stream::append(p, &msg)?;
-            self.state.lock().stats.published += 1;
+            self.lock().stats.published += 1;
             return Ok(Enqueued {
                 rejected: false,
                 durable: Some((p.log().clone(), end)),
@@ -414,7 +451,7 @@ impl Queue {
         };
         let mut floor = None;
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if st.deleted {
                 return Ok(Enqueued::default());
             }
@@ -449,7 +486,7 @@ impl Queue {
         let mut settled = Vec::new();
         let mut durable = None;
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if let Some(f) = floor {
                 if let Some(i) = st.appending.iter().position(|x| *x == f) {
                     st.appending.swap_remove(i);
@@ -493,6 +530,7 @@ impl Queue {
                 log_offset,
                 redelivered: false,
                 expires_at,
+                enqueued: Instant::now(),
             });
             if self.args.overflow == Overflow::DropHead {
                 while self.over_limit(&st) {
@@ -536,6 +574,8 @@ impl Queue {
 
     /// Forget a message for good: memory accounting and, if logged, an ack record to write.
     fn release(&self, st: &mut State, e: &Entry, settled: &mut Vec<u64>) {
+        st.stats.departed += 1;
+        st.stats.sojourn_secs += e.enqueued.elapsed().as_secs_f64();
         self.memory
             .fetch_sub(e.msg.memory_size() as i64, Ordering::Relaxed);
         if let Some(off) = e.log_offset {
@@ -650,7 +690,7 @@ impl Queue {
         let mut dead = Vec::new();
         let mut settled = Vec::new();
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             self.dispatch_locked(&mut st, &mut dead, &mut settled);
         }
         self.finish(dead, settled);
@@ -666,7 +706,7 @@ impl Queue {
         exclusive: bool,
     ) -> Result<()> {
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if st.deleted {
                 return Err(BrokerError::NotFound(format!(
                     "no queue '{}' in vhost '{}'",
@@ -694,7 +734,7 @@ impl Queue {
 
     /// Remove a consumer. Returns true when the queue should now be auto-deleted.
     pub fn cancel(&self, tag: &str) -> bool {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         st.consumers.retain(|c| &*c.tag != tag);
         st.last_used = Instant::now();
         self.auto_delete && st.had_consumers && st.consumers.is_empty() && !st.deleted
@@ -705,7 +745,7 @@ impl Queue {
         let mut dead = Vec::new();
         let mut settled = Vec::new();
         let res = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             st.last_used = Instant::now();
             let now = Instant::now();
             match self.pop_live(&mut st, now, &mut dead, &mut settled) {
@@ -738,7 +778,7 @@ impl Queue {
         let mut settled = Vec::new();
         let mut dead = Vec::new();
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             for id in ids {
                 if let Some(e) = st.unacked.remove(id) {
                     st.stats.acked += 1;
@@ -755,7 +795,7 @@ impl Queue {
         let mut settled = Vec::new();
         let mut dead = Vec::new();
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             let mut entries: Vec<Entry> =
                 ids.iter().filter_map(|id| st.unacked.remove(id)).collect();
             if requeue {
@@ -778,7 +818,7 @@ impl Queue {
     pub fn purge(self: &Arc<Self>) -> u64 {
         let mut settled = Vec::new();
         let n = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             let entries = st.ready.drain();
             for e in &entries {
                 self.release(&mut st, e, &mut settled);
@@ -789,9 +829,16 @@ impl Queue {
         n
     }
 
+    /// The state, with its time integrals brought up to now.
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        let mut st = self.state.lock();
+        st.tick();
+        st
+    }
+
     /// Current counts.
     pub fn counts(&self) -> QueueCounts {
-        let st = self.state.lock();
+        let st = self.lock();
         let ready = match &self.stream {
             Some(p) => p.end_offset() - p.start_offset(),
             None => st.ready.len as u64,
@@ -807,14 +854,14 @@ impl Queue {
 
     /// Mark used (declare, get) for x-expires.
     pub fn touch(&self) {
-        self.state.lock().last_used = Instant::now();
+        self.lock().last_used = Instant::now();
     }
 
     /// Mark deleted, cancel consumers, release messages and remove the log. Returns the number
     /// of ready messages dropped.
     pub(crate) fn destroy(&self) -> u64 {
         let (consumers, n) = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             st.deleted = true;
             let mut settled = Vec::new();
             let ready = st.ready.drain();
@@ -848,7 +895,7 @@ impl Queue {
         let min_live;
         let upto;
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if st.deleted {
                 return false;
             }

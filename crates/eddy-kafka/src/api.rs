@@ -178,6 +178,8 @@ pub(crate) struct Handler {
     sasl_mechanism: parking_lot::Mutex<Option<String>>,
     /// Who logged in with SASL on this connection.
     user: parking_lot::Mutex<Option<String>>,
+    /// The connection's entry in the broker's list.
+    pub(crate) info: Option<Arc<eddy_broker::ConnectionInfo>>,
 }
 
 /// What every connection shares.
@@ -202,7 +204,26 @@ impl Handler {
             loopback: peer.ip().is_loopback(),
             sasl_mechanism: Default::default(),
             user: Default::default(),
+            info: None,
         }
+    }
+
+    /// Whether this connection may do `access` to the topic or group `name` (RabbitMQ-style
+    /// permissions of the default vhost). A connection that did not log in with SASL acts as
+    /// `guest` when it comes from loopback (as guest may only log in from there), and has no
+    /// permissions otherwise.
+    fn allowed(&self, access: eddy_broker::Access, kind: &str, name: &str) -> bool {
+        let user = self
+            .user
+            .lock()
+            .clone()
+            .or_else(|| self.loopback.then(|| "guest".to_owned()));
+        user.is_some_and(|u| {
+            self.broker
+                .users()
+                .check(&u, "/", access, kind, name)
+                .is_ok()
+        })
     }
 
     /// Answer one request; None: no response is due (produce with acks=0).
@@ -427,7 +448,11 @@ impl Handler {
         let mut waits: Vec<(Arc<Log>, u64)> = Vec::new();
         for t in r.topic_data {
             let name = t.name.0.to_string();
-            let topic = self.topic_or_create(&name, true);
+            let topic = if self.allowed(eddy_broker::Access::Write, "topic", &name) {
+                self.topic_or_create(&name, true)
+            } else {
+                Err(ResponseError::TopicAuthorizationFailed.code())
+            };
             let mut tr = TopicProduceResponse::default();
             tr.name = t.name;
             for p in t.partition_data {
@@ -540,10 +565,17 @@ impl Handler {
             tr.topic = t.topic.clone();
             tr.topic_id = t.topic_id;
             let topic = self.broker.topic(t.topic.0.as_str());
+            let readable = self.allowed(eddy_broker::Access::Read, "topic", t.topic.0.as_str());
             for p in &t.partitions {
                 let mut pd = PartitionData::default();
                 pd.partition_index = p.partition;
                 pd.high_watermark = -1;
+                if !readable {
+                    pd.error_code = ResponseError::TopicAuthorizationFailed.code();
+                    errors = true;
+                    tr.partitions.push(pd);
+                    continue;
+                }
                 let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
                     pd.error_code = ResponseError::UnknownTopicOrPartition.code();
                     errors = true;
@@ -641,7 +673,14 @@ impl Handler {
             if version < 5 {
                 res.configs = None;
             }
-            let outcome = self.create_one(&name, &t, r.validate_only);
+            let outcome = if self.allowed(eddy_broker::Access::Configure, "topic", &name) {
+                self.create_one(&name, &t, r.validate_only)
+            } else {
+                Err((
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    format!("configure access to topic '{name}' refused"),
+                ))
+            };
             match outcome {
                 Ok(_) if version < 5 => {}
                 Ok((topic, partitions, config)) => {
@@ -832,6 +871,12 @@ impl Handler {
         version: i16,
         client_id: String,
     ) -> JoinGroupResponse {
+        if !self.allowed(eddy_broker::Access::Read, "group", r.group_id.0.as_str()) {
+            let mut resp = JoinGroupResponse::default();
+            resp.error_code = ResponseError::GroupAuthorizationFailed.code();
+            resp.generation_id = -1;
+            return resp;
+        }
         let j = self
             .groups
             .join(JoinRequest {
@@ -935,11 +980,15 @@ impl Handler {
         r: OffsetCommitRequest,
     ) -> (OffsetCommitResponse, Vec<(Arc<Log>, u64)>) {
         let group = r.group_id.0.to_string();
-        let check = self.groups.check_commit(
-            &group,
-            r.generation_id_or_member_epoch,
-            r.member_id.as_str(),
-        );
+        let check = if self.allowed(eddy_broker::Access::Read, "group", &group) {
+            self.groups.check_commit(
+                &group,
+                r.generation_id_or_member_epoch,
+                r.member_id.as_str(),
+            )
+        } else {
+            ResponseError::GroupAuthorizationFailed.code()
+        };
         let mut resp = OffsetCommitResponse::default();
         let mut commits = Vec::new();
         for t in r.topics {
@@ -1418,7 +1467,12 @@ impl Handler {
         let user = String::from_utf8_lossy(parts[1]).into_owned();
         let pass = String::from_utf8_lossy(parts[2]).into_owned();
         match self.broker.authenticate(&user, &pass, self.loopback) {
-            Ok(()) => *self.user.lock() = Some(user),
+            Ok(()) => {
+                if let Some(info) = &self.info {
+                    info.set_user(&user);
+                }
+                *self.user.lock() = Some(user)
+            }
             Err(e) => {
                 tracing::warn!(peer = %self.peer, user, "kafka authentication failed: {e}");
                 fail(&mut resp, format!("Authentication failed: {e}"));

@@ -62,12 +62,21 @@ pub(crate) async fn handle(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let registered =
+        broker.register_connection(broker.next_connection_id(), "Kafka", peer, local, false);
+    let counters = registered.info();
+    registered.set_vhost("/");
+    if peer.ip().is_loopback() {
+        registered.set_user("guest");
+    }
     let (mut rd, wr) = stream.into_split();
-    let handler = Handler::new(broker, cfg.clone(), &shared, peer);
+    let mut handler = Handler::new(broker, cfg.clone(), &shared, peer);
+    handler.info = Some(counters.clone());
     // requests are handled in order; their responses go out in order from a writer task, so a
     // produce waiting for its fsync does not hold up reading (and appending) the next ones
     let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_responses(rx, wr));
+    let writer = tokio::spawn(write_responses(rx, wr, counters.clone()));
     let result: Result<(), String> = async {
         loop {
             let mut size = [0u8; 4];
@@ -87,6 +96,7 @@ pub(crate) async fn handle(
             rd.read_exact(&mut body)
                 .await
                 .map_err(|e| format!("reading a {len}-byte request: {e}"))?;
+            counters.received(len + 4);
             let (outgoing, failure) = match prepare(&handler, body.freeze()).await {
                 Ok(o) => (o, None),
                 // what Kafka does too: a request it cannot parse closes the connection
@@ -119,7 +129,11 @@ pub(crate) async fn handle(
 /// Responses not yet written per connection before its reader waits.
 const MAX_IN_FLIGHT: usize = 64;
 
-async fn write_responses(mut rx: tokio::sync::mpsc::Receiver<Outgoing>, mut wr: OwnedWriteHalf) {
+async fn write_responses(
+    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
+    mut wr: OwnedWriteHalf,
+    counters: Arc<eddy_broker::ConnectionInfo>,
+) {
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut next: Option<Outgoing> = None;
     loop {
@@ -152,6 +166,7 @@ async fn write_responses(mut rx: tokio::sync::mpsc::Receiver<Outgoing>, mut wr: 
         if wr.write_all(&out).await.is_err() {
             return;
         }
+        counters.sent(out.len());
     }
     let _ = wr.shutdown().await;
 }

@@ -280,7 +280,31 @@ pub struct Syncer {
     state: Mutex<SyncerState>,
     cv: Condvar,
     fsyncs: AtomicU64,
+    latency: FsyncLatency,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Upper bounds (seconds) of the fsync latency histogram's buckets (the last is +Inf).
+pub const FSYNC_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// How long the group committer's fsyncs took: a count per bucket of [`FSYNC_BUCKETS`] (plus
+/// one for longer), and the sum.
+#[derive(Default)]
+struct FsyncLatency {
+    buckets: [AtomicU64; FSYNC_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+/// A reading of the fsync latency histogram.
+#[derive(Debug, Clone)]
+pub struct FsyncHistogram {
+    /// Per bucket of [`FSYNC_BUCKETS`] then +Inf: fsyncs that took at most its bound (not
+    /// cumulative).
+    pub counts: Vec<u64>,
+    /// Total seconds spent in fsync.
+    pub sum_secs: f64,
 }
 
 struct SyncerState {
@@ -307,6 +331,7 @@ impl Syncer {
             }),
             cv: Condvar::new(),
             fsyncs: AtomicU64::new(0),
+            latency: FsyncLatency::default(),
             thread: Mutex::new(None),
         });
         if policy != FsyncPolicy::Never {
@@ -328,6 +353,19 @@ impl Syncer {
     /// How many fsyncs the syncer has made.
     pub fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// How long its fsyncs took.
+    pub fn fsync_histogram(&self) -> FsyncHistogram {
+        FsyncHistogram {
+            counts: self
+                .latency
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum_secs: self.latency.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     fn mark(&self, t: &Arc<SyncTarget>) {
@@ -372,7 +410,19 @@ impl Syncer {
         let end = t.written_end.load(Ordering::Acquire);
         let file = t.active.lock().clone();
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        match file.sync_data() {
+        let began = std::time::Instant::now();
+        let synced = file.sync_data();
+        let took = began.elapsed();
+        let secs = took.as_secs_f64();
+        let bucket = FSYNC_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(FSYNC_BUCKETS.len());
+        self.latency.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency
+            .sum_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        match synced {
             Ok(()) => {
                 t.durable.send_modify(|d| {
                     if end > d.offset {

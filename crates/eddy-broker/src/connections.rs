@@ -1,0 +1,178 @@
+//! The connections the front ends serve, for the management API and metrics: who, from where,
+//! over what, and how many bytes.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::broker::BrokerInner;
+
+/// One open connection. Front ends update the counters as they read and write.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// The broker-wide connection id.
+    pub id: u64,
+    /// "AMQP 0-9-1", "Kafka", …
+    pub protocol: &'static str,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener's address it came in on.
+    pub local: SocketAddr,
+    /// When it was accepted (ms since the epoch).
+    pub connected_at_ms: i64,
+    /// Whether it runs over TLS.
+    pub tls: bool,
+    user: Mutex<String>,
+    vhost: Mutex<String>,
+    channels: Mutex<BTreeSet<u16>>,
+    /// Bytes read from the client.
+    pub recv_oct: AtomicU64,
+    /// Bytes written to the client.
+    pub send_oct: AtomicU64,
+}
+
+impl ConnectionInfo {
+    /// `peer -> local`, RabbitMQ's connection name.
+    pub fn name(&self) -> String {
+        format!("{} -> {}", self.peer, self.local)
+    }
+    /// The authenticated user ("" before login).
+    pub fn user(&self) -> String {
+        self.user.lock().clone()
+    }
+    /// The vhost it opened ("" before).
+    pub fn vhost(&self) -> String {
+        self.vhost.lock().clone()
+    }
+    /// Set once authenticated.
+    pub fn set_user(&self, user: &str) {
+        *self.user.lock() = user.to_owned();
+    }
+    /// Set once the vhost is open.
+    pub fn set_vhost(&self, vhost: &str) {
+        *self.vhost.lock() = vhost.to_owned();
+    }
+    /// A channel opened.
+    pub fn channel_opened(&self, number: u16) {
+        self.channels.lock().insert(number);
+    }
+    /// A channel closed.
+    pub fn channel_closed(&self, number: u16) {
+        self.channels.lock().remove(&number);
+    }
+    /// Its open channels.
+    pub fn channels(&self) -> Vec<u16> {
+        self.channels.lock().iter().copied().collect()
+    }
+    /// Count bytes read.
+    pub fn received(&self, n: usize) {
+        self.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// Count bytes written.
+    pub fn sent(&self, n: usize) {
+        self.send_oct.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a connection listed while it lives; dropping it removes the entry.
+#[derive(Debug)]
+pub struct ConnectionHandle {
+    info: Arc<ConnectionInfo>,
+    broker: Weak<BrokerInner>,
+}
+
+impl std::ops::Deref for ConnectionHandle {
+    type Target = ConnectionInfo;
+    fn deref(&self) -> &ConnectionInfo {
+        &self.info
+    }
+}
+
+impl ConnectionHandle {
+    /// The shared entry (for tasks that count bytes).
+    pub fn info(&self) -> Arc<ConnectionInfo> {
+        self.info.clone()
+    }
+}
+
+impl Drop for ConnectionHandle {
+    fn drop(&mut self) {
+        if let Some(b) = self.broker.upgrade() {
+            b.connections.remove(&self.info);
+        }
+    }
+}
+
+/// The registry, with the byte totals of connections already closed.
+#[derive(Default)]
+pub(crate) struct Connections {
+    open: Mutex<std::collections::BTreeMap<u64, Arc<ConnectionInfo>>>,
+    closed_recv: AtomicU64,
+    closed_send: AtomicU64,
+    opened: AtomicU64,
+}
+
+impl Connections {
+    pub(crate) fn add(
+        &self,
+        broker: &Arc<BrokerInner>,
+        id: u64,
+        protocol: &'static str,
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls: bool,
+    ) -> ConnectionHandle {
+        let info = Arc::new(ConnectionInfo {
+            id,
+            protocol,
+            peer,
+            local,
+            connected_at_ms: crate::queue::now_ms(),
+            tls,
+            user: Mutex::new(String::new()),
+            vhost: Mutex::new(String::new()),
+            channels: Mutex::new(BTreeSet::new()),
+            recv_oct: AtomicU64::new(0),
+            send_oct: AtomicU64::new(0),
+        });
+        self.open.lock().insert(id, info.clone());
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        ConnectionHandle {
+            info,
+            broker: Arc::downgrade(broker),
+        }
+    }
+
+    fn remove(&self, info: &ConnectionInfo) {
+        self.open.lock().remove(&info.id);
+        self.closed_recv
+            .fetch_add(info.recv_oct.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.closed_send
+            .fetch_add(info.send_oct.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub(crate) fn list(&self) -> Vec<Arc<ConnectionInfo>> {
+        self.open.lock().values().cloned().collect()
+    }
+
+    /// Bytes received and sent by all connections ever, and connections ever opened.
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
+        let open = self.list();
+        let recv: u64 = open
+            .iter()
+            .map(|c| c.recv_oct.load(Ordering::Relaxed))
+            .sum();
+        let send: u64 = open
+            .iter()
+            .map(|c| c.send_oct.load(Ordering::Relaxed))
+            .sum();
+        (
+            recv + self.closed_recv.load(Ordering::Relaxed),
+            send + self.closed_send.load(Ordering::Relaxed),
+            self.opened.load(Ordering::Relaxed),
+        )
+    }
+}

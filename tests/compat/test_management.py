@@ -1,0 +1,279 @@
+"""The management API (RabbitMQ's paths and shapes), /metrics (parsed with the Prometheus
+client's own parser), the queueing view measured against a known load, users and permissions
+enforced over AMQP, Kafka and HTTP."""
+import base64
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pika
+import pytest
+from confluent_kafka import KafkaException, Producer
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import qname, wait_for
+
+pytestmark = pytest.mark.skipif(bool(__import__("os").environ.get("EDDY_TEST_AMQP_URL")),
+                                reason="Eddy's own HTTP API")
+
+
+def call(server, method, path, body=None, user="guest", password="guest", raw=False):
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(server.http + path, data=data, method=method)
+    if user is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        text = e.read()
+        status = e.code
+    if raw:
+        return status, text
+    return status, (json.loads(text) if text.strip() else None)
+
+
+def amqp(server, user="guest", password="guest", vhost="/"):
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", server.port, vhost, pika.PlainCredentials(user, password)))
+
+
+def test_queues_exchanges_bindings_publish_get_and_errors(broker):
+    q = qname("mgmt")
+    conn = amqp(broker)
+    ch = conn.channel()
+    ch.queue_declare(q, durable=True)
+    ch.queue_bind(q, "amq.topic", "a.#")
+    for i in range(7):
+        ch.basic_publish("", q, f"m{i}".encode())
+    status, info = call(broker, "GET", f"/api/queues/%2F/{q}")
+    assert status == 200, info
+    assert info["messages"] == 7 and info["messages_ready"] == 7 and info["durable"] is True
+    assert info["vhost"] == "/" and info["type"] == "classic"
+    assert info["message_stats"]["publish"] == 7
+    status, overview = call(broker, "GET", "/api/overview")
+    assert overview["object_totals"]["queues"] >= 1 and overview["object_totals"]["connections"] >= 1
+    assert {"amqp", "kafka", "http"} <= {l["protocol"] for l in overview["listeners"]}
+    status, conns = call(broker, "GET", "/api/connections")
+    mine = [c for c in conns if c["protocol"] == "AMQP 0-9-1"]
+    assert mine and mine[0]["user"] == "guest" and mine[0]["channels"] >= 1 and mine[0]["recv_oct"] > 0
+    status, binds = call(broker, "GET", "/api/bindings/%2F")
+    assert any(b["source"] == "amq.topic" and b["destination"] == q and b["routing_key"] == "a.#" for b in binds)
+    status, exs = call(broker, "GET", "/api/exchanges")
+    assert any(e["name"] == "amq.topic" and e["type"] == "topic" for e in exs)
+    # get without taking, then publish through the API
+    status, got = call(broker, "POST", f"/api/queues/%2F/{q}/get", {"count": 3, "ackmode": "ack_requeue_true", "encoding": "auto"})
+    assert [m["payload"] for m in got] == ["m0", "m1", "m2"]
+    status, r = call(broker, "POST", "/api/exchanges/%2F/amq.default/publish",
+                     {"routing_key": q, "payload": "via http", "payload_encoding": "string", "properties": {"delivery_mode": 2}})
+    assert status == 200 and r == {"routed": True}
+    assert ch.queue_declare(q, passive=True).method.message_count == 8
+    # purge, declare and delete over the API
+    assert call(broker, "DELETE", f"/api/queues/%2F/{q}/contents")[0] == 204
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    q2 = qname("api")
+    assert call(broker, "PUT", f"/api/queues/%2F/{q2}", {"durable": False, "arguments": {"x-max-length": 5}})[0] == 201
+    ch.queue_declare(q2, passive=True)
+    status, info = call(broker, "GET", f"/api/queues/%2F/{q2}")
+    assert info["arguments"] == {"x-max-length": 5} and info["durable"] is False
+    assert call(broker, "DELETE", f"/api/queues/%2F/{q2}")[0] == 204
+    conn.close()
+    # errors: JSON with a reason and the right status
+    status, e = call(broker, "GET", "/api/queues/%2F/no-such-queue")
+    assert status == 404 and e["error"] == "not_found" and "no-such-queue" in e["reason"]
+    status, e = call(broker, "PUT", f"/api/queues/%2F/{qname()}", b"{not json")
+    assert status == 400 and "JSON" in e["reason"]
+    status, e = call(broker, "GET", "/api/overview", password="wrong")
+    assert status == 401 and "Login failed" in e["reason"]
+    status, e = call(broker, "GET", "/api/overview", user=None)
+    assert status == 401
+    status, e = call(broker, "PUT", "/api/exchanges/%2F/x", {"type": "nonsense"})
+    assert status in (400, 403) and e["reason"]
+
+
+def test_definitions_export_import_into_a_fresh_broker(own_eddy):
+    a, b = own_eddy(), own_eddy()
+    q, x = qname("def"), qname("ex")
+    conn = amqp(a)
+    ch = conn.channel()
+    ch.exchange_declare(x, "direct", durable=True)
+    ch.queue_declare(q, durable=True, arguments={"x-message-ttl": 60000})
+    ch.queue_bind(q, x, "k")
+    conn.close()
+    assert call(a, "PUT", "/api/users/alice", {"password": "wonderland", "tags": "management"})[0] == 201
+    assert call(a, "PUT", "/api/vhosts/dev")[0] == 201
+    assert call(a, "PUT", "/api/permissions/dev/alice", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+    assert call(a, "PUT", "/api/topics/deftopic", {"partitions": 3})[0] == 201
+    status, d = call(a, "GET", "/api/definitions")
+    assert status == 200
+    alice = [u for u in d["users"] if u["name"] == "alice"][0]
+    assert alice["hashing_algorithm"] == "rabbit_password_hashing_sha256" and "wonderland" not in json.dumps(d)
+    assert call(b, "POST", "/api/definitions", d)[0] == 204
+    status, qi = call(b, "GET", f"/api/queues/%2F/{q}")
+    assert status == 200 and qi["arguments"] == {"x-message-ttl": 60000}
+    status, binds = call(b, "GET", "/api/bindings/%2F")
+    assert any(bd["source"] == x and bd["destination"] == q for bd in binds)
+    status, t = call(b, "GET", "/api/topics/deftopic")
+    assert len(t["partitions"]) == 3
+    # the imported hash logs in: alice may use vhost dev over AMQP
+    c = amqp(b, "alice", "wonderland", "dev")
+    c.channel().queue_declare("in-dev")
+    c.close()
+    # a RabbitMQ-exported hash ("test12", RabbitMQ's documentation example) logs in too
+    d2 = {"users": [{"name": "rabbit", "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR",
+                     "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"]}],
+          "permissions": [{"user": "rabbit", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}]}
+    assert call(b, "POST", "/api/definitions", d2)[0] == 204
+    assert call(b, "GET", "/api/whoami", user="rabbit", password="test12")[1]["name"] == "rabbit"
+
+
+def test_metrics_parse_with_the_prometheus_parser(broker):
+    q = qname("prom")
+    conn = amqp(broker)
+    ch = conn.channel()
+    ch.queue_declare(q)
+    for _ in range(5):
+        ch.basic_publish("", q, b"x" * 10)
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    topic = qname("promtopic")
+    for i in range(3):
+        p.produce(topic, b"v")
+    p.flush(30)
+    status, text = call(broker, "GET", "/metrics", user=None, raw=True)
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    def value(family, **labels):
+        for s in families[family].samples:
+            if all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+        raise AssertionError(f"no {family} sample with {labels}")
+    assert value("eddy_queue_messages_ready", vhost="/", queue=q) == 5
+    assert value("eddy_queue_messages_ready_bytes", vhost="/", queue=q) == 50
+    assert families["eddy_queue_messages_published"].type == "counter"
+    assert value("eddy_topic_partition_end_offset", topic=topic, partition="0") == 3
+    assert value("eddy_connections", protocol="AMQP 0-9-1") >= 1
+    assert families["eddy_fsync_duration_seconds"].type == "histogram"
+    assert value("eddy_publishers_blocked") == 0
+    assert value("eddy_received_bytes") > 0
+    for name in ["eddy_memory_used_bytes", "eddy_disk_free_limit_bytes", "eddy_memory_alarm", "eddy_disk_alarm",
+                 "eddy_channels", "eddy_queue_consumers", "eddy_queue_arrival_rate", "eddy_group_lag"]:
+        assert name in families, name
+    conn.close()
+
+
+def test_queueing_view_matches_a_known_arrival_and_service_rate(own_eddy):
+    """Publish at λ = 25/s; one consumer (prefetch 1) takes 20 ms a message, μ = 50/s, so
+    ρ = 0.5; the API's figures agree within 10%, and Little's law holds."""
+    s = own_eddy()
+    q = qname("mm1")
+    lam, service = 25.0, 0.020
+    conn = amqp(s)
+    conn.channel().queue_declare(q)
+    conn.close()
+    stop = threading.Event()
+
+    def consume():
+        c = amqp(s)
+        ch = c.channel()
+        ch.basic_qos(prefetch_count=1)
+        for method, _, _ in ch.consume(q, inactivity_timeout=0.2):
+            if stop.is_set():
+                break
+            if method is None:
+                continue
+            time.sleep(service)
+            ch.basic_ack(method.delivery_tag)
+        c.close()
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    pub = amqp(s)
+    pch = pub.channel()
+    start = time.monotonic()
+    n = 0
+    while time.monotonic() - start < 24:
+        n += 1
+        pch.basic_publish("", q, b"job")
+        # steady arrivals: the n-th at n/λ
+        delay = start + n / lam - time.monotonic()
+        if delay > 0:
+            pub.sleep(delay)
+    status, info = call(s, "GET", f"/api/queues/%2F/{q}?window=20")
+    stop.set()
+    t.join(10)
+    pub.close()
+    v = info["queueing"]
+    assert v is not None and v["window_seconds"] >= 15, v
+    assert abs(v["arrival_rate"] - lam) / lam < 0.10, v
+    assert abs(v["service_rate"] - 1 / service) * service < 0.10, v
+    assert abs(v["utilisation"] - lam * service) / (lam * service) < 0.10, v
+    assert v["mean_time_in_queue_seconds"] >= service
+    assert abs(v["littles_law_messages"] - v["mean_messages_in_queue"]) / v["mean_messages_in_queue"] < 0.10, v
+    assert v["drain_seconds"] is not None
+
+
+def test_permissions_are_enforced_over_amqp_kafka_and_http(broker):
+    q = qname("perm")
+    conn = amqp(broker)
+    conn.channel().queue_declare(q)
+    conn.close()
+    user = qname("bob")
+    assert call(broker, "PUT", f"/api/users/{user}", {"password": "pw", "tags": ""})[0] == 201
+    # no permissions in the vhost: connection.open is refused
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
+        amqp(broker, user, "pw")
+    # read-only: publishing is refused with 403, consuming works
+    assert call(broker, "PUT", f"/api/permissions/%2F/{user}", {"configure": "^$", "write": "^$", "read": ".*"})[0] == 201
+    c = amqp(broker, user, "pw")
+    ch = c.channel()
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.basic_publish("", q, b"nope")
+    assert e.value.reply_code == 403 and "write access to exchange 'amq.default'" in e.value.reply_text
+    ch = c.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare(qname("mine"))
+    assert e.value.reply_code == 403 and "configure access to queue" in e.value.reply_text
+    ch = c.channel()
+    assert ch.basic_get(q, auto_ack=True)[0] is None
+    c.close()
+    # with write permission the same publish goes through
+    assert call(broker, "PUT", f"/api/permissions/%2F/{user}", {"configure": "^$", "write": ".*", "read": ".*"})[0] == 201
+    c = amqp(broker, user, "pw")
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"yes")
+    c.close()
+    conn = amqp(broker)
+    assert conn.channel().queue_declare(q, passive=True).method.message_count == 1
+    conn.close()
+    # HTTP: no management tag, no API
+    status, e = call(broker, "GET", "/api/overview", user=user, password="pw")
+    assert status == 401 and "not a management user" in e["reason"]
+    # Kafka with SASL/PLAIN: wrong password fails the login; without write permission on the
+    # topic, producing fails with TOPIC_AUTHORIZATION_FAILED
+    topic = qname("kperm")
+    call(broker, "PUT", f"/api/topics/{topic}", {"partitions": 1})
+    sasl = {"bootstrap.servers": broker.bootstrap, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+            "message.timeout.ms": 5000}
+    assert call(broker, "PUT", f"/api/permissions/%2F/{user}", {"configure": "^$", "write": "^$", "read": ".*"})[0] == 201
+    errors = []
+    p = Producer({**sasl, "sasl.username": user, "sasl.password": "pw"})
+    p.produce(topic, b"v", on_delivery=lambda err, msg: errors.append(err))
+    p.flush(20)
+    assert len(errors) == 1 and errors[0] is not None and errors[0].name() == "TOPIC_AUTHORIZATION_FAILED", errors
+    assert call(broker, "PUT", f"/api/permissions/%2F/{user}", {"configure": "^$", "write": ".*", "read": ".*"})[0] == 201
+    errors.clear()
+    p = Producer({**sasl, "sasl.username": user, "sasl.password": "pw"})
+    p.produce(topic, b"v", on_delivery=lambda err, msg: errors.append(err))
+    p.flush(20)
+    assert errors == [None]
+    failures = []
+    p = Producer({**sasl, "sasl.username": user, "sasl.password": "bad", "error_cb": lambda e: failures.append(e)})
+    p.produce(topic, b"v")
+    p.flush(5)
+    assert any("Authentication failed" in str(f) or f.code() == -169 for f in failures), failures
