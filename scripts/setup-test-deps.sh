@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs what the real-client test suites need, idempotently: kcat from Debian, and a
+# Installs what the real-client test suites need, idempotently: kcat, chromium and
+# chromium-driver from Debian, and a
 # virtualenv in .venv with the pinned Python clients (tests/compat/requirements.txt). Quick when
 # already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v kcat >/dev/null; then
+# kcat for the Kafka suites; Debian's chromium + chromium-driver for the console's browser test
+missing=()
+command -v kcat >/dev/null || missing+=(kcat)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kcat >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 req=tests/compat/requirements.txt
 stamp=.venv/.requirements.sha256

@@ -1,6 +1,7 @@
 //! The `eddy` binary: configuration (flags, `EDDY_*` environment, TOML), the `serve` command
 //! that wires the broker to its listeners, and `bench`. Only this crate reads configuration.
 
+mod admin;
 mod alloc;
 
 use std::net::SocketAddr;
@@ -44,6 +45,70 @@ enum Command {
         /// Engine flags and the job's own.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Queues over the management API: list (depth, rates, the queueing view), declare,
+    /// delete, purge.
+    Queues {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::Queues,
+    },
+    /// Exchanges over the management API.
+    Exchanges {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::ListOnly,
+    },
+    /// Topics over the management API: list, create NAME --partitions N, delete.
+    Topics {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::Topics,
+    },
+    /// Consumer groups with their committed offsets and lag.
+    Groups {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::ListOnly,
+    },
+    /// Open connections.
+    Connections {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::ListOnly,
+    },
+    /// Users: list, add NAME --password P [--tags T], delete, passwd.
+    Users {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::Users,
+    },
+    /// Vhosts: list, add, delete.
+    Vhosts {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::Vhosts,
+    },
+    /// Permissions: list, set USER --vhost V --configure RE --write RE --read RE, clear.
+    Permissions {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::Permissions,
+    },
+    /// Definitions (RabbitMQ's format plus topics): export FILE, import FILE.
+    Definitions {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::Definitions,
     },
     /// Load generators that run against Eddy or any peer speaking the same protocol.
     Bench {
@@ -184,10 +249,29 @@ fn main() -> Result<()> {
         eddy_bench::run_nexmark(args)?;
         return Ok(());
     }
-    if let Command::Run { job, args } = cli.command {
-        // no async runtime: the engine runs its own worker threads
-        return eddy_stream::jobs::run(&job, args).with_context(|| format!("job {job}"));
+    if !matches!(cli.command, Command::Serve(_)) {
+        // a command-line tool piped into `head` ends quietly, as other Unix tools do
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
+    let cli = match cli.command {
+        Command::Run { job, args } => {
+            // no async runtime: the engine runs its own worker threads
+            return eddy_stream::jobs::run(&job, args).with_context(|| format!("job {job}"));
+        }
+        Command::Queues { conn, cmd } => return admin::queues(&conn, cmd),
+        Command::Exchanges { conn, .. } => return admin::exchanges(&conn),
+        Command::Topics { conn, cmd } => return admin::topics(&conn, cmd),
+        Command::Groups { conn, .. } => return admin::groups(&conn),
+        Command::Connections { conn, .. } => return admin::connections(&conn),
+        Command::Users { conn, cmd } => return admin::users(&conn, cmd),
+        Command::Vhosts { conn, cmd } => return admin::vhosts(&conn, cmd),
+        Command::Permissions { conn, cmd } => return admin::permissions(&conn, cmd),
+        Command::Definitions { conn, cmd } => return admin::definitions(&conn, cmd),
+        other => Cli { command: other },
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -203,10 +287,7 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchCommand::Kafka(args),
         } => rt.block_on(eddy_bench::run_kafka(args)),
-        Command::Run { .. }
-        | Command::Bench {
-            what: BenchCommand::Nexmark(_),
-        } => unreachable!("handled above"),
+        _ => unreachable!("handled above"),
     }
 }
 

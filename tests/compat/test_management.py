@@ -277,3 +277,51 @@ def test_permissions_are_enforced_over_amqp_kafka_and_http(broker):
     p.produce(topic, b"v")
     p.flush(5)
     assert any("Authentication failed" in str(f) or f.code() == -169 for f in failures), failures
+
+
+def test_cli_admin_verbs(broker, tmp_path):
+    import os
+    import subprocess
+    binary = os.environ.get("EDDY_BIN", str(__import__("conftest").ROOT / "target" / "debug" / "eddy"))
+
+    def eddy(*args, ok=True):
+        r = subprocess.run([binary, *args, "--url", broker.http], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "RUST_BACKTRACE": "0"})
+        assert (r.returncode == 0) == ok, r.stderr
+        return r.stdout if ok else r.stderr
+
+    topic, q, user = qname("clitopic"), qname("cliq"), qname("cliuser")
+    assert "created with 3 partitions" in eddy("topics", "create", topic, "--partitions", "3")
+    rows = [l.split() for l in eddy("topics", "list").splitlines()]
+    assert rows[0] == ["name", "partitions", "messages"] and [topic, "3", "0"] in rows
+    eddy("queues", "declare", q)
+    conn = amqp(broker)
+    ch = conn.channel()
+    for _ in range(4):
+        ch.basic_publish("", q, b"x")
+    listed = json.loads(eddy("queues", "list", "--json"))
+    assert [x["messages_ready"] for x in listed if x["name"] == q] == [4]
+    line = [l for l in eddy("queues", "list").splitlines() if q in l][0].split()
+    assert line[:5] == ["/", q, "classic", "4", "0"]
+    eddy("users", "add", user, "--password", "s3cret", "--tags", "management")
+    eddy("permissions", "set", user, "--configure", "^$", "--write", "^$", "--read", ".*")
+    perms = json.loads(eddy("permissions", "list", "--json"))
+    assert {"user": user, "vhost": "/", "configure": "^$", "write": "^$", "read": ".*"} in perms
+    # the new user logs in to the API (a management user sees the vhosts it may use)
+    assert "/" in eddy("vhosts", "list", "--api-user", user, "--api-password", "s3cret")
+    assert "not an administrator" in eddy("users", "list", "--api-user", user, "--api-password", "s3cret", ok=False)
+    eddy("users", "passwd", user, "--password", "n3w")
+    assert "invalid credentials" in eddy("vhosts", "list", "--api-user", user, "--api-password", "s3cret", ok=False)
+    # definitions round trip through a file
+    f = tmp_path / "defs.json"
+    eddy("definitions", "export", str(f))
+    d = json.loads(f.read_text())
+    assert any(x["name"] == q for x in d["queues"]) and any(u["name"] == user for u in d["users"])
+    eddy("queues", "delete", q)
+    eddy("definitions", "import", str(f))
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    eddy("users", "delete", user)
+    assert "HTTP 404" in eddy("queues", "delete", "no-such-queue", ok=False)
+    eddy("topics", "delete", topic)
+    assert topic not in eddy("topics", "list")
+    conn.close()
