@@ -207,6 +207,7 @@ def test_queueing_view_matches_a_known_arrival_and_service_rate(own_eddy):
     t.join(10)
     pub.close()
     v = info["queueing"]
+    print("queueing view:", json.dumps(v))
     assert v is not None and v["window_seconds"] >= 15, v
     assert abs(v["arrival_rate"] - lam) / lam < 0.10, v
     assert abs(v["service_rate"] - 1 / service) * service < 0.10, v
