@@ -3,6 +3,7 @@
 
 mod admin;
 mod alloc;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ enum Command {
     /// Run the broker. With no flags: data in ./data, AMQP on 127.0.0.1:5672, Kafka on 127.0.0.1:9092, guest/guest from loopback only.
     ///
     /// Precedence: flags > EDDY_* environment variables > --config TOML file > defaults.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a packaged stream job (`eddy run wordcount --input-topic lines --window 5
     /// --output-topic word-counts`). Engine flags: -w N worker threads, -n N processes, -p I
     /// this process, -h FILE hosts (one host:port per process), --checkpoint-dir DIR (resume
@@ -156,6 +157,25 @@ struct ServeArgs {
     /// Management API, web console and /metrics listener address [default: 127.0.0.1:15672]
     #[arg(long, env = "EDDY_HTTP")]
     http: Option<SocketAddr>,
+    /// TLS certificate chain (PEM); with --tls-key, turns on AMQPS, Kafka over TLS and HTTPS
+    #[arg(long, env = "EDDY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, env = "EDDY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that TLS clients' certificates must chain to; without it no client
+    /// certificate is asked for
+    #[arg(long, env = "EDDY_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// AMQPS listener address (with TLS) [default: 127.0.0.1:5671]
+    #[arg(long, env = "EDDY_AMQPS")]
+    amqps: Option<SocketAddr>,
+    /// Kafka TLS listener address (SSL / SASL_SSL, with TLS) [default: 127.0.0.1:9093]
+    #[arg(long, env = "EDDY_KAFKA_TLS")]
+    kafka_tls: Option<SocketAddr>,
+    /// HTTPS listener address (with TLS) [default: 127.0.0.1:15671]
+    #[arg(long, env = "EDDY_HTTPS")]
+    https: Option<SocketAddr>,
     /// Address Kafka clients are told to connect to (Metadata) [default: the --kafka address]
     #[arg(long, env = "EDDY_KAFKA_ADVERTISED")]
     kafka_advertised: Option<String>,
@@ -205,6 +225,12 @@ struct FileConfig {
     segment_ms: Option<u64>,
     kafka: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    amqps: Option<SocketAddr>,
+    kafka_tls: Option<SocketAddr>,
+    https: Option<SocketAddr>,
     kafka_advertised: Option<String>,
     kafka_auto_create_partitions: Option<usize>,
     users: Option<Vec<UserConfig>>,
@@ -277,7 +303,7 @@ fn main() -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Bench {
             what: BenchCommand::Amqp(args),
         } => rt.block_on(async move {
@@ -409,26 +435,88 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let http_bound = http_listener.local_addr()?;
     let history = Arc::new(eddy_http::stats::History::default());
     let sampler = history.spawn(broker.clone());
+    tracing::info!(http = %http_bound, "management API, console and /metrics started");
+    // TLS listeners, with one certificate
+    let tls = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(cert), Some(key)) => {
+            let client_ca = args.tls_client_ca.or(file.tls_client_ca);
+            Some(tls::acceptor(&cert, &key, client_ca.as_deref())?)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    let bind = async |addr: SocketAddr, what: &str| {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {what} listener on {addr}"))
+    };
+    let (amqps, kafka_tls, https) = match &tls {
+        None => (None, None, None),
+        Some(acceptor) => {
+            let a = args
+                .amqps
+                .or(file.amqps)
+                .unwrap_or_else(|| "127.0.0.1:5671".parse().expect("valid"));
+            let k = args
+                .kafka_tls
+                .or(file.kafka_tls)
+                .unwrap_or_else(|| "127.0.0.1:9093".parse().expect("valid"));
+            let h = args
+                .https
+                .or(file.https)
+                .unwrap_or_else(|| "127.0.0.1:15671".parse().expect("valid"));
+            let (a, k, h) = (
+                bind(a, "AMQPS").await?,
+                bind(k, "Kafka TLS").await?,
+                bind(h, "HTTPS").await?,
+            );
+            let k_bound = k.local_addr()?;
+            tracing::info!(amqps = %a.local_addr()?, kafka_tls = %k_bound, https = %h.local_addr()?, "TLS listeners started");
+            (
+                Some(eddy_amqp::TlsListener {
+                    listener: a,
+                    acceptor: acceptor.clone(),
+                }),
+                Some(eddy_kafka::TlsListener {
+                    listener: k,
+                    acceptor: acceptor.clone(),
+                    advertised_host: k_bound.ip().to_string(),
+                    advertised_port: k_bound.port(),
+                }),
+                Some((h, acceptor.clone())),
+            )
+        }
+    };
+    let mut listeners = vec![
+        ("amqp".to_owned(), listener.local_addr()?),
+        ("kafka".to_owned(), kafka_bound),
+        ("http".to_owned(), http_bound),
+    ];
+    if let (Some(a), Some(k), Some((h, _))) = (&amqps, &kafka_tls, &https) {
+        listeners.push(("amqp/ssl".into(), a.listener.local_addr()?));
+        listeners.push(("kafka/ssl".into(), k.listener.local_addr()?));
+        listeners.push(("https".into(), h.local_addr()?));
+    }
     let api = Arc::new(eddy_http::Api {
         broker: broker.clone(),
         history,
-        listeners: vec![
-            ("amqp".into(), listener.local_addr()?),
-            ("kafka".into(), kafka_bound),
-            ("http".into(), http_bound),
-        ],
+        listeners,
         jobs: Default::default(),
     });
-    tracing::info!(http = %http_bound, "management API, console and /metrics started");
-    let http_server = tokio::spawn(eddy_http::serve(http_listener, api, stopped.clone()));
+    let http_server = tokio::spawn(eddy_http::serve(http_listener, https, api, stopped.clone()));
     let server = tokio::spawn(eddy_amqp::serve(
         listener,
+        amqps,
         broker.clone(),
         amqp_cfg,
         stopped.clone(),
     ));
     let kafka_server = tokio::spawn(eddy_kafka::serve(
         kafka_listener,
+        kafka_tls,
         broker.clone(),
         kafka_cfg,
         stopped,

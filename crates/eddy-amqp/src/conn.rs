@@ -15,8 +15,7 @@ use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::{Bytes, BytesMut};
 use eddy_broker::{Access, Alarms, Broker, BrokerError, Message, PublishOutcome, Queue, VHost};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -231,7 +230,7 @@ struct Conn {
     may_publish: std::collections::HashSet<String>,
 }
 
-/// Serve one connection until it closes.
+/// Serve one plain TCP connection until it closes.
 pub async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
@@ -240,10 +239,40 @@ pub async fn handle(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let id = broker.next_connection_id();
     let local = stream.local_addr().unwrap_or(peer);
-    let info = broker.register_connection(id, "AMQP 0-9-1", peer, local, false);
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    handle_io(rd, wr, peer, local, false, broker, cfg, shutdown).await
+}
+
+/// Serve one TLS connection (AMQPS) until it closes.
+pub async fn handle_tls(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Broker,
+    cfg: Arc<AmqpConfig>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (rd, wr) = tokio::io::split(stream);
+    handle_io(rd, wr, peer, local, true, broker, cfg, shutdown).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_io<R, W>(
+    mut rd: R,
+    wr: W,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+    broker: Broker,
+    cfg: Arc<AmqpConfig>,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let id = broker.next_connection_id();
+    let info = broker.register_connection(id, "AMQP 0-9-1", peer, local, tls);
     let out = Outbound::new();
     let wake = Arc::new(Notify::new());
     let writer = tokio::spawn(writer_task(out.clone(), wr, wake.clone(), info.info()));
@@ -384,12 +413,12 @@ const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Flush the outbound buffer until the connection is closed; hands the socket back once
 /// everything is written (None after a write error).
-async fn writer_task(
+async fn writer_task<W: AsyncWrite + Unpin>(
     out: Arc<Outbound>,
-    mut wr: OwnedWriteHalf,
+    mut wr: W,
     wake: Arc<Notify>,
     counters: Arc<eddy_broker::ConnectionInfo>,
-) -> Option<OwnedWriteHalf> {
+) -> Option<W> {
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
         {

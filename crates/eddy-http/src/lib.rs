@@ -121,13 +121,18 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Accept connections until `shutdown` turns true.
+/// Accept connections (plain, and HTTPS on `tls`) until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     api: Arc<Api>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut conns = tokio::task::JoinSet::new();
+    let accept_tls = async |tls: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>| match tls {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
+    };
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -137,6 +142,24 @@ pub async fn serve(
                 }
                 Err(e) => {
                     tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            r = accept_tls(&tls) => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let acceptor = tls.as_ref().expect("accepted on it").1.clone();
+                    let api = api.clone();
+                    conns.spawn(async move {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => serve_connection(api, s, peer).await,
+                            Ok(Err(e)) => tracing::warn!(%peer, "HTTPS: TLS handshake failed: {e}"),
+                            Err(_) => tracing::warn!(%peer, "HTTPS: no TLS handshake within 10 s"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("HTTPS accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -8,8 +8,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use eddy_broker::Broker;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -59,18 +58,50 @@ pub(crate) async fn handle(
     broker: Broker,
     cfg: Arc<KafkaConfig>,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
+    let (rd, wr) = stream.into_split();
+    handle_io(rd, wr, peer, local, false, broker, cfg, shared, shutdown).await
+}
+
+/// One connection of the TLS listener (SSL / SASL_SSL).
+pub(crate) async fn handle_tls(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Broker,
+    cfg: Arc<KafkaConfig>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (rd, wr) = tokio::io::split(stream);
+    handle_io(rd, wr, peer, local, true, broker, cfg, shared, shutdown).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_io<R, W>(
+    mut rd: R,
+    wr: W,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+    broker: Broker,
+    cfg: Arc<KafkaConfig>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let registered =
-        broker.register_connection(broker.next_connection_id(), "Kafka", peer, local, false);
+        broker.register_connection(broker.next_connection_id(), "Kafka", peer, local, tls);
     let counters = registered.info();
     registered.set_vhost("/");
     if peer.ip().is_loopback() {
         registered.set_user("guest");
     }
-    let (mut rd, wr) = stream.into_split();
     let mut handler = Handler::new(broker, cfg.clone(), &shared, peer);
     handler.info = Some(counters.clone());
     // requests are handled in order; their responses go out in order from a writer task, so a
@@ -129,9 +160,9 @@ pub(crate) async fn handle(
 /// Responses not yet written per connection before its reader waits.
 const MAX_IN_FLIGHT: usize = 64;
 
-async fn write_responses(
+async fn write_responses<W: AsyncWrite + Unpin>(
     mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
-    mut wr: OwnedWriteHalf,
+    mut wr: W,
     counters: Arc<eddy_broker::ConnectionInfo>,
 ) {
     let mut out = BytesMut::with_capacity(64 * 1024);

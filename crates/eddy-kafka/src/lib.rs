@@ -53,15 +53,44 @@ impl Default for KafkaConfig {
     }
 }
 
-/// Accept Kafka connections until `shutdown` turns true; each runs in its own task, and
-/// this returns once they are gone (or after a grace period).
+/// A TLS listener (Kafka's SSL and SASL_SSL security protocols): clients that connect to it
+/// are told (Metadata) to come back to it.
+pub struct TlsListener {
+    /// The socket.
+    pub listener: TcpListener,
+    /// The server's TLS configuration.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Host this listener's clients are told to connect to.
+    pub advertised_host: String,
+    /// Port this listener's clients are told to connect to.
+    pub advertised_port: u16,
+}
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Accept Kafka connections (plain, and TLS on `tls`) until `shutdown` turns true; each runs
+/// in its own task, and this returns once they are gone (or after a grace period). Both
+/// listeners share producers' state and consumer groups.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     broker: Broker,
     config: KafkaConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let tls_config = tls.as_ref().map(|t| {
+        Arc::new(KafkaConfig {
+            advertised_host: t.advertised_host.clone(),
+            advertised_port: t.advertised_port,
+            ..config.clone()
+        })
+    });
     let config = Arc::new(config);
+    let accept_tls = async |tls: &Option<TlsListener>| match tls {
+        Some(t) => t.listener.accept().await,
+        None => std::future::pending().await,
+    };
     let shared = Arc::new(api::Shared {
         producers: Arc::new(producers::Producers::new()),
         groups: Arc::new(groups::Groups::default()),
@@ -90,11 +119,32 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            r = accept_tls(&tls) => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().unwrap_or(peer);
+                    let acceptor = tls.as_ref().expect("accepted on it").acceptor.clone();
+                    let cfg = tls_config.clone().expect("set with the listener");
+                    let (b, sh, s) = (broker.clone(), shared.clone(), shutdown.clone());
+                    conns.spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => conn::handle_tls(stream, peer, local, b, cfg, sh, s).await,
+                            Ok(Err(e)) => tracing::warn!(%peer, "kafka TLS handshake failed: {e}"),
+                            Err(_) => tracing::warn!(%peer, "kafka: no TLS handshake within 10 s"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("kafka TLS accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             _ = shutdown.changed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
     drop(listener);
+    drop(tls);
     expiry.abort();
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         while conns.join_next().await.is_some() {}
