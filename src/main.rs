@@ -34,12 +34,13 @@ enum Command {
     /// Run a packaged stream job (`eddy run wordcount --input-topic lines --window 5
     /// --output-topic word-counts`). Engine flags: -w N worker threads, -n N processes, -p I
     /// this process, -h FILE hosts (one host:port per process), --checkpoint-dir DIR (resume
-    /// from its latest checkpoint), --checkpoint-interval MS.
+    /// from its latest checkpoint), --checkpoint-interval MS, --report URL (the management
+    /// API the job reports to; default http://127.0.0.1:15672) or --no-report.
     ///
     /// Jobs: wordcount — count words: --input-file FILE | --input-topic TOPIC [--from-latest]
     /// [--bounded] | --input-queue QUEUE [--amqp URI] [--until-idle SECONDS]; [--window SECONDS] (tumbling event-time windows; without it, running
     /// counts); [--output-topic TOPIC] (exactly-once with --checkpoint-dir; else printed);
-    /// [--bootstrap HOST:PORT] (default 127.0.0.1:9092).
+    /// [--bootstrap HOST:PORT] (default 127.0.0.1:9092); [--job-name NAME] (default wordcount).
     Run {
         /// The job's name.
         job: String,

@@ -87,6 +87,9 @@ impl Server {
     /// Start again on the same port and data dir.
     pub fn restart(&mut self) {
         self.kill9();
+        // the management port is not used across restarts: a fresh one cannot have been
+        // taken meanwhile as the local port of an outgoing connection
+        self.http_port = free_port();
         self.spawn();
     }
 

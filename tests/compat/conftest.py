@@ -81,6 +81,9 @@ class EddyServer:
     def restart(self):
         if self.proc and self.proc.poll() is None:
             self.kill9()
+        # the management port is not needed across restarts; a fresh one cannot have been taken
+        # as the local port of some outgoing connection meanwhile
+        self.http_port = free_port()
         self.start()
 
     def stop(self):

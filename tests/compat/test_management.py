@@ -326,3 +326,40 @@ def test_cli_admin_verbs(broker, tmp_path):
     eddy("topics", "delete", topic)
     assert topic not in eddy("topics", "list")
     conn.close()
+
+
+def test_a_running_stream_job_reports_to_api_jobs(broker, tmp_path):
+    import os
+    import subprocess
+    binary = os.environ.get("EDDY_BIN", str(__import__("conftest").ROOT / "target" / "debug" / "eddy"))
+    topic = qname("joblines")
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(500):
+        p.produce(topic, f"a b c {i}".encode())
+    p.flush(30)
+    name = qname("job")
+    job = subprocess.Popen([binary, "run", "wordcount", "--input-topic", topic, "--bootstrap", broker.bootstrap,
+                            "--checkpoint-dir", str(tmp_path / "cp"), "--checkpoint-interval", "200",
+                            "--report", broker.http, "-w", "2", "--job-name", name],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "job.log", "wb"),
+                           env={**os.environ, "RUST_BACKTRACE": "0"})
+    try:
+        def report():
+            status, jobs = call(broker, "GET", "/api/jobs")
+            mine = [j for j in jobs if j["name"] == name]
+            return mine[0] if mine and mine[0]["records_in"] == 500 and mine[0]["last_checkpoint"] is not None else None
+        r = wait_for(report, timeout=60, what="the job's report")
+        assert r["state"] == "running" and r["workers"] == 2 and r["records_out"] >= 500, r
+        assert r["checkpoint_dir"] == str(tmp_path / "cp") and r["pid"] == job.pid
+    finally:
+        job.kill()
+        job.wait(10)
+    # a job that ends says so
+    lines = tmp_path / "lines.txt"
+    lines.write_text("x y\n" * 10)
+    r = subprocess.run([binary, "run", "wordcount", "--input-file", str(lines), "--report", broker.http,
+                        "--job-name", name + "-file"], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    status, jobs = call(broker, "GET", "/api/jobs")
+    done = [j for j in jobs if j["name"] == name + "-file"]
+    assert done and done[0]["state"] == "finished" and done[0]["records_in"] == 10, jobs

@@ -226,8 +226,8 @@ struct Conn {
     /// The connection's entry in the broker's list (user, vhost, channels, bytes).
     info: eddy_broker::ConnectionHandle,
     /// Exchanges this connection was already allowed to publish to (permission checks off
-    /// the per-message path; dropped when it grows past a few hundred names).
-    may_publish: std::collections::HashSet<String>,
+    /// the per-message path; a short list, scanned, and cleared when it grows past 16).
+    may_publish: Vec<String>,
 }
 
 /// Serve one plain TCP connection until it closes.
@@ -1492,12 +1492,12 @@ impl Conn {
                         "NOT_IMPLEMENTED - immediate=true",
                     ));
                 }
-                if !self.may_publish.contains(p.exchange.as_str()) {
+                if !self.may_publish.iter().any(|x| x == p.exchange.as_str()) {
                     self.allow(Access::Write, "exchange", p.exchange.as_str())?;
-                    if self.may_publish.len() >= 256 {
+                    if self.may_publish.len() >= 16 {
                         self.may_publish.clear();
                     }
-                    self.may_publish.insert(p.exchange.to_string());
+                    self.may_publish.push(p.exchange.to_string());
                 }
                 let ch = self.channel_mut(id)?;
                 ch.pending = Some(PendingPublish {

@@ -28,10 +28,26 @@ pub struct ConnectionInfo {
     user: Mutex<String>,
     vhost: Mutex<String>,
     channels: Mutex<BTreeSet<u16>>,
-    /// Bytes read from the client.
-    pub recv_oct: AtomicU64,
+    /// Bytes read from the client (its own cache line: the reader and the writer of a
+    /// connection run on different threads).
+    pub recv_oct: Counter,
     /// Bytes written to the client.
-    pub send_oct: AtomicU64,
+    pub send_oct: Counter,
+}
+
+/// A counter alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Its value.
+    pub fn load(&self, o: Ordering) -> u64 {
+        self.0.load(o)
+    }
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 impl ConnectionInfo {
@@ -69,11 +85,11 @@ impl ConnectionInfo {
     }
     /// Count bytes read.
     pub fn received(&self, n: usize) {
-        self.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+        self.recv_oct.add(n as u64);
     }
     /// Count bytes written.
     pub fn sent(&self, n: usize) {
-        self.send_oct.fetch_add(n as u64, Ordering::Relaxed);
+        self.send_oct.add(n as u64);
     }
 }
 
@@ -135,8 +151,8 @@ impl Connections {
             user: Mutex::new(String::new()),
             vhost: Mutex::new(String::new()),
             channels: Mutex::new(BTreeSet::new()),
-            recv_oct: AtomicU64::new(0),
-            send_oct: AtomicU64::new(0),
+            recv_oct: Counter::default(),
+            send_oct: Counter::default(),
         });
         self.open.lock().insert(id, info.clone());
         self.opened.fetch_add(1, Ordering::Relaxed);

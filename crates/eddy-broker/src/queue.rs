@@ -524,13 +524,14 @@ impl Queue {
             let id = st.next_id;
             st.next_id += 1;
             st.stats.published += 1;
+            let enqueued = st.ticked;
             st.ready.push_back(Entry {
                 id,
                 msg,
                 log_offset,
                 redelivered: false,
                 expires_at,
-                enqueued: Instant::now(),
+                enqueued,
             });
             if self.args.overflow == Overflow::DropHead {
                 while self.over_limit(&st) {
@@ -574,8 +575,12 @@ impl Queue {
 
     /// Forget a message for good: memory accounting and, if logged, an ack record to write.
     fn release(&self, st: &mut State, e: &Entry, settled: &mut Vec<u64>) {
+        // `ticked` is when this operation took the lock: no second clock read
         st.stats.departed += 1;
-        st.stats.sojourn_secs += e.enqueued.elapsed().as_secs_f64();
+        st.stats.sojourn_secs += st
+            .ticked
+            .saturating_duration_since(e.enqueued)
+            .as_secs_f64();
         self.memory
             .fetch_sub(e.msg.memory_size() as i64, Ordering::Relaxed);
         if let Some(off) = e.log_offset {

@@ -25,6 +25,8 @@ pub struct StreamEnv {
     args: Vec<String>,
     checkpoint_dir: Option<PathBuf>,
     checkpoint_interval: Duration,
+    report: Option<crate::report::ReportTo>,
+    no_report: bool,
 }
 
 /// How often sources end an epoch (and so how often checkpoints are taken), by default.
@@ -46,6 +48,8 @@ impl StreamEnv {
         let mut hostfile: Option<String> = None;
         let mut checkpoint_dir: Option<PathBuf> = None;
         let mut checkpoint_interval = DEFAULT_CHECKPOINT_INTERVAL;
+        let mut report = None;
+        let mut no_report = false;
         let mut rest = Vec::new();
         let number = |flag: &str, v: Option<String>| -> Result<usize, StreamError> {
             let v = v.ok_or_else(|| StreamError::Config(format!("{flag} needs a value")))?;
@@ -81,6 +85,13 @@ impl StreamEnv {
                     checkpoint_interval =
                         Duration::from_millis(number(&flag, value())?.max(1) as u64)
                 }
+                "--report" => {
+                    let url = value()
+                        .ok_or_else(|| StreamError::Config(format!("{flag} needs a URL")))?;
+                    report =
+                        Some(crate::report::ReportTo::parse(&url).map_err(StreamError::Config)?);
+                }
+                "--no-report" => no_report = true,
                 _ => rest.push(a),
             }
         }
@@ -137,6 +148,8 @@ impl StreamEnv {
             args: rest,
             checkpoint_dir,
             checkpoint_interval,
+            report,
+            no_report,
         })
     }
 
@@ -151,6 +164,8 @@ impl StreamEnv {
             args: Vec::new(),
             checkpoint_dir: None,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            report: None,
+            no_report: false,
         }
     }
 
@@ -164,6 +179,16 @@ impl StreamEnv {
     /// How often to take a checkpoint (default 1 s).
     pub fn checkpoint_interval(mut self, every: Duration) -> StreamEnv {
         self.checkpoint_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Report the running job to Eddy's management API at `url` (`http://host:port`; user and
+    /// password from `EDDY_USER`/`EDDY_PASSWORD`, default guest/guest), unless `--no-report`
+    /// was given; `--report URL` on the command line wins over this.
+    pub fn report_by_default(mut self, url: &str) -> StreamEnv {
+        if self.report.is_none() && !self.no_report {
+            self.report = crate::report::ReportTo::parse(url).ok();
+        }
         self
     }
 
@@ -193,10 +218,43 @@ impl StreamEnv {
         // forever for a worker that is gone
         let failed: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let f = failed.clone();
+        let stats = Arc::new(crate::report::JobStats::default());
+        let (process_index, processes, threads) = match &self.config.communication {
+            CommunicationConfig::Cluster {
+                threads,
+                process,
+                addresses,
+                ..
+            } => (*process, addresses.len(), *threads),
+            CommunicationConfig::Process(n) => (0, 1, *n),
+            _ => (0, 1, 1),
+        };
+        let reporter = self.report.clone().map(|to| {
+            let name = if processes > 1 {
+                format!("{name}/p{process_index}")
+            } else {
+                name.clone()
+            };
+            crate::report::Reporter::start(
+                to,
+                &name,
+                stats.clone(),
+                serde_json::json!({
+                    "workers": threads * processes,
+                    "workers_in_process": threads,
+                    "processes": processes,
+                    "process": process_index,
+                    "checkpoint_dir": self.checkpoint_dir.as_ref().map(|d| d.display().to_string()),
+                    "pid": std::process::id(),
+                    "started_at": crate::source::now_ms(),
+                }),
+            )
+        });
+        let st = stats.clone();
         let guards = timely::execute(self.config, move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_worker(worker, &name, checkpoint.as_ref(), &build, &f)
+                run_worker(worker, &name, checkpoint.as_ref(), &build, &f, &st)
             }));
             let err = match run {
                 Ok(Ok(())) => None,
@@ -231,13 +289,19 @@ impl StreamEnv {
             let _ = peers;
         })
         .map_err(StreamError::Execution)?;
-        for r in guards.join() {
-            r.map_err(StreamError::Execution)?;
+        let joined: Result<(), String> = guards.join().into_iter().collect();
+        let outcome = match (failed.lock().take(), joined) {
+            (Some(msg), _) | (None, Err(msg)) => Err(StreamError::Execution(msg)),
+            (None, Ok(())) => Ok(()),
+        };
+        if let Some(r) = reporter {
+            r.finish(if outcome.is_ok() {
+                "finished"
+            } else {
+                "failed"
+            });
         }
-        if let Some(msg) = failed.lock().take() {
-            return Err(StreamError::Execution(msg));
-        }
-        Ok(())
+        outcome
     }
 }
 
@@ -283,6 +347,7 @@ fn run_worker<F: Fn(&mut Env)>(
     checkpoint: Option<&(PathBuf, Duration)>,
     build: &F,
     failed: &Mutex<Option<String>>,
+    stats: &Arc<crate::report::JobStats>,
 ) -> Result<(), StreamError> {
     let (index, peers) = (worker.index(), worker.peers());
     let checkpoints = Rc::new(match checkpoint {
@@ -295,6 +360,7 @@ fn run_worker<F: Fn(&mut Env)>(
         checkpoints: checkpoints.clone(),
         commits: RefCell::new(Vec::new()),
         sinks: std::cell::Cell::new(0),
+        stats: stats.clone(),
     });
     worker.dataflow_named::<u64, _, _>(name, |scope| {
         let mut env = Env {
@@ -323,6 +389,9 @@ fn run_worker<F: Fn(&mut Env)>(
         if complete > last {
             let epoch = complete.expect("greater than something");
             checkpoints.mark_complete(epoch)?;
+            if checkpoints.enabled() {
+                stats.checkpointed(epoch);
+            }
             for commit in ctx.commits.borrow_mut().iter_mut() {
                 commit(epoch);
             }
@@ -367,7 +436,7 @@ impl<'s> Env<'s> {
     {
         let source = source.into();
         let slot = self.ctx.checkpoints.slot("Source");
-        let stream = source.build(self.scope, slot, &self.ctx.commits);
+        let stream = source.build(self.scope, slot, &self.ctx.commits, self.ctx.stats.clone());
         let upstream = Upstream::own(self.scope.peers() as u32);
         DataStream::new(stream, upstream, self.ctx.clone())
     }

@@ -13,13 +13,15 @@ pub const JOBS: &[(&str, &str)] = &[(
     "count words: --input-file FILE | --input-topic TOPIC [--from-latest] [--bounded] | \
      --input-queue QUEUE [--amqp URI] [--until-idle SECONDS]; [--window SECONDS] (tumbling \
      event-time windows; without it, running counts); [--output-topic TOPIC] (else printed); \
-     [--bootstrap HOST:PORT]",
+     [--bootstrap HOST:PORT]; [--job-name NAME] (default wordcount)",
 )];
 
 /// Run packaged job `name` with `args` (engine flags -w/-n/-p/-h/--checkpoint-dir/
 /// --checkpoint-interval, then the job's own).
 pub fn run(name: &str, args: Vec<String>) -> Result<(), StreamError> {
-    let env = StreamEnv::from_arg_list(std::iter::once(format!("eddy run {name}")).chain(args))?;
+    // packaged jobs report to the local Eddy's management API unless told otherwise
+    let env = StreamEnv::from_arg_list(std::iter::once(format!("eddy run {name}")).chain(args))?
+        .report_by_default("http://127.0.0.1:15672");
     match name {
         "wordcount" => wordcount(env),
         other => Err(StreamError::Config(format!(
@@ -101,9 +103,12 @@ fn wordcount(env: StreamEnv) -> Result<(), StreamError> {
             "--output-topic",
             "--window",
             "--bootstrap",
+            "--job-name",
         ],
         &["--from-latest", "--bounded"],
     )?;
+    // the name it reports under and keeps its checkpoints under
+    let job_name = o.value("--job-name")?.unwrap_or_else(|| "wordcount".into());
     let queue = o.value("--input-queue")?;
     let amqp = o
         .value("--amqp")?
@@ -147,7 +152,7 @@ fn wordcount(env: StreamEnv) -> Result<(), StreamError> {
             "give one of --input-file FILE, --input-topic TOPIC and --input-queue QUEUE".into(),
         ));
     }
-    env.execute("wordcount", move |env| {
+    env.execute(&job_name, move |env| {
         let source: Source<String> = match (&file, &topic) {
             (Some(f), _) => Source::lines_of_file(f.clone()),
             (None, None) => {

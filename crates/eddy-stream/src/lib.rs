@@ -34,6 +34,7 @@ mod operators;
 mod process;
 #[cfg(feature = "amqp")]
 mod queue;
+mod report;
 mod source;
 mod window;
 
@@ -45,6 +46,7 @@ pub use operators::{Committer, DataStream, KeyedStream, Sink, SinkTo};
 pub use process::{Context, ProcessFunction, Processed, TimeDomain};
 #[cfg(feature = "amqp")]
 pub use queue::{EddyQueue, QueueMessage, DEFAULT_AMQP};
+pub use report::ReportTo;
 pub use source::{Source, WatermarkStrategy};
 pub use window::{
     Aggregator, CountWindow, GlobalWindow, Session, Sliding, Tumbling, WindowSpec, WindowedStream,

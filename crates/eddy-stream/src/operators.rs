@@ -67,6 +67,8 @@ pub(crate) struct Ctx {
     pub(crate) commits: RefCell<Vec<CommitHook>>,
     /// Connector sinks built so far (numbering them the same on every run).
     pub(crate) sinks: std::cell::Cell<usize>,
+    /// Records in and out, checkpoints: what the job reports.
+    pub(crate) stats: Arc<crate::report::JobStats>,
 }
 
 impl Ctx {
@@ -262,15 +264,21 @@ impl<'s, D: Data> DataStream<'s, D> {
     /// Call `sink` with every record (on the worker that holds the record).
     fn sink_fn(self, mut sink: Sink<D>) {
         let probe = self.ctx.probe.clone();
+        let stats = self.ctx.stats.clone();
         self.stream
             .unary::<Cb<()>, _, _, _>(Pipeline, "Sink", move |_, _| {
                 move |input, _output| {
                     input.for_each(|_cap, data| {
+                        let mut n = 0u64;
                         for ev in data.drain(..) {
                             if let Ev::Rec(t, d) = ev {
                                 (sink.write)(t, d);
+                                n += 1;
                             }
                         }
+                        stats
+                            .records_out
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     });
                 }
             })
@@ -308,6 +316,7 @@ impl<'s, D: Data> DataStream<'s, D> {
             on_complete.borrow_mut().commit_through(epoch);
         }));
         let probe = self.ctx.probe.clone();
+        let stats = self.ctx.stats.clone();
         stateful(
             self.stream,
             Pipeline,
@@ -315,6 +324,10 @@ impl<'s, D: Data> DataStream<'s, D> {
             slot,
             SinkHandle(shared),
             move |state: &mut SinkHandle<D, C>, epoch, data, _out: &mut Vec<Ev<()>>| {
+                let n = data.iter().filter(|e| matches!(e, Ev::Rec(..))).count();
+                stats
+                    .records_out
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 let mut st = state.0.borrow_mut();
                 let records = data.drain(..).filter_map(|ev| match ev {
                     Ev::Rec(_, d) => Some(d),

@@ -269,6 +269,7 @@ impl<D: Data> Source<D> {
         scope: Scope<'s, u64>,
         slot: Slot,
         hooks: &RefCell<Vec<CommitHook>>,
+        stats: Arc<crate::report::JobStats>,
     ) -> StreamVec<'s, u64, Ev<D>> {
         let index = scope.index();
         let peers = scope.peers();
@@ -331,6 +332,9 @@ impl<D: Data> Source<D> {
                     let poll = reader.poll(&mut buf, CHUNK);
                     let now = Instant::now();
                     let mut session = output.session(&*c);
+                    stats
+                        .records_in
+                        .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     for item in buf.drain(..) {
                         let t = match (&stamp, item.time) {
                             (Some(s), _) => s(&item.data),
