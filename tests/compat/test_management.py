@@ -48,6 +48,7 @@ def test_queues_exchanges_bindings_publish_get_and_errors(broker):
     ch = conn.channel()
     ch.queue_declare(q, durable=True)
     ch.queue_bind(q, "amq.topic", "a.#")
+    ch.confirm_delivery()  # publishes are done when basic_publish returns
     for i in range(7):
         ch.basic_publish("", q, f"m{i}".encode())
     status, info = call(broker, "GET", f"/api/queues/%2F/{q}")
@@ -136,6 +137,7 @@ def test_metrics_parse_with_the_prometheus_parser(broker):
     conn = amqp(broker)
     ch = conn.channel()
     ch.queue_declare(q)
+    ch.confirm_delivery()
     for _ in range(5):
         ch.basic_publish("", q, b"x" * 10)
     p = Producer({"bootstrap.servers": broker.bootstrap})
@@ -298,6 +300,7 @@ def test_cli_admin_verbs(broker, tmp_path):
     eddy("queues", "declare", q)
     conn = amqp(broker)
     ch = conn.channel()
+    ch.confirm_delivery()
     for _ in range(4):
         ch.basic_publish("", q, b"x")
     listed = json.loads(eddy("queues", "list", "--json"))

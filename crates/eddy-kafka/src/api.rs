@@ -341,6 +341,9 @@ impl Handler {
         if !(create && self.cfg.auto_create_topics) {
             return Err(ResponseError::UnknownTopicOrPartition.code());
         }
+        if !self.allowed(eddy_broker::Access::Configure, "topic", name) {
+            return Err(ResponseError::TopicAuthorizationFailed.code());
+        }
         let made = eddy_broker::run_blocking(|| {
             self.broker
                 .create_topic(name, self.cfg.default_partitions, TopicConfig::default())
@@ -631,6 +634,7 @@ impl Handler {
         let mut resp = ListOffsetsResponse::default();
         for t in r.topics {
             let topic = self.broker.topic(t.name.0.as_str());
+            let readable = self.allowed(eddy_broker::Access::Read, "topic", t.name.0.as_str());
             let mut tr = ListOffsetsTopicResponse::default();
             tr.name = t.name;
             for p in t.partitions {
@@ -642,6 +646,9 @@ impl Handler {
                     pr.leader_epoch = 0;
                 }
                 match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                    _ if !readable => {
+                        pr.error_code = ResponseError::TopicAuthorizationFailed.code()
+                    }
                     None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
                     Some(part) => match p.timestamp {
                         -1 => pr.offset = part.end_offset() as i64,
@@ -801,6 +808,10 @@ impl Handler {
                         ResponseError::UnknownTopicId.code()
                     }
                 }
+                Some(t) if !self.allowed(eddy_broker::Access::Configure, "topic", &t.name) => {
+                    res.name = Some(topic_name(&t.name));
+                    res.error_code = ResponseError::TopicAuthorizationFailed.code();
+                }
                 Some(t) => {
                     res.name = Some(topic_name(&t.name));
                     if version >= 6 {
@@ -924,6 +935,11 @@ impl Handler {
     }
 
     async fn sync_group(&self, r: SyncGroupRequest) -> SyncGroupResponse {
+        if !self.allowed(eddy_broker::Access::Read, "group", r.group_id.0.as_str()) {
+            let mut resp = SyncGroupResponse::default();
+            resp.error_code = ResponseError::GroupAuthorizationFailed.code();
+            return resp;
+        }
         let (error, assignment) = self
             .groups
             .sync(
@@ -944,9 +960,13 @@ impl Handler {
 
     fn heartbeat(&self, r: HeartbeatRequest) -> HeartbeatResponse {
         let mut resp = HeartbeatResponse::default();
-        resp.error_code =
+        resp.error_code = if self.allowed(eddy_broker::Access::Read, "group", r.group_id.0.as_str())
+        {
             self.groups
-                .heartbeat(r.group_id.0.as_str(), r.generation_id, r.member_id.as_str());
+                .heartbeat(r.group_id.0.as_str(), r.generation_id, r.member_id.as_str())
+        } else {
+            ResponseError::GroupAuthorizationFailed.code()
+        };
         resp
     }
 
@@ -956,7 +976,11 @@ impl Handler {
         } else {
             vec![r.member_id.to_string()]
         };
-        let errors = self.groups.leave(r.group_id.0.as_str(), &ids);
+        let errors = if self.allowed(eddy_broker::Access::Read, "group", r.group_id.0.as_str()) {
+            self.groups.leave(r.group_id.0.as_str(), &ids)
+        } else {
+            vec![ResponseError::GroupAuthorizationFailed.code(); ids.len().max(1)]
+        };
         let mut resp = LeaveGroupResponse::default();
         if version >= 3 {
             resp.members = ids
@@ -1084,6 +1108,11 @@ impl Handler {
                 });
                 let mut gr = offset_fetch_response::OffsetFetchResponseGroup::default();
                 gr.group_id = g.group_id.clone();
+                if !self.allowed(eddy_broker::Access::Read, "group", g.group_id.0.as_str()) {
+                    gr.error_code = ResponseError::GroupAuthorizationFailed.code();
+                    resp.groups.push(gr);
+                    continue;
+                }
                 for (t, parts) in lookup(g.group_id.0.as_str(), wanted) {
                     let mut tr = offset_fetch_response::OffsetFetchResponseTopics::default();
                     tr.name = topic_name(&t);
@@ -1100,6 +1129,10 @@ impl Handler {
                 }
                 resp.groups.push(gr);
             }
+            return resp;
+        }
+        if !self.allowed(eddy_broker::Access::Read, "group", r.group_id.0.as_str()) {
+            resp.error_code = ResponseError::GroupAuthorizationFailed.code();
             return resp;
         }
         let wanted = r.topics.map(|ts| {
@@ -1207,7 +1240,9 @@ impl Handler {
             let mut res = delete_groups_response::DeletableGroupResult::default();
             res.group_id = id.clone();
             let name = id.0.to_string();
-            res.error_code = if !known.contains(&name) {
+            res.error_code = if !self.allowed(eddy_broker::Access::Configure, "group", &name) {
+                ResponseError::GroupAuthorizationFailed.code()
+            } else if !known.contains(&name) {
                 ResponseError::GroupIdNotFound.code()
             } else {
                 match self.groups.delete(&name) {
@@ -1330,6 +1365,12 @@ impl Handler {
                 Some(format!(
                     "only topic configs can be changed (resource type {resource_type})"
                 )),
+            );
+        }
+        if !self.allowed(eddy_broker::Access::Configure, "topic", name) {
+            return (
+                ResponseError::TopicAuthorizationFailed.code(),
+                Some(format!("configure access to topic '{name}' refused")),
             );
         }
         let Some(topic) = self.broker.topic(name) else {
@@ -1504,6 +1545,10 @@ impl Handler {
             let mut res = CreatePartitionsTopicResult::default();
             res.name = t.name;
             let outcome = match self.broker.topic(&name) {
+                _ if !self.allowed(eddy_broker::Access::Configure, "topic", &name) => Err((
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    format!("configure access to topic '{name}' refused"),
+                )),
                 None => Err((
                     ResponseError::UnknownTopicOrPartition.code(),
                     format!("no topic '{name}'"),
