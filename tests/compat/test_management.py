@@ -145,7 +145,8 @@ def test_metrics_parse_with_the_prometheus_parser(broker):
     for i in range(3):
         p.produce(topic, b"v")
     p.flush(30)
-    status, text = call(broker, "GET", "/metrics", user=None, raw=True)
+    assert call(broker, "GET", "/metrics", user=None, raw=True)[0] == 401
+    status, text = call(broker, "GET", "/metrics", raw=True)
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(text.decode())}
     def value(family, **labels):
@@ -366,3 +367,82 @@ def test_a_running_stream_job_reports_to_api_jobs(broker, tmp_path):
     status, jobs = call(broker, "GET", "/api/jobs")
     done = [j for j in jobs if j["name"] == name + "-file"]
     assert done and done[0]["state"] == "finished" and done[0]["records_in"] == 10, jobs
+
+
+def test_review_findings_stay_fixed(own_eddy):
+    """Permissions cannot be side-stepped through dead-letter or alternate exchanges, a
+    message may not claim another user_id, server-named queues are checked under their own
+    name, anonymous Kafka clients lose guest's rights once guest's password is changed, the
+    HTTP server neither allocates for a body nobody sent nor panics on a huge chunk size, and
+    exported definitions import even when transient queues had bindings."""
+    import socket
+    s = own_eddy()
+    admin = amqp(s)
+    ach = admin.channel()
+    ach.exchange_declare("protected", "fanout", durable=True)
+    ach.queue_declare("victim", durable=True)
+    ach.queue_bind("victim", "protected", routing_key="")
+    user = "dl"
+    call(s, "PUT", f"/api/users/{user}", {"password": "pw", "tags": ""})
+    call(s, "PUT", f"/api/permissions/%2F/{user}",
+         {"configure": r"^(dl-|amq\.gen-)", "write": r"^(dl-|amq\.default)", "read": "^dl-"})
+    c = amqp(s, user, "pw")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c.channel().queue_declare("dl-q", arguments={"x-dead-letter-exchange": "protected", "x-message-ttl": 0})
+    assert e.value.reply_code == 403 and "exchange 'protected'" in e.value.reply_text
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c.channel().exchange_declare("dl-x", "fanout", arguments={"alternate-exchange": "protected"})
+    assert e.value.reply_code == 403
+    status, err = call(s, "PUT", "/api/queues/%2F/dl-q2", {"arguments": {"x-dead-letter-exchange": "protected"}},
+                       user=user, password="pw")
+    assert status in (401, 403)  # no management tag: not even the API
+    # a server-named queue is checked as amq.gen-…, which the pattern allows
+    ch = c.channel()
+    name = ch.queue_declare("", exclusive=True).method.queue
+    assert name.startswith("amq.gen-")
+    # user_id must be the user's own
+    ch.confirm_delivery()
+    ch.basic_publish("", "dl-own", b"x", pika.BasicProperties(user_id=user))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.basic_publish("", "dl-own", b"x", pika.BasicProperties(user_id="someone-else"))
+    assert e.value.reply_code == 406 and "user_id" in e.value.reply_text
+    c.close()
+    assert ach.queue_declare("victim", passive=True).method.message_count == 0
+    status, err = call(s, "POST", "/api/exchanges/%2F/amq.default/publish",
+                       {"routing_key": "victim", "payload": "x", "properties": {"user_id": "mallory"}})
+    assert status == 400 and "user_id" in err["reason"]
+    # definitions with a binding to a transient queue still import
+    ach.queue_declare("transient-q", durable=False)
+    ach.queue_bind("transient-q", "protected")
+    status, d = call(s, "GET", "/api/definitions")
+    assert not any(b["destination"] == "transient-q" for b in d["bindings"])
+    status, err = call(s, "POST", "/api/definitions", d)
+    assert status == 204, err
+    admin.close()
+    # HTTP: a huge Content-Length without credentials is refused before any body; a huge
+    # chunk size is 413, and the server lives on
+    with socket.create_connection(("127.0.0.1", s.http_port)) as sock:
+        sock.sendall(b"PUT /api/queues/%2F/x HTTP/1.1\r\nContent-Length: 67108864\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 401")
+    auth = base64.b64encode(b"guest:guest").decode()
+    with socket.create_connection(("127.0.0.1", s.http_port)) as sock:
+        sock.sendall(f"POST /api/definitions HTTP/1.1\r\nAuthorization: Basic {auth}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nfffffffffffffffe\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 413")
+    assert call(s, "GET", "/api/overview")[0] == 200
+    # bindings can be deleted the way rabbitmqadmin does it
+    assert call(s, "DELETE", "/api/bindings/%2F/e/protected/q/victim/~")[0] == 204
+    assert not any(b["destination"] == "victim" for b in call(s, "GET", "/api/bindings/%2F")[1])
+    # anonymous Kafka on loopback acts as guest only while guest has its default password
+    topic = qname("anon")
+    ok = []
+    p = Producer({"bootstrap.servers": s.bootstrap, "message.timeout.ms": 5000})
+    p.produce(topic, b"v", on_delivery=lambda err, m: ok.append(err))
+    p.flush(20)
+    assert ok == [None]
+    call(s, "PUT", "/api/users/guest", {"password": "changed", "tags": "administrator"})
+    errors = []
+    p = Producer({"bootstrap.servers": s.bootstrap, "message.timeout.ms": 5000})
+    p.produce(topic, b"v", on_delivery=lambda err, m: errors.append(err))
+    p.flush(20)
+    assert len(errors) == 1 and errors[0] is not None and errors[0].name() == "TOPIC_AUTHORIZATION_FAILED", errors

@@ -1043,6 +1043,15 @@ impl Conn {
             .map_err(AmqpError::from)
     }
 
+    /// The checks for arguments that route elsewhere (dead-letter, alternate exchanges).
+    fn allow_arguments(&self, kind: &str, name: &str, arguments: &FieldTable) -> AResult<()> {
+        let vhost = self.vhost.as_ref().map_or("", |v| v.name.as_str());
+        self.broker
+            .users()
+            .check_declare_arguments(&self.user, vhost, kind, name, arguments)
+            .map_err(AmqpError::from)
+    }
+
     fn vhost(&self) -> Arc<VHost> {
         self.vhost
             .clone()
@@ -1208,6 +1217,7 @@ impl Conn {
             E::Declare(d) => {
                 if !d.passive {
                     self.allow(Access::Configure, "exchange", d.exchange.as_str())?;
+                    self.allow_arguments("exchange", d.exchange.as_str(), &d.arguments)?;
                 }
                 vhost.declare_exchange(eddy_broker::ExchangeDeclare {
                     name: d.exchange.to_string(),
@@ -1283,18 +1293,21 @@ impl Conn {
         use queue::AMQPMethod as Q;
         match m {
             Q::Declare(d) => {
+                // a server-named queue gets its name first, and the checks see that name
+                let server_named = d.queue.as_str().is_empty() && !d.passive;
+                let name = if server_named {
+                    eddy_broker::vhost::server_queue_name()
+                } else {
+                    d.queue.to_string()
+                };
                 if !d.passive {
-                    // a server-named queue is named amq.gen-…
-                    let name = if d.queue.as_str().is_empty() {
-                        "amq.gen"
-                    } else {
-                        d.queue.as_str()
-                    };
-                    self.allow(Access::Configure, "queue", name)?;
+                    self.allow(Access::Configure, "queue", &name)?;
+                    self.allow_arguments("queue", &name, &d.arguments)?;
                 }
                 let r = vhost.declare_queue(
                     eddy_broker::QueueDeclare {
-                        name: d.queue.to_string(),
+                        name,
+                        server_named,
                         passive: d.passive,
                         durable: d.durable,
                         exclusive: d.exclusive,
@@ -1860,6 +1873,19 @@ impl Conn {
         let vhost = self.vhost();
         if let Err(e) = p.message.expiration_ms() {
             return Err(e.into());
+        }
+        // as RabbitMQ: a message may not claim to be from another user
+        if let Some(claimed) = p.message.properties.user_id() {
+            if claimed.as_str() != self.user {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - user_id property set to '{}' but authenticated user was '{}'",
+                        claimed.as_str(),
+                        self.user
+                    ),
+                ));
+            }
         }
         let outcome = vhost.publish(&p.exchange, p.message.clone())?;
         if p.mandatory && !outcome.routed && !outcome.rejected {

@@ -613,6 +613,7 @@ impl Broker {
                 v.declare_queue(
                     QueueDeclare {
                         name: q.name.clone(),
+                        server_named: false,
                         passive: false,
                         durable: true,
                         exclusive: false,

@@ -161,6 +161,9 @@ pub struct Users {
     inner: RwLock<Inner>,
     /// Users that may only log in from loopback addresses.
     loopback_only: Vec<String>,
+    /// Held while a snapshot is taken and written: writes never interleave, and the last one
+    /// written holds every change made before it began.
+    save_lock: parking_lot::Mutex<()>,
 }
 
 /// Hash `password` with a fresh random salt.
@@ -248,6 +251,7 @@ impl Users {
             path,
             inner: RwLock::new(Inner::default()),
             loopback_only,
+            save_lock: parking_lot::Mutex::new(()),
         };
         {
             let mut inner = users.inner.write();
@@ -295,6 +299,7 @@ impl Users {
     }
 
     fn save(&self) -> Result<()> {
+        let _one_at_a_time = self.save_lock.lock();
         let stored = {
             let inner = self.inner.read();
             Stored {
@@ -482,6 +487,35 @@ impl Users {
             "{} access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'",
             access.as_str()
         )))
+    }
+}
+
+impl Users {
+    /// The extra checks RabbitMQ makes for arguments that route messages elsewhere: a queue
+    /// with `x-dead-letter-exchange` needs write on that exchange and read on the queue; an
+    /// exchange with `alternate-exchange` needs write on the alternate and read on itself.
+    pub fn check_declare_arguments(
+        &self,
+        user: &str,
+        vhost: &str,
+        kind: &str,
+        name: &str,
+        arguments: &amq_protocol::types::FieldTable,
+    ) -> Result<()> {
+        let key = if kind == "queue" {
+            "x-dead-letter-exchange"
+        } else {
+            "alternate-exchange"
+        };
+        if let Some(target) = arguments
+            .inner()
+            .get(key)
+            .and_then(crate::args::value_as_string)
+        {
+            self.check(user, vhost, Access::Write, "exchange", &target)?;
+            self.check(user, vhost, Access::Read, kind, name)?;
+        }
+        Ok(())
     }
 }
 

@@ -50,6 +50,9 @@ pub struct QueueDeclare {
     pub auto_delete: bool,
     /// `x-*` arguments.
     pub arguments: FieldTable,
+    /// `name` was made by [`server_queue_name`] for a client that asked for a server-named
+    /// queue (so its `amq.` prefix is allowed).
+    pub server_named: bool,
 }
 
 /// Parameters of exchange.declare.
@@ -351,7 +354,7 @@ impl VHost {
             if d.passive {
                 return Err(self.not_found_queue(&d.name));
             }
-            if d.name.starts_with("amq.") {
+            if d.name.starts_with("amq.") && !d.server_named {
                 return Err(BrokerError::AccessRefused(format!(
                     "queue name '{}' contains reserved prefix 'amq.*'",
                     d.name
@@ -361,7 +364,7 @@ impl VHost {
             if d.passive {
                 return Err(self.not_found_queue(""));
             }
-            d.name = server_name();
+            d.name = server_queue_name();
         }
         let args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
         crate::args::check_storable(&d.arguments, &format!("queue '{}'", d.name))?;
@@ -857,7 +860,8 @@ impl VHost {
     }
 }
 
-fn server_name() -> String {
+/// A server-generated queue name (`amq.gen-` and 22 random characters), as RabbitMQ makes them.
+pub fn server_queue_name() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::rng();

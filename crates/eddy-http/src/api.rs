@@ -377,6 +377,37 @@ pub fn handle(api: &Api, req: &Request, user: &User) -> ApiResult {
             let b = body(req)?;
             bind(&c, vh, source, kind, dest, &b)
         }
+        ("DELETE", ["bindings", vh, "e", source, kind @ ("q" | "e"), dest, props]) => {
+            // RabbitMQ's properties key: the routing key, "~" for an empty one
+            let key = if *props == "~" { "" } else { props };
+            let v = vhost_of(api, vh)?;
+            c.check(vh, Access::Read, "exchange", source)?;
+            let binding = v
+                .exchange(source)
+                .and_then(|e| {
+                    e.bindings().into_iter().find(|b| {
+                        b.routing_key == key
+                            && match (&b.destination, *kind) {
+                                (Destination::Queue(q), "q") => q == dest,
+                                (Destination::Exchange(x), "e") => x == dest,
+                                _ => false,
+                            }
+                    })
+                })
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no binding from '{source}' to '{dest}' with key '{key}' in vhost '{vh}'"
+                    ))
+                })?;
+            if *kind == "q" {
+                c.check(vh, Access::Write, "queue", dest)?;
+                v.unbind_queue(dest, source, key, binding.arguments, 0)?;
+            } else {
+                c.check(vh, Access::Write, "exchange", dest)?;
+                v.unbind_exchange(dest, source, key, binding.arguments)?;
+            }
+            Ok(Response::empty(204))
+        }
         ("GET", ["vhosts"]) => Ok(Response::json(200, &vhosts(&c))),
         ("GET", ["vhosts", name]) => vhosts(&c)
             .as_array()
@@ -696,6 +727,10 @@ fn declare_queue(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
     let v = vhost_of(c.api, vh)?;
     let existed = v.queue(name).is_some();
     let mut arguments = to_table(b.get("arguments").unwrap_or(&Value::Null))?;
+    c.api
+        .broker
+        .users()
+        .check_declare_arguments(&c.user.name, vh, "queue", name, &arguments)?;
     if let Some(t) = string(b, "type")? {
         if t != "classic" {
             arguments.insert("x-queue-type".into(), AMQPValue::LongString(t.into()));
@@ -704,6 +739,7 @@ fn declare_queue(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
     v.declare_queue(
         QueueDeclare {
             name: name.to_owned(),
+            server_named: false,
             passive: false,
             durable: flag(b, "durable", true)?,
             exclusive: false,
@@ -746,6 +782,11 @@ fn declare_exchange(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
     c.check(vh, Access::Configure, "exchange", name)?;
     let v = vhost_of(c.api, vh)?;
     let existed = v.exchange(name).is_some();
+    let arguments = to_table(b.get("arguments").unwrap_or(&Value::Null))?;
+    c.api
+        .broker
+        .users()
+        .check_declare_arguments(&c.user.name, vh, "exchange", name, &arguments)?;
     v.declare_exchange(ExchangeDeclare {
         name: name.to_owned(),
         kind: string(b, "type")?
@@ -755,7 +796,7 @@ fn declare_exchange(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
         durable: flag(b, "durable", true)?,
         auto_delete: flag(b, "auto_delete", false)?,
         internal: flag(b, "internal", false)?,
-        arguments: to_table(b.get("arguments").unwrap_or(&Value::Null))?,
+        arguments,
     })?;
     Ok(Response::empty(if existed { 204 } else { 201 }))
 }
@@ -845,7 +886,17 @@ fn publish(c: &Caller, vh: &str, exchange: &str, b: &Value) -> ApiResult {
                 "expiration" => props.with_expiration(s()?),
                 "message_id" => props.with_message_id(s()?),
                 "type" => props.with_type(s()?),
-                "user_id" => props.with_user_id(s()?),
+                "user_id" => {
+                    let u = s()?;
+                    if u.as_str() != c.user.name {
+                        return Err(ApiError::bad(format!(
+                            "user_id property set to '{}' but authenticated user was '{}'",
+                            u.as_str(),
+                            c.user.name
+                        )));
+                    }
+                    props.with_user_id(u)
+                }
                 "app_id" => props.with_app_id(s()?),
                 "priority" => props.with_priority(
                     x.as_u64()
@@ -1197,8 +1248,22 @@ pub fn definitions(api: &Api) -> Value {
                 "auto_delete": e.auto_delete, "internal": e.internal, "arguments": from_table(&e.arguments),
             }));
         }
+        // only bindings between things the document holds (a binding to a transient queue
+        // would make the import fail)
+        let kept_queues: std::collections::HashSet<String> = v
+            .queues()
+            .iter()
+            .filter(|q| q.durable && q.exclusive_owner.is_none())
+            .map(|q| q.name.clone())
+            .collect();
+        let kept_exchanges: std::collections::HashSet<String> = v
+            .exchanges()
+            .iter()
+            .filter(|e| e.durable)
+            .map(|e| e.name.clone())
+            .collect();
         for e in v.exchanges() {
-            if !e.durable {
+            if !e.durable || e.name.is_empty() {
                 continue;
             }
             for bd in e.bindings() {
@@ -1206,6 +1271,13 @@ pub fn definitions(api: &Api) -> Value {
                     Destination::Queue(q) => (q.clone(), "queue"),
                     Destination::Exchange(x) => (x.clone(), "exchange"),
                 };
+                let kept = match kind {
+                    "queue" => kept_queues.contains(&dest),
+                    _ => kept_exchanges.contains(&dest),
+                };
+                if !kept {
+                    continue;
+                }
                 bindings.push(json!({
                     "source": e.name, "vhost": v.name, "destination": dest, "destination_type": kind,
                     "routing_key": bd.routing_key, "arguments": from_table(&bd.arguments),
@@ -1301,6 +1373,7 @@ pub fn import_definitions(api: &Api, d: &Value) -> Result<(), ApiError> {
         v.declare_queue(
             QueueDeclare {
                 name: req_str(q, "name", "a queue")?.to_owned(),
+                server_named: false,
                 passive: false,
                 durable: flag(q, "durable", true)?,
                 exclusive: false,

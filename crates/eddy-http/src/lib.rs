@@ -16,12 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use api::Api;
-use server::{read_request, write_response, ReadError, Request, Response};
+use server::{read_body, read_request, write_response, ReadError, Request, Response};
 
 const INDEX: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -29,6 +29,11 @@ const STYLE: &str = include_str!("../assets/style.css");
 
 /// How long a keep-alive connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(120);
+/// How long a request's head, and then its body, may take to arrive once begun, and a
+/// response to be taken by the client.
+const TRANSFER: Duration = Duration::from_secs(30);
+/// Most connections served at once; more are answered 503 and closed.
+const MAX_CONNECTIONS: usize = 512;
 
 async fn route(api: &Arc<Api>, req: Request) -> Response {
     let path = req.path.as_str();
@@ -42,6 +47,11 @@ async fn route(api: &Arc<Api>, req: Request) -> Response {
         ("GET" | "HEAD", "/style.css") => Response::new(200, "text/css; charset=utf-8", STYLE),
         ("GET" | "HEAD", "/favicon.ico") => Response::empty(204),
         ("GET" | "HEAD", "/metrics") => {
+            // the metrics name every vhost, queue, topic and group: scrapers log in (Basic,
+            // any management tag), as to the rest of the API
+            if let Err(e) = api::authenticate(api, &req) {
+                return e.response();
+            }
             let api = api.clone();
             match tokio::task::spawn_blocking(move || metrics::render(&api)).await {
                 Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
@@ -66,6 +76,10 @@ async fn route(api: &Arc<Api>, req: Request) -> Response {
                 }
             };
             let api = api.clone();
+            let mut req = req;
+            if req.method == "HEAD" {
+                req.method = "GET".into();
+            }
             let r = tokio::task::spawn_blocking(move || api::handle(&api, &req, &user)).await;
             match r {
                 Ok(Ok(resp)) => resp,
@@ -96,26 +110,61 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let (rd, mut wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
     loop {
-        let req = match tokio::time::timeout(IDLE, read_request(&mut rd, peer)).await {
+        // the first byte may take IDLE; the rest of the head, TRANSFER
+        match tokio::time::timeout(IDLE, rd.fill_buf()).await {
+            Ok(Ok(b)) if !b.is_empty() => {}
+            _ => return,
+        }
+        let bad = |status: u16, why: String| {
+            api::ApiError {
+                status,
+                error: "bad_request",
+                reason: why,
+            }
+            .response()
+        };
+        let mut req = match tokio::time::timeout(TRANSFER, read_request(&mut rd, peer)).await {
             Err(_) | Ok(Ok(None)) | Ok(Err(ReadError::Closed)) => return,
             Ok(Err(ReadError::Bad(status, why))) => {
-                let r = api::ApiError {
-                    status,
-                    error: "bad_request",
-                    reason: why,
-                }
-                .response();
-                let _ = write_response(&mut wr, &r, false, true).await;
+                let _ = write_response(&mut wr, &bad(status, why), false, true).await;
                 return;
             }
             Ok(Ok(Some(r))) => r,
         };
+        // credentials are checked before a body is read: no one without them makes the
+        // server hold a large body
+        if req.path.starts_with("/api") && req.body_framing != server::Framing::Length(0) {
+            if let Err(e) = api::authenticate(&api, &req) {
+                let _ = write_response(&mut wr, &e.response(), false, true).await;
+                return;
+            }
+        }
+        if req
+            .header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+            && wr
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return;
+        }
+        match tokio::time::timeout(TRANSFER, read_body(&mut rd, &mut req)).await {
+            Err(_) | Ok(Err(ReadError::Closed)) => return,
+            Ok(Err(ReadError::Bad(status, why))) => {
+                let _ = write_response(&mut wr, &bad(status, why), false, true).await;
+                return;
+            }
+            Ok(Ok(())) => {}
+        }
         let close = req
             .header("connection")
             .is_some_and(|c| c.eq_ignore_ascii_case("close"));
         let head = req.method == "HEAD";
         let resp = route(&api, req).await;
-        if write_response(&mut wr, &resp, head, close).await.is_err() || close {
+        let written =
+            tokio::time::timeout(TRANSFER, write_response(&mut wr, &resp, head, close)).await;
+        if !matches!(written, Ok(Ok(()))) || close {
             return;
         }
     }
@@ -137,6 +186,11 @@ pub async fn serve(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    if conns.len() >= MAX_CONNECTIONS {
+                        tracing::warn!(%peer, "HTTP: {MAX_CONNECTIONS} connections open; refusing one more");
+                        let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     conns.spawn(serve_connection(api.clone(), stream, peer));
                 }
@@ -147,6 +201,10 @@ pub async fn serve(
             },
             r = accept_tls(&tls) => match r {
                 Ok((stream, peer)) => {
+                    if conns.len() >= MAX_CONNECTIONS {
+                        tracing::warn!(%peer, "HTTPS: {MAX_CONNECTIONS} connections open; refusing one more");
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let acceptor = tls.as_ref().expect("accepted on it").1.clone();
                     let api = api.clone();

@@ -13,8 +13,11 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines.
 pub const MAX_HEADERS: usize = 100;
-/// Largest request body (a definitions import, a published message).
+/// Largest request body (a definitions import, a published message). The buffer grows with
+/// the bytes that arrive, never with what a header claims.
 pub const MAX_BODY: usize = 64 << 20;
+/// Most trailer lines after a chunked body.
+const MAX_TRAILERS: usize = 32;
 
 /// A parsed request.
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The client.
     pub peer: SocketAddr,
+    /// How the body (read separately) is delimited.
+    pub body_framing: Framing,
 }
 
 impl Request {
@@ -176,7 +181,25 @@ async fn read_line<R: AsyncRead + Unpin>(
     String::from_utf8(line).map_err(|_| ReadError::Bad(400, "request head is not UTF-8".into()))
 }
 
-/// Read one request (None: the client closed between requests).
+/// Read `len` bytes onto `body`, growing it as they arrive.
+async fn read_exactly<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    body: &mut Vec<u8>,
+    len: usize,
+) -> Result<(), ReadError> {
+    let n = (&mut *r)
+        .take(len as u64)
+        .read_to_end(body)
+        .await
+        .map_err(|_| ReadError::Closed)?;
+    if n < len {
+        return Err(ReadError::Closed);
+    }
+    Ok(())
+}
+
+/// Read one request's head (None: the client closed between requests); the body follows with
+/// [`read_body`], so a caller may look at the head (credentials) first.
 pub async fn read_request<R: AsyncRead + Unpin>(
     r: &mut BufReader<R>,
     peer: SocketAddr,
@@ -229,54 +252,87 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     };
-    let mut body = Vec::new();
-    if header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut b = 1024;
-            let size_line = read_line(r, &mut b).await?;
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| ReadError::Bad(400, format!("bad chunk size {size_line:?}")))?;
-            if size == 0 {
-                // trailers, then the blank line
-                loop {
-                    let mut b = 1024;
-                    if read_line(r, &mut b).await?.is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            if body.len() + size > MAX_BODY {
+    let chunked = header("transfer-encoding").is_some_and(|t| {
+        t.rsplit(',')
+            .next()
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+    });
+    let length = match header("content-length") {
+        _ if chunked => None,
+        None => None,
+        Some(len) => {
+            let len: usize = len
+                .parse()
+                .map_err(|_| ReadError::Bad(400, format!("bad Content-Length {len:?}")))?;
+            if len > MAX_BODY {
                 return Err(ReadError::Bad(413, format!("body over {MAX_BODY} bytes")));
             }
-            let at = body.len();
-            body.resize(at + size, 0);
-            r.read_exact(&mut body[at..])
-                .await
-                .map_err(|_| ReadError::Closed)?;
-            let mut b = 2;
-            read_line(r, &mut b).await?;
+            Some(len)
         }
-    } else if let Some(len) = header("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| ReadError::Bad(400, format!("bad Content-Length {len:?}")))?;
-        if len > MAX_BODY {
-            return Err(ReadError::Bad(413, format!("body over {MAX_BODY} bytes")));
-        }
-        body.resize(len, 0);
-        r.read_exact(&mut body)
-            .await
-            .map_err(|_| ReadError::Closed)?;
-    }
+    };
     Ok(Some(Request {
         method: method.to_owned(),
         path: path.to_owned(),
         query: q,
         headers,
-        body,
+        body: Vec::new(),
         peer,
+        body_framing: if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Length(length.unwrap_or(0))
+        },
     }))
+}
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` bytes (0 without the header).
+    Length(usize),
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// Read the body of `req` (after its head), at most [`MAX_BODY`] bytes.
+pub async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    req: &mut Request,
+) -> Result<(), ReadError> {
+    let mut body = Vec::new();
+    match req.body_framing {
+        Framing::Length(0) => {}
+        Framing::Length(len) => read_exactly(r, &mut body, len).await?,
+        Framing::Chunked => loop {
+            let mut b = 1024;
+            let size_line = read_line(r, &mut b).await?;
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| ReadError::Bad(400, format!("bad chunk size {size_line:?}")))?;
+            if size == 0 {
+                // trailers (bounded), then the blank line
+                let mut trailers = 0;
+                loop {
+                    let mut b = 1024;
+                    if read_line(r, &mut b).await?.is_empty() {
+                        break;
+                    }
+                    trailers += 1;
+                    if trailers > MAX_TRAILERS {
+                        return Err(ReadError::Bad(431, "too many trailer lines".into()));
+                    }
+                }
+                break;
+            }
+            if size > MAX_BODY - body.len() {
+                return Err(ReadError::Bad(413, format!("body over {MAX_BODY} bytes")));
+            }
+            read_exactly(r, &mut body, size).await?;
+            let mut b = 2;
+            read_line(r, &mut b).await?;
+        },
+    }
+    req.body = body;
+    Ok(())
 }
 
 /// Write a response.
@@ -317,7 +373,11 @@ mod tests {
 
     async fn parse(raw: &[u8]) -> Result<Option<Request>, ReadError> {
         let mut r = BufReader::new(raw);
-        read_request(&mut r, "127.0.0.1:1".parse().unwrap()).await
+        let Some(mut req) = read_request(&mut r, "127.0.0.1:1".parse().unwrap()).await? else {
+            return Ok(None);
+        };
+        read_body(&mut r, &mut req).await?;
+        Ok(Some(req))
     }
 
     #[tokio::test]

@@ -34,7 +34,9 @@ pub struct Reading {
 /// Readings of every queue, and of the totals.
 #[derive(Default)]
 pub struct History {
-    queues: Mutex<HashMap<QueueKey, VecDeque<Reading>>>,
+    /// Per queue: which queue object the readings are of (a queue deleted and declared
+    /// again starts over), and the readings.
+    queues: Mutex<HashMap<QueueKey, (usize, VecDeque<Reading>)>>,
     totals: Mutex<VecDeque<Reading>>,
 }
 
@@ -81,8 +83,13 @@ impl History {
                     let c = q.counts();
                     add(&mut total, &c.stats);
                     let key = (v.name.clone(), q.name.clone());
+                    let instance = Arc::as_ptr(&q) as usize;
+                    let entry = qs.entry(key.clone()).or_insert((instance, VecDeque::new()));
+                    if entry.0 != instance {
+                        *entry = (instance, VecDeque::new());
+                    }
                     push(
-                        qs.entry(key.clone()).or_default(),
+                        &mut entry.1,
                         Reading {
                             at: now,
                             stats: c.stats,
@@ -128,7 +135,7 @@ impl History {
     /// The oldest reading of a queue within `window`.
     pub fn queue_base(&self, vhost: &str, name: &str, window: Duration) -> Option<Reading> {
         let qs = self.queues.lock();
-        let ring = qs.get(&(vhost.to_owned(), name.to_owned()))?;
+        let (_, ring) = qs.get(&(vhost.to_owned(), name.to_owned()))?;
         base(ring, Instant::now(), window)
     }
 
@@ -192,7 +199,8 @@ impl Queueing {
     pub fn between(then: &Reading, now: &Reading, counts: &QueueCounts) -> Queueing {
         let dt = now.at.duration_since(then.at).as_secs_f64();
         let (a, b) = (then.stats, now.stats);
-        if dt <= 0.0 {
+        // counters only grow; if they did not, these are not readings of one queue
+        if dt <= 0.0 || b.published < a.published || b.held_secs < a.held_secs {
             return Queueing::default();
         }
         let arrival_rate = b.published.saturating_sub(a.published) as f64 / dt;

@@ -180,6 +180,8 @@ pub(crate) struct Handler {
     user: parking_lot::Mutex<Option<String>>,
     /// The connection's entry in the broker's list.
     pub(crate) info: Option<Arc<eddy_broker::ConnectionInfo>>,
+    /// Who a client that does not log in acts as (decided once per connection).
+    anonymous: std::sync::OnceLock<Option<String>>,
 }
 
 /// What every connection shares.
@@ -205,19 +207,34 @@ impl Handler {
             sasl_mechanism: Default::default(),
             user: Default::default(),
             info: None,
+            anonymous: std::sync::OnceLock::new(),
         }
     }
 
-    /// Whether this connection may do `access` to the topic or group `name` (RabbitMQ-style
-    /// permissions of the default vhost). A connection that did not log in with SASL acts as
-    /// `guest` when it comes from loopback (as guest may only log in from there), and has no
-    /// permissions otherwise.
-    fn allowed(&self, access: eddy_broker::Access, kind: &str, name: &str) -> bool {
-        let user = self
-            .user
-            .lock()
+    /// A client that does not log in with SASL acts as `guest` while guest still has its
+    /// default password and the client is on loopback (where guest/guest would be let in);
+    /// once guest's password is changed or guest is deleted, such a client may do nothing.
+    pub(crate) fn anonymous_user(&self) -> Option<String> {
+        self.anonymous
+            .get_or_init(|| {
+                (self.loopback && self.broker.authenticate("guest", "guest", true).is_ok())
+                    .then(|| "guest".to_owned())
+            })
             .clone()
-            .or_else(|| self.loopback.then(|| "guest".to_owned()));
+    }
+
+    /// Whether the topic may be listed to this connection (it may read, write or configure it).
+    fn may_see(&self, topic: &str) -> bool {
+        use eddy_broker::Access::{Configure, Read, Write};
+        [Read, Write, Configure]
+            .into_iter()
+            .any(|a| self.allowed(a, "topic", topic))
+    }
+
+    /// Whether this connection may do `access` to the topic or group `name` (RabbitMQ-style
+    /// permissions of the default vhost), as its SASL user or [`Handler::anonymous_user`].
+    fn allowed(&self, access: eddy_broker::Access, kind: &str, name: &str) -> bool {
+        let user = self.user.lock().clone().or_else(|| self.anonymous_user());
         user.is_some_and(|u| {
             self.broker
                 .users()
@@ -387,10 +404,12 @@ impl Handler {
             ),
         };
         let topics: Vec<(String, Result<Arc<Topic>, i16>)> = match wanted {
+            // every topic the client may use in some way
             None => self
                 .broker
                 .topics()
                 .into_iter()
+                .filter(|t| self.may_see(&t.name))
                 .map(|t| (t.name.clone(), Ok(t)))
                 .collect(),
             Some(list) => list
@@ -410,6 +429,12 @@ impl Handler {
         for (name, t) in topics {
             let mut mt = MetadataResponseTopic::default();
             mt.name = Some(topic_name(&name));
+            let t = match t {
+                Ok(_) if !self.may_see(&name) => {
+                    Err(ResponseError::TopicAuthorizationFailed.code())
+                }
+                other => other,
+            };
             match t {
                 Err(c) => mt.error_code = c,
                 Ok(t) => {
@@ -1017,6 +1042,7 @@ impl Handler {
         let mut commits = Vec::new();
         for t in r.topics {
             let topic = self.broker.topic(t.name.0.as_str());
+            let readable = self.allowed(eddy_broker::Access::Read, "topic", t.name.0.as_str());
             let mut tr = offset_commit_response::OffsetCommitResponseTopic::default();
             tr.name = t.name.clone();
             for p in t.partitions {
@@ -1025,6 +1051,8 @@ impl Handler {
                 let metadata_len = p.committed_metadata.as_ref().map_or(0, |m| m.len());
                 pr.error_code = if check != 0 {
                     check
+                } else if !readable {
+                    ResponseError::TopicAuthorizationFailed.code()
                 } else if metadata_len > MAX_COMMIT_METADATA {
                     ResponseError::OffsetMetadataTooLarge.code()
                 } else if topic
@@ -1170,6 +1198,9 @@ impl Handler {
     fn list_groups(&self, r: ListGroupsRequest, version: i16) -> ListGroupsResponse {
         let mut resp = ListGroupsResponse::default();
         for id in self.known_groups() {
+            if !self.allowed(eddy_broker::Access::Read, "group", &id) {
+                continue;
+            }
             let (state, protocol_type) = match self.groups.get(&id) {
                 Some(g) => {
                     let st = g.st.lock();
@@ -1200,6 +1231,11 @@ impl Handler {
         for id in r.groups {
             let mut d = describe_groups_response::DescribedGroup::default();
             d.group_id = id.clone();
+            if !self.allowed(eddy_broker::Access::Read, "group", id.0.as_str()) {
+                d.error_code = ResponseError::GroupAuthorizationFailed.code();
+                resp.groups.push(d);
+                continue;
+            }
             match self.groups.get(id.0.as_str()) {
                 Some(g) => {
                     let st = g.st.lock();
@@ -1269,6 +1305,10 @@ impl Handler {
             out.resource_type = res.resource_type;
             out.resource_name = res.resource_name.clone();
             let entries: Vec<(&str, String, bool)> = match res.resource_type {
+                RESOURCE_TOPIC if !self.may_see(res.resource_name.as_str()) => {
+                    out.error_code = ResponseError::TopicAuthorizationFailed.code();
+                    Vec::new()
+                }
                 RESOURCE_TOPIC => match self.broker.topic(res.resource_name.as_str()) {
                     Some(t) => {
                         let d = defaults.entries();

@@ -99,11 +99,11 @@ async fn handle_io<R, W>(
         broker.register_connection(broker.next_connection_id(), "Kafka", peer, local, tls);
     let counters = registered.info();
     registered.set_vhost("/");
-    if peer.ip().is_loopback() {
-        registered.set_user("guest");
-    }
     let mut handler = Handler::new(broker, cfg.clone(), &shared, peer);
     handler.info = Some(counters.clone());
+    if let Some(u) = handler.anonymous_user() {
+        registered.set_user(&u);
+    }
     // requests are handled in order; their responses go out in order from a writer task, so a
     // produce waiting for its fsync does not hold up reading (and appending) the next ones
     let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
