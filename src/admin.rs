@@ -39,6 +39,9 @@ pub struct Conn {
     /// Print the API's JSON instead of a table
     #[arg(long, global = true)]
     json: bool,
+    /// With an https:// --url: the CA (PEM) that signed the server's certificate
+    #[arg(long, env = "EDDY_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
 }
 
 /// `eddy queues …`
@@ -165,6 +168,10 @@ pub enum ListOnly {
     List,
 }
 
+/// A byte stream, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -181,22 +188,41 @@ impl Conn {
     /// One request; the JSON answer (Null for an empty body). API errors become errors with
     /// the API's reason.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let rest = self
-            .url
-            .strip_prefix("http://")
-            .with_context(|| format!("--url {}: only http:// URLs", self.url))?;
+        let (tls, rest) = match (
+            self.url.strip_prefix("http://"),
+            self.url.strip_prefix("https://"),
+        ) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => bail!(
+                "--url {}: expected http://HOST:PORT or https://HOST:PORT",
+                self.url
+            ),
+        };
         let (host, base) = match rest.split_once('/') {
             Some((h, b)) => (h, format!("/{}", b.trim_end_matches('/'))),
             None => (rest, String::new()),
         };
-        let host = if host.contains(':') {
+        let name = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty())
+            .map_or(host, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let host = if host.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
             host.to_owned()
         } else {
-            format!("{host}:80")
+            format!("{host}:{}", if tls { 443 } else { 80 })
         };
-        let mut s = TcpStream::connect(&host)
+        let tcp = TcpStream::connect(&host)
             .with_context(|| format!("cannot reach the management API at {}", self.url))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut s: Box<dyn ReadWrite> = if tls {
+            Box::new(self.tls(tcp, &name)?)
+        } else {
+            Box::new(tcp)
+        };
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         use base64::Engine;
         let auth = base64::engine::general_purpose::STANDARD
@@ -208,7 +234,12 @@ impl Conn {
         );
         s.write_all(req.as_bytes())?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
+        if let Err(e) = s.read_to_end(&mut raw) {
+            // a TLS peer that closes without close_notify, after the whole response
+            if e.kind() != std::io::ErrorKind::UnexpectedEof || raw.is_empty() {
+                return Err(e.into());
+            }
+        }
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -230,6 +261,36 @@ impl Conn {
             bail!("{method} {path}: HTTP {status}: {reason}");
         }
         Ok(v)
+    }
+
+    /// A TLS session over `tcp`, the server checked against `--cacert`.
+    fn tls(
+        &self,
+        tcp: TcpStream,
+        name: &str,
+    ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+        use rustls_pki_types::pem::PemObject;
+        let ca = self
+            .cacert
+            .as_ref()
+            .context("an https:// --url needs --cacert FILE (the CA that signed the server)")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("reading {}", ca.display()))?
+        {
+            roots
+                .add(c.with_context(|| format!("{} is not PEM", ca.display()))?)
+                .with_context(|| format!("a certificate in {}", ca.display()))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server = rustls_pki_types::ServerName::try_from(name.to_owned())
+            .with_context(|| format!("{name} is not a host name or address"))?;
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server)?;
+        Ok(rustls::StreamOwned::new(conn, tcp))
     }
 
     fn get(&self, path: &str) -> Result<Value> {

@@ -64,6 +64,10 @@ def test_queues_exchanges_bindings_publish_get_and_errors(broker):
     assert mine and mine[0]["user"] == "guest" and mine[0]["channels"] >= 1 and mine[0]["recv_oct"] > 0
     status, binds = call(broker, "GET", "/api/bindings/%2F")
     assert any(b["source"] == "amq.topic" and b["destination"] == q and b["routing_key"] == "a.#" for b in binds)
+    status, qb = call(broker, "GET", f"/api/queues/%2F/{q}/bindings")
+    assert [(b["source"], b["routing_key"]) for b in qb] == [("amq.topic", "a.#")]
+    status, xb = call(broker, "GET", "/api/exchanges/%2F/amq.topic/bindings/source")
+    assert any(b["destination"] == q for b in xb)
     status, exs = call(broker, "GET", "/api/exchanges")
     assert any(e["name"] == "amq.topic" and e["type"] == "topic" for e in exs)
     # get without taking, then publish through the API

@@ -100,6 +100,14 @@ def test_amqps_kafka_tls_and_https(own_eddy, pki):
     r = subprocess.run(["curl", "-sS", "--cacert", str(pki / "ca.pem"), "-u", "guest:guest",
                         f"https://127.0.0.1:{s.tls['https']}/api/connections"], capture_output=True, timeout=30)
     assert r.returncode == 0 and isinstance(json.loads(r.stdout), list)
+    # the CLI over HTTPS
+    binary = os.environ.get("EDDY_BIN", str(__import__("conftest").ROOT / "target" / "debug" / "eddy"))
+    r = subprocess.run([binary, "topics", "list", "--url", f"https://127.0.0.1:{s.tls['https']}",
+                        "--cacert", str(pki / "ca.pem")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and topic in r.stdout, r.stderr
+    r = subprocess.run([binary, "topics", "list", "--url", f"https://127.0.0.1:{s.tls['https']}"],
+                       capture_output=True, text=True, timeout=30, env={**os.environ, "RUST_BACKTRACE": "0"})
+    assert r.returncode != 0 and "--cacert" in r.stderr
 
 
 def test_client_certificates_are_required_when_a_ca_is_given(own_eddy, pki):

@@ -314,12 +314,20 @@ pub fn handle(api: &Api, req: &Request, user: &User) -> ApiResult {
     let c = Caller { user, api };
     let m = req.method.as_str();
     match (m, &s[1..]) {
-        ("GET", ["overview"]) => Ok(Response::json(200, &overview(api))),
+        ("GET", ["overview"]) => Ok(Response::json(200, &overview(&c))),
         ("GET", ["whoami"]) => Ok(Response::json(
             200,
             &json!({"name": user.name, "tags": user.tags}),
         )),
-        ("GET", ["nodes"]) => Ok(Response::json(200, &json!([node(api)]))),
+        ("GET", ["nodes"]) => {
+            if !c.sees_all() {
+                return Err(ApiError::forbidden(format!(
+                    "user '{}' needs the monitoring or administrator tag",
+                    user.name
+                )));
+            }
+            Ok(Response::json(200, &json!([node(api)])))
+        }
         ("GET", ["connections"]) => Ok(Response::json(200, &connections(&c))),
         ("GET", ["channels"]) => Ok(Response::json(200, &channels(&c))),
         ("GET", ["queues"]) => Ok(Response::json(200, &queues(&c, None, req)?)),
@@ -407,6 +415,35 @@ pub fn handle(api: &Api, req: &Request, user: &User) -> ApiResult {
                 v.unbind_exchange(dest, source, key, binding.arguments)?;
             }
             Ok(Response::empty(204))
+        }
+        ("GET", ["queues", vh, name, "bindings"]) => {
+            let all = bindings(&c, Some(vh))?;
+            let mine: Vec<Value> = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["destination"] == *name && b["destination_type"] == "queue")
+                .cloned()
+                .collect();
+            Ok(Response::json(200, &Value::Array(mine)))
+        }
+        ("GET", ["exchanges", vh, name, "bindings", side @ ("source" | "destination")]) => {
+            let name = if *name == "amq.default" { "" } else { name };
+            let all = bindings(&c, Some(vh))?;
+            let mine: Vec<Value> = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| {
+                    if *side == "source" {
+                        b["source"] == name
+                    } else {
+                        b["destination"] == name && b["destination_type"] == "exchange"
+                    }
+                })
+                .cloned()
+                .collect();
+            Ok(Response::json(200, &Value::Array(mine)))
         }
         ("GET", ["vhosts"]) => Ok(Response::json(200, &vhosts(&c))),
         ("GET", ["vhosts", name]) => vhosts(&c)
@@ -557,11 +594,13 @@ pub fn handle(api: &Api, req: &Request, user: &User) -> ApiResult {
     }
 }
 
-fn overview(api: &Api) -> Value {
+/// The overview; a `management` user's totals cover the vhosts it may use.
+fn overview(c: &Caller) -> Value {
+    let api = c.api;
     let b = &api.broker;
     let (mut queues, mut consumers, mut exchanges) = (0u64, 0u64, 0u64);
     let (mut ready, mut unacked) = (0u64, 0u64);
-    for v in b.vhosts() {
+    for v in b.vhosts().into_iter().filter(|v| c.sees(&v.name)) {
         exchanges += v.exchanges().len() as u64;
         for q in v.queues() {
             let c = q.counts();
@@ -571,8 +610,12 @@ fn overview(api: &Api) -> Value {
             unacked += c.unacked;
         }
     }
-    let conns = b.connections();
-    let channels: usize = conns.iter().map(|c| c.channels().len()).sum();
+    let conns: Vec<_> = b
+        .connections()
+        .into_iter()
+        .filter(|x| c.sees_all() || x.user() == c.user.name)
+        .collect();
+    let channels: usize = conns.iter().map(|x| x.channels().len()).sum();
     let stats = match api.history.totals() {
         Some((a, z)) => message_stats(Some(&a), &z),
         None => json!({}),

@@ -164,7 +164,12 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         let resp = route(&api, req).await;
         let written =
             tokio::time::timeout(TRANSFER, write_response(&mut wr, &resp, head, close)).await;
-        if !matches!(written, Ok(Ok(()))) || close {
+        if !matches!(written, Ok(Ok(()))) {
+            return;
+        }
+        if close {
+            // over TLS this sends close_notify, so the client sees a clean end
+            let _ = tokio::time::timeout(TRANSFER, wr.shutdown()).await;
             return;
         }
     }
