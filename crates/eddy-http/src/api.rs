@@ -550,17 +550,8 @@ pub fn handle(api: &Api, req: &Request, user: &User) -> ApiResult {
                     .ok_or_else(|| ApiError::bad("partitions must be a positive integer"))?
                     as usize,
             };
-            let mut config = TopicConfig::default();
-            if let Some(Value::Object(cfg)) = b.get("config") {
-                for (k, v) in cfg {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    config.set(k, Some(&v))?;
-                }
-            }
-            api.broker.create_topic(name, partitions, config)?;
+            api.broker
+                .create_topic(name, partitions, topic_config(b.get("config"))?)?;
             Ok(Response::empty(201))
         }
         ("DELETE", ["topics", name]) => {
@@ -1039,47 +1030,33 @@ fn get_messages(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
 
 fn properties_json(p: &BasicProperties) -> Value {
     let mut m = Map::new();
-    let mut put = |k: &str, v: Value| {
-        m.insert(k.to_owned(), v);
-    };
-    if let Some(x) = p.content_type() {
-        put("content_type", json!(x.as_str()));
-    }
-    if let Some(x) = p.content_encoding() {
-        put("content_encoding", json!(x.as_str()));
+    let strings = [
+        ("content_type", p.content_type()),
+        ("content_encoding", p.content_encoding()),
+        ("correlation_id", p.correlation_id()),
+        ("reply_to", p.reply_to()),
+        ("expiration", p.expiration()),
+        ("message_id", p.message_id()),
+        ("type", p.kind()),
+        ("user_id", p.user_id()),
+        ("app_id", p.app_id()),
+    ];
+    for (k, v) in strings {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), json!(v.as_str()));
+        }
     }
     if let Some(x) = p.headers() {
-        put("headers", from_table(x));
+        m.insert("headers".into(), from_table(x));
     }
     if let Some(x) = p.delivery_mode() {
-        put("delivery_mode", json!(x));
+        m.insert("delivery_mode".into(), json!(x));
     }
     if let Some(x) = p.priority() {
-        put("priority", json!(x));
-    }
-    if let Some(x) = p.correlation_id() {
-        put("correlation_id", json!(x.as_str()));
-    }
-    if let Some(x) = p.reply_to() {
-        put("reply_to", json!(x.as_str()));
-    }
-    if let Some(x) = p.expiration() {
-        put("expiration", json!(x.as_str()));
-    }
-    if let Some(x) = p.message_id() {
-        put("message_id", json!(x.as_str()));
+        m.insert("priority".into(), json!(x));
     }
     if let Some(x) = p.timestamp() {
-        put("timestamp", json!(x));
-    }
-    if let Some(x) = p.kind() {
-        put("type", json!(x.as_str()));
-    }
-    if let Some(x) = p.user_id() {
-        put("user_id", json!(x.as_str()));
-    }
-    if let Some(x) = p.app_id() {
-        put("app_id", json!(x.as_str()));
+        m.insert("timestamp".into(), json!(x));
     }
     Value::Object(m)
 }
@@ -1239,6 +1216,21 @@ fn groups(c: &Caller) -> Value {
             })
             .collect(),
     )
+}
+
+/// Topic settings from a JSON object of Kafka config names (values as strings or numbers).
+fn topic_config(v: Option<&Value>) -> Result<TopicConfig, ApiError> {
+    let mut config = TopicConfig::default();
+    if let Some(Value::Object(cfg)) = v {
+        for (k, v) in cfg {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            config.set(k, Some(&v))?;
+        }
+    }
+    Ok(config)
 }
 
 /// Reports older than this are dropped (the job stopped).
@@ -1445,17 +1437,7 @@ pub fn import_definitions(api: &Api, d: &Value) -> Result<(), ApiError> {
             continue;
         }
         let partitions = t.get("partitions").and_then(Value::as_u64).unwrap_or(1) as usize;
-        let mut config = TopicConfig::default();
-        if let Some(Value::Object(cfg)) = t.get("config") {
-            for (k, v) in cfg {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                config.set(k, Some(&v))?;
-            }
-        }
-        b.create_topic(name, partitions, config)?;
+        b.create_topic(name, partitions, topic_config(t.get("config"))?)?;
     }
     Ok(())
 }

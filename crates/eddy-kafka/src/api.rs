@@ -182,6 +182,9 @@ pub(crate) struct Handler {
     pub(crate) info: Option<Arc<eddy_broker::ConnectionInfo>>,
     /// Who a client that does not log in acts as (decided once per connection).
     anonymous: std::sync::OnceLock<Option<String>>,
+    /// Checks that passed on this connection (kept off the per-request path; a short list,
+    /// cleared when it grows past 64 or the SASL user changes).
+    granted: parking_lot::Mutex<Vec<(eddy_broker::Access, &'static str, String)>>,
 }
 
 /// What every connection shares.
@@ -208,6 +211,7 @@ impl Handler {
             user: Default::default(),
             info: None,
             anonymous: std::sync::OnceLock::new(),
+            granted: Default::default(),
         }
     }
 
@@ -233,14 +237,30 @@ impl Handler {
 
     /// Whether this connection may do `access` to the topic or group `name` (RabbitMQ-style
     /// permissions of the default vhost), as its SASL user or [`Handler::anonymous_user`].
-    fn allowed(&self, access: eddy_broker::Access, kind: &str, name: &str) -> bool {
+    fn allowed(&self, access: eddy_broker::Access, kind: &'static str, name: &str) -> bool {
+        if self
+            .granted
+            .lock()
+            .iter()
+            .any(|(a, k, n)| *a == access && *k == kind && n == name)
+        {
+            return true;
+        }
         let user = self.user.lock().clone().or_else(|| self.anonymous_user());
-        user.is_some_and(|u| {
+        let ok = user.is_some_and(|u| {
             self.broker
                 .users()
                 .check(&u, "/", access, kind, name)
                 .is_ok()
-        })
+        });
+        if ok {
+            let mut g = self.granted.lock();
+            if g.len() >= 64 {
+                g.clear();
+            }
+            g.push((access, kind, name.to_owned()));
+        }
+        ok
     }
 
     /// Answer one request; None: no response is due (produce with acks=0).
@@ -1552,6 +1572,7 @@ impl Handler {
                 if let Some(info) = &self.info {
                     info.set_user(&user);
                 }
+                self.granted.lock().clear();
                 *self.user.lock() = Some(user)
             }
             Err(e) => {
