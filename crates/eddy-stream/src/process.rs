@@ -68,6 +68,9 @@ enum TimerOp {
 /// What a process function sees and does for one key.
 pub struct Context<'a, S, O, X> {
     state: &'a mut Option<S>,
+    /// The state was asked for mutably (with a TTL, that refreshes it, as Flink's
+    /// OnCreateAndWrite: reads through [`Context::state_ref`] do not).
+    written: bool,
     timestamp: i64,
     watermark: i64,
     now: i64,
@@ -76,9 +79,15 @@ pub struct Context<'a, S, O, X> {
 }
 
 impl<S: Default, O, X> Context<'_, S, O, X> {
-    /// The key's state.
+    /// The key's state, to change (with a TTL, this counts as a write and restarts its
+    /// clock).
     pub fn state(&mut self) -> &mut S {
+        self.written = true;
         self.state.get_or_insert_with(S::default)
+    }
+    /// The key's state, to read (a read does not restart a TTL's clock); None if it has none.
+    pub fn state_ref(&self) -> Option<&S> {
+        self.state.as_ref()
     }
     /// Drop the key's state.
     pub fn clear_state(&mut self) {
@@ -164,13 +173,16 @@ fn call<K, S, O, X>(
     K: Clone + Hash + Eq,
     S: Default,
 {
-    let mut slot = match st.keys.remove(key) {
-        Some((s, touched)) if ttl.is_none_or(|ttl| now.saturating_sub(touched) < ttl) => Some(s),
-        _ => None,
+    let (mut slot, touched) = match st.keys.remove(key) {
+        Some((s, touched)) if ttl.is_none_or(|ttl| now.saturating_sub(touched) < ttl) => {
+            (Some(s), touched)
+        }
+        _ => (None, now),
     };
     let mut timers = Vec::new();
     let mut ctx = Context {
         state: &mut slot,
+        written: false,
         timestamp,
         watermark: st.wms.current(),
         now,
@@ -178,8 +190,10 @@ fn call<K, S, O, X>(
         timers: &mut timers,
     };
     f(&mut ctx);
+    let written = ctx.written;
     if let Some(s) = slot {
-        st.keys.insert(key.clone(), (s, now));
+        st.keys
+            .insert(key.clone(), (s, if written { now } else { touched }));
     }
     for op in timers {
         let (TimerOp::Add(domain, t) | TimerOp::Delete(domain, t)) = op;
@@ -355,5 +369,41 @@ impl<'s, K: Data + Hash + Eq + Ord, V: Data> KeyedStream<'s, K, V> {
             .flat_map(|r: Result<P::Out, P::Side>| r.ok());
         let side = both.flat_map(|r: Result<P::Out, P::Side>| r.err());
         Processed { main, side }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a TTL, writes (`state()`) restart the clock and reads (`state_ref()`) do not.
+    #[test]
+    fn reads_do_not_refresh_ttl_writes_do() {
+        let mut st: ProcState<u32, u64> = ProcState {
+            wms: Watermarks::new(1),
+            keys: HashMap::new(),
+            event_timers: BTreeMap::new(),
+            proc_timers: BTreeMap::new(),
+        };
+        let mut out: Emitted<(), ()> = Vec::new();
+        let ttl = Some(150);
+        let write = |ctx: &mut Context<'_, u64, (), ()>| *ctx.state() += 1;
+        let read = |ctx: &mut Context<'_, u64, (), ()>| assert!(ctx.state_ref().is_some());
+        call(&mut st, &1, 0, 0, ttl, &mut out, write);
+        call(&mut st, &1, 0, 100, ttl, &mut out, read);
+        // 200 ms after the write, 100 after the read: expired
+        let mut seen = None;
+        call(&mut st, &1, 0, 200, ttl, &mut out, |ctx| {
+            seen = Some(ctx.state_ref().copied())
+        });
+        assert_eq!(seen, Some(None));
+        // a write at 100 keeps it until 250
+        call(&mut st, &2, 0, 0, ttl, &mut out, write);
+        call(&mut st, &2, 0, 100, ttl, &mut out, write);
+        let mut seen = None;
+        call(&mut st, &2, 0, 200, ttl, &mut out, |ctx| {
+            seen = Some(ctx.state_ref().copied())
+        });
+        assert_eq!(seen, Some(Some(2)));
     }
 }
