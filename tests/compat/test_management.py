@@ -450,3 +450,22 @@ def test_review_findings_stay_fixed(own_eddy):
     p.produce(topic, b"v", on_delivery=lambda err, m: errors.append(err))
     p.flush(20)
     assert len(errors) == 1 and errors[0] is not None and errors[0].name() == "TOPIC_AUTHORIZATION_FAILED", errors
+
+
+def test_closing_a_connection_from_the_api(broker):
+    import urllib.parse
+    conn = amqp(broker)
+    ch = conn.channel()
+    local_port = conn._impl._transport._sock.getsockname()[1]
+    status, conns = call(broker, "GET", "/api/connections")
+    mine = [c for c in conns if c["peer_port"] == local_port]
+    assert len(mine) == 1, conns
+    name = urllib.parse.quote(mine[0]["name"], safe="")
+    assert call(broker, "GET", f"/api/connections/{name}")[1]["user"] == "guest"
+    assert call(broker, "DELETE", f"/api/connections/{name}")[0] == 204
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        for _ in range(50):
+            ch.queue_declare(qname("after"))
+            conn.sleep(0.05)
+    assert e.value.reply_code == 320 and "management API" in e.value.reply_text
+    assert call(broker, "DELETE", f"/api/connections/{name}")[0] == 404

@@ -372,6 +372,13 @@ async fn handle_io<R, W>(
                 _ = wake.notified() => conn.on_wake(),
                 _ = conn.alarms.changed() => conn.on_alarm(),
                 _ = conn.shutdown.changed(), if conn.phase != Phase::Closing => conn.on_shutdown(),
+                reason = counters.close_requested(), if conn.phase != Phase::Closing => {
+                    tracing::info!(peer = %conn.peer, user = %conn.user, "closing the connection as asked: {reason}");
+                    conn.close_connection(AmqpError::conn(
+                        CONNECTION_FORCED,
+                        format!("CONNECTION_FORCED - {reason}"),
+                    ));
+                }
             }
         }
     }

@@ -33,6 +33,9 @@ pub struct ConnectionInfo {
     pub recv_oct: Counter,
     /// Bytes written to the client.
     pub send_oct: Counter,
+    /// Set when an operator asks for the connection to be closed (the reason).
+    close_reason: Mutex<Option<String>>,
+    close: tokio::sync::Notify,
 }
 
 /// A counter alone on its cache line.
@@ -83,6 +86,23 @@ impl ConnectionInfo {
     pub fn channels(&self) -> Vec<u16> {
         self.channels.lock().iter().copied().collect()
     }
+    /// Ask the front end to close the connection (it tells the client `reason`, as the
+    /// protocol allows).
+    pub fn request_close(&self, reason: &str) {
+        *self.close_reason.lock() = Some(reason.to_owned());
+        self.close.notify_one();
+    }
+
+    /// Resolves once a close was requested, with its reason.
+    pub async fn close_requested(&self) -> String {
+        loop {
+            if let Some(r) = self.close_reason.lock().clone() {
+                return r;
+            }
+            self.close.notified().await;
+        }
+    }
+
     /// Count bytes read.
     pub fn received(&self, n: usize) {
         self.recv_oct.add(n as u64);
@@ -153,6 +173,8 @@ impl Connections {
             channels: Mutex::new(BTreeSet::new()),
             recv_oct: Counter::default(),
             send_oct: Counter::default(),
+            close_reason: Mutex::new(None),
+            close: tokio::sync::Notify::new(),
         });
         self.open.lock().insert(id, info.clone());
         self.opened.fetch_add(1, Ordering::Relaxed);

@@ -330,6 +330,26 @@ pub fn handle(api: &Api, req: &Request, user: &User) -> ApiResult {
         }
         ("GET", ["connections"]) => Ok(Response::json(200, &connections(&c))),
         ("GET", ["channels"]) => Ok(Response::json(200, &channels(&c))),
+        ("GET", ["connections", name]) => connections(&c)
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == *name).cloned())
+            .map(|x| Response::json(200, &x))
+            .ok_or_else(|| ApiError::not_found(format!("no connection '{name}'"))),
+        ("DELETE", ["connections", name]) => {
+            // an administrator closes any connection, a user its own
+            let conn = api
+                .broker
+                .connections()
+                .into_iter()
+                .find(|x| x.name() == *name && (c.admin() || x.user() == user.name))
+                .ok_or_else(|| ApiError::not_found(format!("no connection '{name}'")))?;
+            let reason = req
+                .header("x-reason")
+                .unwrap_or("Closed via management API")
+                .to_owned();
+            conn.request_close(&reason);
+            Ok(Response::empty(204))
+        }
         ("GET", ["queues"]) => Ok(Response::json(200, &queues(&c, None, req)?)),
         ("GET", ["queues", vh]) => Ok(Response::json(200, &queues(&c, Some(vh), req)?)),
         ("GET", ["queues", vh, name]) => {

@@ -117,6 +117,8 @@ async fn handle_io<R, W>(
                     Err(_) => return Ok(()),
                 },
                 _ = shutdown.changed() => return Ok(()),
+                // Kafka has no way to tell the client why: the socket just closes
+                reason = counters.close_requested() => return Err(format!("closed as asked: {reason}")),
             }
             let size = i32::from_be_bytes(size);
             let len = usize::try_from(size)
