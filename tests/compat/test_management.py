@@ -468,4 +468,33 @@ def test_closing_a_connection_from_the_api(broker):
             ch.queue_declare(qname("after"))
             conn.sleep(0.05)
     assert e.value.reply_code == 320 and "management API" in e.value.reply_text
+    # once the server has finished closing, the connection is gone from the list
+    wait_for(lambda: call(broker, "GET", f"/api/connections/{name}")[0] == 404, what="the connection to go")
     assert call(broker, "DELETE", f"/api/connections/{name}")[0] == 404
+
+
+def test_channels_show_prefetch_unacked_consumers_and_modes(broker):
+    q = qname("chan")
+    conn = amqp(broker)
+    local_port = conn._impl._transport._sock.getsockname()[1]
+    pub = conn.channel()
+    pub.queue_declare(q)
+    pub.confirm_delivery()
+    for _ in range(5):
+        pub.basic_publish("", q, b"x")
+    sub = conn.channel()
+    sub.basic_qos(prefetch_count=3)
+    got = []
+    sub.basic_consume(q, lambda ch, m, p, b: got.append(m.delivery_tag))
+    wait_for(lambda: conn.process_data_events(0.05) or len(got) == 3, what="3 deliveries")
+
+    def mine():
+        status, chans = call(broker, "GET", "/api/channels")
+        return {c["number"]: c for c in chans if c["connection_details"]["peer_port"] == local_port}
+    chans = wait_for(lambda: (m := mine()) and m.get(sub.channel_number, {}).get("messages_unacknowledged") == 3 and m,
+                     what="the channel's counters")
+    s = chans[sub.channel_number]
+    assert s["prefetch_count"] == 3 and s["consumer_count"] == 1 and s["confirm"] is False
+    p = chans[pub.channel_number]
+    assert p["confirm"] is True and p["consumer_count"] == 0 and p["messages_unacknowledged"] == 0
+    conn.close()

@@ -95,6 +95,39 @@ pub struct ChannelShared {
     pub flow_active: AtomicBool,
     pub closed: AtomicBool,
     pub state: Mutex<DeliveryState>,
+    /// For the management API only: consumers, confirm and tx mode.
+    pub consumer_count: AtomicU32,
+    pub confirm_mode: AtomicBool,
+    pub tx_mode: AtomicBool,
+}
+
+impl std::fmt::Debug for ChannelShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelShared")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl eddy_broker::ChannelView for ChannelShared {
+    fn prefetch_count(&self) -> u32 {
+        match self.prefetch_consumer.load(Ordering::Relaxed) {
+            0 => self.prefetch_channel.load(Ordering::Relaxed),
+            n => n,
+        }
+    }
+    fn unacked(&self) -> u64 {
+        self.state.lock().unacked.len() as u64
+    }
+    fn consumers(&self) -> u32 {
+        self.consumer_count.load(Ordering::Relaxed)
+    }
+    fn confirm(&self) -> bool {
+        self.confirm_mode.load(Ordering::Relaxed)
+    }
+    fn transactional(&self) -> bool {
+        self.tx_mode.load(Ordering::Relaxed)
+    }
 }
 
 impl ChannelShared {
@@ -112,6 +145,9 @@ impl ChannelShared {
                 next_tag: 0,
                 unacked: BTreeMap::new(),
             }),
+            consumer_count: AtomicU32::new(0),
+            confirm_mode: AtomicBool::new(false),
+            tx_mode: AtomicBool::new(false),
         })
     }
 

@@ -692,6 +692,9 @@ impl Conn {
         for (id, tag) in cancelled {
             if let Some(ch) = self.channels.get_mut(&id) {
                 ch.consumers.remove(&tag);
+                ch.shared
+                    .consumer_count
+                    .store(ch.consumers.len() as u32, Ordering::Relaxed);
             }
             if notify {
                 self.send(
@@ -1095,7 +1098,7 @@ impl Conn {
                         ));
                     }
                     let shared = ChannelShared::new(id, self.out.clone(), self.frame_max);
-                    self.info.channel_opened(id);
+                    self.info.channel_opened(id, shared.clone());
                     self.channels.insert(
                         id,
                         Channel {
@@ -1190,6 +1193,7 @@ impl Conn {
                     let (txs, rx) = mpsc::unbounded_channel();
                     tokio::spawn(confirm_task(rx, out, ch.shared.clone()));
                     ch.confirm = Some((0, txs));
+                    ch.shared.confirm_mode.store(true, Ordering::Relaxed);
                 }
                 if !s.nowait {
                     self.send(
@@ -1466,6 +1470,9 @@ impl Conn {
                 // consumer, and before any delivery
                 q.consume(tag_arc, consumer.clone(), c.no_ack, c.exclusive)?;
                 ch.consumers.insert(tag.clone(), consumer.clone());
+                ch.shared
+                    .consumer_count
+                    .store(ch.consumers.len() as u32, Ordering::Relaxed);
                 if !c.nowait {
                     self.send(
                         id,
@@ -1489,7 +1496,11 @@ impl Conn {
             }
             B::Cancel(c) => {
                 let ch = self.channel_mut(id)?;
-                if let Some(consumer) = ch.consumers.remove(c.consumer_tag.as_str()) {
+                let removed = ch.consumers.remove(c.consumer_tag.as_str());
+                ch.shared
+                    .consumer_count
+                    .store(ch.consumers.len() as u32, Ordering::Relaxed);
+                if let Some(consumer) = removed {
                     consumer.stopped.store(true, Ordering::Relaxed);
                     consumer.credit.notify_one();
                     if consumer.queue.cancel(c.consumer_tag.as_str()) {
@@ -1700,6 +1711,7 @@ impl Conn {
                 }
                 if ch.tx.is_none() {
                     ch.tx = Some(fresh);
+                    ch.shared.tx_mode.store(true, Ordering::Relaxed);
                 }
                 self.send(id, AMQPClass::Tx(T::SelectOk(tx::SelectOk {})));
             }

@@ -1,7 +1,7 @@
 //! The connections the front ends serve, for the management API and metrics: who, from where,
 //! over what, and how many bytes.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -9,6 +9,21 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use crate::broker::BrokerInner;
+
+/// What a front end shows of one of its channels (read only when asked: no cost on the
+/// message path).
+pub trait ChannelView: Send + Sync + std::fmt::Debug {
+    /// basic.qos prefetch count in force (0: unlimited).
+    fn prefetch_count(&self) -> u32;
+    /// Deliveries not yet acknowledged.
+    fn unacked(&self) -> u64;
+    /// Consumers on the channel.
+    fn consumers(&self) -> u32;
+    /// In publisher-confirm mode.
+    fn confirm(&self) -> bool;
+    /// In transaction mode.
+    fn transactional(&self) -> bool;
+}
 
 /// One open connection. Front ends update the counters as they read and write.
 #[derive(Debug)]
@@ -27,7 +42,7 @@ pub struct ConnectionInfo {
     pub tls: bool,
     user: Mutex<String>,
     vhost: Mutex<String>,
-    channels: Mutex<BTreeSet<u16>>,
+    channels: Mutex<BTreeMap<u16, Arc<dyn ChannelView>>>,
     /// Bytes read from the client (its own cache line: the reader and the writer of a
     /// connection run on different threads).
     pub recv_oct: Counter,
@@ -75,8 +90,8 @@ impl ConnectionInfo {
         *self.vhost.lock() = vhost.to_owned();
     }
     /// A channel opened.
-    pub fn channel_opened(&self, number: u16) {
-        self.channels.lock().insert(number);
+    pub fn channel_opened(&self, number: u16, view: Arc<dyn ChannelView>) {
+        self.channels.lock().insert(number, view);
     }
     /// A channel closed.
     pub fn channel_closed(&self, number: u16) {
@@ -84,7 +99,16 @@ impl ConnectionInfo {
     }
     /// Its open channels.
     pub fn channels(&self) -> Vec<u16> {
-        self.channels.lock().iter().copied().collect()
+        self.channels.lock().keys().copied().collect()
+    }
+
+    /// Its open channels, with what they show.
+    pub fn channel_views(&self) -> Vec<(u16, Arc<dyn ChannelView>)> {
+        self.channels
+            .lock()
+            .iter()
+            .map(|(n, v)| (*n, v.clone()))
+            .collect()
     }
     /// Ask the front end to close the connection (it tells the client `reason`, as the
     /// protocol allows).
@@ -170,7 +194,7 @@ impl Connections {
             tls,
             user: Mutex::new(String::new()),
             vhost: Mutex::new(String::new()),
-            channels: Mutex::new(BTreeSet::new()),
+            channels: Mutex::new(BTreeMap::new()),
             recv_oct: Counter::default(),
             send_oct: Counter::default(),
             close_reason: Mutex::new(None),

@@ -28,7 +28,7 @@ pub mod vhost;
 pub use amq_protocol::protocol::BasicProperties;
 pub use amq_protocol::types;
 pub use broker::{Alarms, Broker, BrokerConfig};
-pub use connections::{ConnectionHandle, ConnectionInfo};
+pub use connections::{ChannelView, ConnectionHandle, ConnectionInfo};
 pub use eddy_log::{FsyncHistogram, FsyncPolicy, Log, FSYNC_BUCKETS};
 pub use error::{BrokerError, Result};
 pub use message::Message;

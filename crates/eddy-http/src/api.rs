@@ -719,12 +719,18 @@ fn channels(c: &Caller) -> Value {
         if !(c.sees_all() || x.user() == c.user.name) {
             continue;
         }
-        for n in x.channels() {
+        for (n, view) in x.channel_views() {
             out.push(json!({
                 "name": format!("{} ({n})", x.name()),
                 "number": n,
                 "user": x.user(),
                 "vhost": x.vhost(),
+                "prefetch_count": view.prefetch_count(),
+                "messages_unacknowledged": view.unacked(),
+                "consumer_count": view.consumers(),
+                "confirm": view.confirm(),
+                "transactional": view.transactional(),
+                "state": "running",
                 "connection_details": {"name": x.name(), "peer_host": x.peer.ip().to_string(), "peer_port": x.peer.port()},
             }));
         }
