@@ -225,8 +225,10 @@ struct Conn {
     alarms: watch::Receiver<Alarms>,
     /// The connection's entry in the broker's list (user, vhost, channels, bytes).
     info: eddy_broker::ConnectionHandle,
-    /// Exchanges this connection was already allowed to publish to (permission checks off
-    /// the per-message path; a short list, scanned, and cleared when it grows past 16).
+    /// The user may publish to every exchange (write `.*`, decided at connection.open): no
+    /// check per publish. Otherwise the exchanges it was already allowed to publish to (a
+    /// short list, cleared when it grows past 16).
+    publish_anywhere: bool,
     may_publish: Vec<String>,
 }
 
@@ -292,6 +294,7 @@ async fn handle_io<R, W>(
     let mut conn = Conn {
         id,
         info,
+        publish_anywhere: false,
         may_publish: Default::default(),
         alarms: broker.alarms(),
         broker,
@@ -1004,6 +1007,10 @@ impl Conn {
                 match self.broker.vhost(name) {
                     Some(v) => {
                         self.info.set_vhost(name);
+                        self.publish_anywhere =
+                            self.broker
+                                .users()
+                                .allows_all(&self.user, name, Access::Write);
                         self.vhost = Some(v);
                         self.send(0, AMQPClass::Connection(C::OpenOk(connection::OpenOk {})));
                         self.phase = Phase::Running;
@@ -1523,7 +1530,9 @@ impl Conn {
                         "NOT_IMPLEMENTED - immediate=true",
                     ));
                 }
-                if !self.may_publish.iter().any(|x| x == p.exchange.as_str()) {
+                if !self.publish_anywhere
+                    && !self.may_publish.iter().any(|x| x == p.exchange.as_str())
+                {
                     self.allow(Access::Write, "exchange", p.exchange.as_str())?;
                     if self.may_publish.len() >= 16 {
                         self.may_publish.clear();

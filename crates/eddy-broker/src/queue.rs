@@ -429,11 +429,12 @@ impl Queue {
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Result<Enqueued> {
         if let Some(p) = &self.stream {
             // a stream keeps every message, persistent or not, until retention removes it
-            if self.lock().deleted {
+            // (its counts are the partition's: no time integrals to bring up to date)
+            if self.state.lock().deleted {
                 return Ok(Enqueued::default());
             }
             let end = crate::stream::append(p, &msg)?;
-            self.lock().stats.published += 1;
+            self.state.lock().stats.published += 1;
             return Ok(Enqueued {
                 rejected: false,
                 durable: Some((p.log().clone(), end)),
@@ -451,7 +452,8 @@ impl Queue {
         };
         let mut floor = None;
         {
-            let mut st = self.lock();
+            // announces the append only: the counts do not change, no clock read needed
+            let mut st = self.state.lock();
             if st.deleted {
                 return Ok(Enqueued::default());
             }

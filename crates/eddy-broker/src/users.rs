@@ -451,6 +451,23 @@ impl Users {
         self.save()
     }
 
+    /// Whether the user's `access` pattern in `vhost` is `.*` (every name allowed: callers may
+    /// skip per-name checks).
+    pub fn allows_all(&self, user: &str, vhost: &str, access: Access) -> bool {
+        self.inner
+            .read()
+            .perms
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .is_some_and(|p| {
+                let pattern = match access {
+                    Access::Configure => &p.perm.configure,
+                    Access::Write => &p.perm.write,
+                    Access::Read => &p.perm.read,
+                };
+                pattern == ".*"
+            })
+    }
+
     /// Whether the user has any permissions in `vhost` (needed to open it).
     pub fn can_access_vhost(&self, user: &str, vhost: &str) -> bool {
         self.inner
