@@ -79,6 +79,9 @@ pub struct VHost {
     /// Name (`/` by default).
     pub name: String,
     pub(crate) exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    /// The default exchange (also in `exchanges`; it can be neither deleted nor redeclared),
+    /// kept apart so the commonest publish finds it without a lookup.
+    default_exchange: Arc<Exchange>,
     pub(crate) queues: RwLock<HashMap<String, Arc<Queue>>>,
     pub(crate) broker: Weak<BrokerInner>,
     /// Held while a queue is created or removed, so a durable queue's log directory is opened
@@ -102,16 +105,24 @@ fn bool_str(b: bool) -> &'static str {
 
 impl VHost {
     pub(crate) fn new(name: &str, broker: Weak<BrokerInner>) -> Arc<VHost> {
+        let default_exchange = Arc::new(Exchange::new(
+            "",
+            ExchangeKind::Direct,
+            true,
+            false,
+            false,
+            FieldTable::default(),
+        ));
         let vh = Arc::new(VHost {
             name: name.to_owned(),
-            exchanges: RwLock::new(HashMap::new()),
+            exchanges: RwLock::new(HashMap::from([(String::new(), default_exchange.clone())])),
+            default_exchange,
             queues: RwLock::new(HashMap::new()),
             broker,
             lifecycle: parking_lot::Mutex::new(()),
         });
         let mut ex = vh.exchanges.write();
         for (n, k) in [
-            ("", ExchangeKind::Direct),
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),
             ("amq.topic", ExchangeKind::Topic),
@@ -162,6 +173,9 @@ impl VHost {
 
     /// Look up an exchange.
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        if name.is_empty() {
+            return Some(self.default_exchange.clone());
+        }
         self.exchanges.read().get(name).cloned()
     }
 
