@@ -98,6 +98,20 @@ def test_console_shows_an_amqp_queue_with_its_depth_and_purges_it(broker, browse
     parts.send_keys("4")
     d.find_element(By.CSS_SELECTOR, "#add-topic-form button[type=submit]").click()
     wait.until(lambda d: text(d, f'#topics-table tr[data-topic="{topic}"] .partitions') == "4")
+    # close the AMQP connection from the Connections tab: the client is told why
+    local_port = conn._impl._transport._sock.getsockname()[1]
+    click(d, '#tabs a[data-tab="connections"]')
+    row = f'#connections-table tr[data-connection$=":{local_port} -> 127.0.0.1:{broker.port}"]'
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, row)))
+    click(d, f"{row} button.close-connection")
+    alert = wait.until(EC.alert_is_present())
+    assert str(local_port) in alert.text
+    alert.accept()
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        for _ in range(100):
+            ch.queue_declare(q, passive=True)
+            conn.sleep(0.05)
+    assert e.value.reply_code == 320
     # the overview draws its charts from live data, and nothing went wrong in the page
     d.find_element(By.CSS_SELECTOR, '#tabs a[data-tab="overview"]').click()
     wait.until(lambda d: text(d, '#object-totals .stat[data-key="queues"] .value') not in ("", "0"))
@@ -109,4 +123,3 @@ def test_console_shows_an_amqp_queue_with_its_depth_and_purges_it(broker, browse
     assert not d.find_element(By.ID, "error").is_displayed(), d.find_element(By.ID, "error").text
     severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe
-    conn.close()

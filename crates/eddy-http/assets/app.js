@@ -843,8 +843,21 @@
       `<td class="channels num">${fmtInt(c.channels)}</td>` +
       `<td class="recv num">${fmtBytes(c.recv_oct)}</td>` +
       `<td class="send num">${fmtBytes(c.send_oct)}</td>` +
-      `<td class="connected-at" title="${esc(fmtTime(c.connected_at))}">${esc(fmtAgo(c.connected_at))}</td></tr>`).join('')
-      : emptyRow(9, 'no connections'));
+      `<td class="connected-at" title="${esc(fmtTime(c.connected_at))}">${esc(fmtAgo(c.connected_at))}</td>` +
+      '<td class="actions"><button type="button" class="close-connection danger" data-action="close">Close</button></td></tr>').join('')
+      : emptyRow(10, 'no connections'));
+  }
+
+  function onConnectionAction(ev) {
+    const btn = ev.target.closest('button[data-action="close"]');
+    const tr = btn && btn.closest('tr[data-connection]');
+    if (!tr) return;
+    const name = tr.dataset.connection;
+    if (!confirm(`Close connection ${name}? The client is told why (AMQP) or disconnected (Kafka).`)) return;
+    action(async () => {
+      await api('DELETE', `/api/connections/${enc(name)}`);
+      return `Connection ${name} closed`;
+    });
   }
 
   // ---------------------------------------------------------------- jobs
@@ -885,6 +898,7 @@
     $('#logout').addEventListener('click', logout);
     $('#error-close').addEventListener('click', () => clearError());
     $('#queues-table').addEventListener('click', onQueueAction);
+    $('#connections-table').addEventListener('click', onConnectionAction);
     $('#topics-table').addEventListener('click', onTopicAction);
     $('#add-queue-form').addEventListener('submit', onAddQueue);
     $('#publish-form').addEventListener('submit', onPublish);
