@@ -738,17 +738,22 @@ fn channels(c: &Caller) -> Value {
     Value::Array(out)
 }
 
-fn queues(c: &Caller, vhost: Option<&str>, req: &Request) -> Result<Value, ApiError> {
-    let window = window(req)?;
-    let vhosts = match vhost {
+/// The vhost asked for (or all), keeping those the caller may see.
+fn visible_vhosts(
+    c: &Caller,
+    vhost: Option<&str>,
+) -> Result<Vec<Arc<eddy_broker::VHost>>, ApiError> {
+    let all = match vhost {
         Some(v) => vec![vhost_of(c.api, v)?],
         None => c.api.broker.vhosts(),
     };
+    Ok(all.into_iter().filter(|v| c.sees(&v.name)).collect())
+}
+
+fn queues(c: &Caller, vhost: Option<&str>, req: &Request) -> Result<Value, ApiError> {
+    let window = window(req)?;
     let mut out = Vec::new();
-    for v in vhosts {
-        if !c.sees(&v.name) {
-            continue;
-        }
+    for v in visible_vhosts(c, vhost)? {
         let mut qs = v.queues();
         qs.sort_by(|a, b| a.name.cmp(&b.name));
         for q in qs {
@@ -812,15 +817,8 @@ fn declare_queue(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
 }
 
 fn exchanges(c: &Caller, vhost: Option<&str>) -> Result<Value, ApiError> {
-    let vhosts = match vhost {
-        Some(v) => vec![vhost_of(c.api, v)?],
-        None => c.api.broker.vhosts(),
-    };
     let mut out = Vec::new();
-    for v in vhosts {
-        if !c.sees(&v.name) {
-            continue;
-        }
+    for v in visible_vhosts(c, vhost)? {
         let mut es = v.exchanges();
         es.sort_by(|a, b| a.name.cmp(&b.name));
         for e in es {
@@ -862,15 +860,8 @@ fn declare_exchange(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
 }
 
 fn bindings(c: &Caller, vhost: Option<&str>) -> Result<Value, ApiError> {
-    let vhosts = match vhost {
-        Some(v) => vec![vhost_of(c.api, v)?],
-        None => c.api.broker.vhosts(),
-    };
     let mut out = Vec::new();
-    for v in vhosts {
-        if !c.sees(&v.name) {
-            continue;
-        }
+    for v in visible_vhosts(c, vhost)? {
         for e in v.exchanges() {
             for b in e.bindings() {
                 let (dest, kind) = match &b.destination {
