@@ -3,7 +3,7 @@
 
 mod admin;
 mod alloc;
-mod tls;
+mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use eddy_broker::{Broker, BrokerConfig, FsyncPolicy};
-use serde::Deserialize;
+use clap::{Parser, Subcommand};
+use eddy_broker::Broker;
 
 #[global_allocator]
 static GLOBAL: alloc::Allocator = alloc::Allocator;
@@ -130,32 +129,29 @@ enum BenchCommand {
     Nexmark(eddy_bench::NexmarkBenchArgs),
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Fsync {
-    /// fsync before every confirm (group commit: concurrent writers share one fsync)
-    Always,
-    /// fsync at most every --fsync-interval-ms; confirms wait for it
-    Batch,
-    /// never fsync on the publish path (confirms after the write to the OS)
-    Never,
-}
-
+/// `eddy serve`'s flags: each sets one key of [`settings::Settings`] (the table
+/// [`settings::FLAGS`]), and is also an `EDDY_*` environment variable. `--help` shows each
+/// one's default and key, filled in from the settings' defaults.
 #[derive(clap::Args, Debug, Default)]
 struct ServeArgs {
-    /// TOML configuration file (keys: data_dir, amqp, fsync, fsync_interval_ms, memory_high_watermark, disk_free_limit, heartbeat, frame_max, segment_bytes, segment_ms, kafka, kafka_advertised, kafka_auto_create_partitions, [[users]] name/password)
+    /// TOML configuration file: sections [amqp] [kafka] [http] [tls] [storage] [limits] and
+    /// [[users]] name/password/loopback_only; `--print-config` shows every key
     #[arg(long, env = "EDDY_CONFIG")]
     config: Option<PathBuf>,
-    /// Directory for metadata and message logs [default: ./data]
+    /// Print the effective settings (defaults, file, environment and flags) as TOML that
+    /// --config takes, and exit
+    #[arg(long)]
+    print_config: bool,
+    /// Directory for metadata and message logs
     #[arg(long, env = "EDDY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// AMQP 0-9-1 listener address [default: 127.0.0.1:5672]
+    /// AMQP 0-9-1 listener address
     #[arg(long, env = "EDDY_AMQP")]
     amqp: Option<SocketAddr>,
-    /// Kafka listener address [default: 127.0.0.1:9092]
+    /// Kafka listener address
     #[arg(long, env = "EDDY_KAFKA")]
     kafka: Option<SocketAddr>,
-    /// Management API, web console and /metrics listener address [default: 127.0.0.1:15672]
+    /// Management API, web console and /metrics listener address
     #[arg(long, env = "EDDY_HTTP")]
     http: Option<SocketAddr>,
     /// TLS certificate chain (PEM); with --tls-key, turns on AMQPS, Kafka over TLS and HTTPS
@@ -168,99 +164,93 @@ struct ServeArgs {
     /// certificate is asked for
     #[arg(long, env = "EDDY_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
-    /// AMQPS listener address (with TLS) [default: 127.0.0.1:5671]
+    /// AMQPS listener address (with TLS)
     #[arg(long, env = "EDDY_AMQPS")]
     amqps: Option<SocketAddr>,
-    /// Kafka TLS listener address (SSL / SASL_SSL, with TLS) [default: 127.0.0.1:9093]
+    /// Kafka TLS listener address (SSL / SASL_SSL, with TLS)
     #[arg(long, env = "EDDY_KAFKA_TLS")]
     kafka_tls: Option<SocketAddr>,
-    /// HTTPS listener address (with TLS) [default: 127.0.0.1:15671]
+    /// HTTPS listener address (with TLS)
     #[arg(long, env = "EDDY_HTTPS")]
     https: Option<SocketAddr>,
-    /// Address Kafka clients are told to connect to (Metadata) [default: the --kafka address]
+    /// Address Kafka clients are told to connect to (Metadata), HOST:PORT [default: the
+    /// --kafka address]
     #[arg(long, env = "EDDY_KAFKA_ADVERTISED")]
     kafka_advertised: Option<String>,
     /// Partitions of topics created automatically (a producer or Metadata request naming an
-    /// unknown topic); 0 turns automatic creation off [default: 1]
+    /// unknown topic); 0 turns automatic creation off
     #[arg(long, env = "EDDY_KAFKA_AUTO_CREATE_PARTITIONS")]
     kafka_auto_create_partitions: Option<usize>,
-    /// When writes are fsynced; a publisher confirm is sent only after it [default: always]
+    /// When writes are fsynced; a publisher confirm is sent only after it
     #[arg(long, env = "EDDY_FSYNC", value_enum)]
-    fsync: Option<Fsync>,
-    /// With --fsync batch: the longest a write waits for its fsync [default: 5]
+    fsync: Option<settings::Fsync>,
+    /// With --fsync batch: the longest a write waits for its fsync
     #[arg(long, env = "EDDY_FSYNC_INTERVAL_MS")]
     fsync_interval_ms: Option<u64>,
-    /// Block publishers while queued message bytes exceed this [default: 40% of RAM]
+    /// Block publishers while queued message bytes exceed this: bytes, or a share of memory
+    /// such as 40%
     #[arg(long, env = "EDDY_MEMORY_HIGH_WATERMARK")]
-    memory_high_watermark: Option<u64>,
-    /// Block publishers while free disk space is below this many bytes [default: 50000000]
+    memory_high_watermark: Option<settings::Watermark>,
+    /// Block publishers while free disk space is below this many bytes
     #[arg(long, env = "EDDY_DISK_FREE_LIMIT")]
     disk_free_limit: Option<u64>,
-    /// Heartbeat interval proposed to clients, seconds; 0 disables [default: 60]
+    /// Most connections open at once on each listener (AMQP, Kafka, HTTP and their TLS
+    /// twins); one more is closed at once
+    #[arg(long, env = "EDDY_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Heartbeat interval proposed to AMQP clients, seconds; 0 disables
     #[arg(long, env = "EDDY_HEARTBEAT")]
     heartbeat: Option<u16>,
-    /// Largest AMQP frame accepted [default: 131072]
+    /// Largest AMQP frame accepted (at least 4096)
     #[arg(long, env = "EDDY_FRAME_MAX")]
     frame_max: Option<u32>,
-    /// Queue log segment size in bytes [default: 67108864]
+    /// Queue log segment size in bytes
     #[arg(long, env = "EDDY_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
     /// Roll a queue log segment once it is this old (ms), so acknowledged data is reclaimed
-    /// on quiet queues too [default: 3600000]
+    /// on quiet queues too
     #[arg(long, env = "EDDY_SEGMENT_MS")]
     segment_ms: Option<u64>,
 }
 
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    amqp: Option<SocketAddr>,
-    fsync: Option<Fsync>,
-    fsync_interval_ms: Option<u64>,
-    memory_high_watermark: Option<u64>,
-    disk_free_limit: Option<u64>,
-    heartbeat: Option<u16>,
-    frame_max: Option<u32>,
-    segment_bytes: Option<u64>,
-    segment_ms: Option<u64>,
-    kafka: Option<SocketAddr>,
-    http: Option<SocketAddr>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-    amqps: Option<SocketAddr>,
-    kafka_tls: Option<SocketAddr>,
-    https: Option<SocketAddr>,
-    kafka_advertised: Option<String>,
-    kafka_auto_create_partitions: Option<usize>,
-    users: Option<Vec<UserConfig>>,
+/// The serve subcommand with each flag's help followed by its default and its key in the
+/// configuration file.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommand("serve", |mut serve| {
+        for (id, key) in settings::FLAGS {
+            serve = serve.mut_arg(*id, |a| {
+                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                let default = match settings::default_of(key) {
+                    Some(d) if !help.contains("[default:") => format!(" [default: {d}]"),
+                    _ => String::new(),
+                };
+                a.help(format!("{help}{default} [config: {key}]"))
+            });
+        }
+        serve
+    })
 }
 
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct UserConfig {
-    name: String,
-    password: String,
-    #[serde(default)]
-    loopback_only: bool,
-}
-
-fn total_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
+/// The flags and environment variables `eddy serve` was given, as (flag id, raw value).
+fn given(matches: &clap::ArgMatches) -> Vec<(&'static str, String)> {
+    let Some(("serve", m)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    settings::FLAGS
+        .iter()
+        .filter_map(|(id, _)| {
+            let v = m.get_raw(id)?.next()?;
+            Some((*id, v.to_string_lossy().into_owned()))
         })
-        .map(|kb| kb * 1024)
-        .unwrap_or(4 << 30)
+        .collect()
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    let overrides = given(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
@@ -304,7 +294,14 @@ fn main() -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Serve(args) => rt.block_on(serve(*args)),
+        Command::Serve(args) => {
+            let settings = settings::Settings::load(args.config.as_deref(), &overrides)?;
+            if args.print_config {
+                print!("{}", settings.to_toml()?);
+                return Ok(());
+            }
+            rt.block_on(serve(settings))
+        }
         Command::Bench {
             what: BenchCommand::Amqp(args),
         } => rt.block_on(async move {
@@ -318,219 +315,86 @@ fn main() -> Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let file: FileConfig = match &args.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config file {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))?
-        }
-        None => FileConfig::default(),
-    };
-    let data_dir = args
-        .data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from("./data"));
-    let kafka_addr = args
-        .kafka
-        .or(file.kafka)
-        .unwrap_or_else(|| "127.0.0.1:9092".parse().expect("valid default"));
-    let http_addr = args
-        .http
-        .or(file.http)
-        .unwrap_or_else(|| "127.0.0.1:15672".parse().expect("valid default"));
-    let kafka_advertised = args.kafka_advertised.or(file.kafka_advertised);
-    let auto_partitions = args
-        .kafka_auto_create_partitions
-        .or(file.kafka_auto_create_partitions)
-        .unwrap_or(1);
-    let amqp_addr = args
-        .amqp
-        .or(file.amqp)
-        .unwrap_or_else(|| "127.0.0.1:5672".parse().expect("valid default"));
-    let fsync = match args.fsync.or(file.fsync).unwrap_or(Fsync::Always) {
-        Fsync::Always => FsyncPolicy::Always,
-        Fsync::Batch => FsyncPolicy::Batch(Duration::from_millis(
-            args.fsync_interval_ms
-                .or(file.fsync_interval_ms)
-                .unwrap_or(5),
-        )),
-        Fsync::Never => FsyncPolicy::Never,
-    };
-    let mut config = BrokerConfig {
-        data_dir: data_dir.clone(),
-        fsync,
-        memory_high_watermark: args
-            .memory_high_watermark
-            .or(file.memory_high_watermark)
-            .unwrap_or(total_memory() * 2 / 5),
-        disk_free_limit: args
-            .disk_free_limit
-            .or(file.disk_free_limit)
-            .unwrap_or(50_000_000),
-        segment_bytes: args
-            .segment_bytes
-            .or(file.segment_bytes)
-            .unwrap_or(64 << 20),
-        segment_ms: Some(args.segment_ms.or(file.segment_ms).unwrap_or(3_600_000)),
-        ..BrokerConfig::default()
-    };
-    if let Some(users) = file.users {
-        config.users = users
-            .iter()
-            .map(|u| (u.name.clone(), u.password.clone()))
-            .collect();
-        config.loopback_users = users
-            .iter()
-            .filter(|u| u.loopback_only || u.name == "guest")
-            .map(|u| u.name.clone())
-            .collect();
-    }
-    let amqp_cfg = eddy_amqp::AmqpConfig {
-        heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(60),
-        frame_max: args
-            .frame_max
-            .or(file.frame_max)
-            .unwrap_or(131072)
-            .max(4096),
-        ..eddy_amqp::AmqpConfig::default()
+async fn serve(settings: settings::Settings) -> Result<()> {
+    let data_dir = settings.storage.data_dir.clone();
+    let config = settings.broker();
+    let fsync = config.fsync;
+    let tls = match (&settings.tls.cert, &settings.tls.key) {
+        (Some(cert), Some(key)) => Some(eddy_net::tls_acceptor(
+            cert,
+            key,
+            settings.tls.client_ca.as_deref(),
+        )?),
+        _ => None,
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(config))
         .await
         .context("opening the data directory")?
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     let housekeeping = broker.spawn_housekeeping();
-    let listener = tokio::net::TcpListener::bind(amqp_addr)
-        .await
-        .with_context(|| format!("binding AMQP listener on {amqp_addr}"))?;
-    tracing::info!(amqp = %amqp_addr, data_dir = %data_dir.display(), fsync = ?fsync, "eddy started");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let kafka_listener = tokio::net::TcpListener::bind(kafka_addr)
-        .await
-        .with_context(|| format!("binding Kafka listener on {kafka_addr}"))?;
-    let kafka_bound = kafka_listener.local_addr()?;
-    let (adv_host, adv_port) = match &kafka_advertised {
-        Some(a) => {
-            let (h, p) = a
-                .rsplit_once(':')
-                .with_context(|| format!("--kafka-advertised {a}: expected HOST:PORT"))?;
-            (
-                h.to_owned(),
-                p.parse()
-                    .with_context(|| format!("--kafka-advertised {a}: bad port"))?,
-            )
-        }
-        None => (kafka_bound.ip().to_string(), kafka_bound.port()),
+    let bind = async |name: &str, addr: SocketAddr, tls: Option<eddy_net::TlsAcceptor>| {
+        eddy_net::Listener::bind(name, addr, tls)
+            .await
+            .with_context(|| format!("binding the {name} listener on {addr}"))
     };
-    let kafka_cfg = eddy_kafka::KafkaConfig {
-        advertised_host: adv_host,
-        advertised_port: adv_port,
-        auto_create_topics: auto_partitions > 0,
-        default_partitions: auto_partitions.max(1),
-        ..eddy_kafka::KafkaConfig::default()
-    };
-    tracing::info!(kafka = %kafka_bound, "kafka listener started");
-    let http_listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("binding the HTTP (management) listener on {http_addr}"))?;
-    let http_bound = http_listener.local_addr()?;
+    let amqp_listener = bind("amqp", settings.amqp.listen, None).await?;
+    let kafka_listener = bind("kafka", settings.kafka.listen, None).await?;
+    let http_listener = bind("http", settings.http.listen, None).await?;
+    let kafka_cfg = settings.kafka(kafka_listener.local_addr()?);
+    let mut listeners = vec![amqp_listener, kafka_listener, http_listener];
+    if let Some(acceptor) = &tls {
+        let a = settings.amqp.tls_listen;
+        let k = settings.kafka.tls_listen;
+        let h = settings.http.tls_listen;
+        listeners.push(bind("amqps", a, Some(acceptor.clone())).await?);
+        listeners.push(bind("kafka-tls", k, Some(acceptor.clone())).await?);
+        listeners.push(bind("https", h, Some(acceptor.clone())).await?);
+    }
+    // the management API reports every listener (RabbitMQ's protocol names)
+    let mut reported = Vec::new();
+    for l in &listeners {
+        let protocol = match l.name() {
+            "amqps" => "amqp/ssl",
+            "kafka-tls" => "kafka/ssl",
+            other => other,
+        };
+        reported.push((protocol.to_owned(), l.local_addr()?));
+        tracing::info!(listener = l.name(), address = %l.local_addr()?, "listening");
+    }
+    tracing::info!(data_dir = %data_dir.display(), fsync = ?fsync, "eddy started");
     let history = Arc::new(eddy_http::stats::History::default());
     let sampler = history.spawn(broker.clone());
-    tracing::info!(http = %http_bound, "management API, console and /metrics started");
-    // TLS listeners, with one certificate
-    let tls = match (
-        args.tls_cert.or(file.tls_cert),
-        args.tls_key.or(file.tls_key),
-    ) {
-        (Some(cert), Some(key)) => {
-            let client_ca = args.tls_client_ca.or(file.tls_client_ca);
-            Some(tls::acceptor(&cert, &key, client_ca.as_deref())?)
-        }
-        (None, None) => None,
-        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
-    };
-    let bind = async |addr: SocketAddr, what: &str| {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the {what} listener on {addr}"))
-    };
-    let (amqps, kafka_tls, https) = match &tls {
-        None => (None, None, None),
-        Some(acceptor) => {
-            let a = args
-                .amqps
-                .or(file.amqps)
-                .unwrap_or_else(|| "127.0.0.1:5671".parse().expect("valid"));
-            let k = args
-                .kafka_tls
-                .or(file.kafka_tls)
-                .unwrap_or_else(|| "127.0.0.1:9093".parse().expect("valid"));
-            let h = args
-                .https
-                .or(file.https)
-                .unwrap_or_else(|| "127.0.0.1:15671".parse().expect("valid"));
-            let (a, k, h) = (
-                bind(a, "AMQPS").await?,
-                bind(k, "Kafka TLS").await?,
-                bind(h, "HTTPS").await?,
-            );
-            let k_bound = k.local_addr()?;
-            tracing::info!(amqps = %a.local_addr()?, kafka_tls = %k_bound, https = %h.local_addr()?, "TLS listeners started");
-            (
-                Some(eddy_amqp::TlsListener {
-                    listener: a,
-                    acceptor: acceptor.clone(),
-                }),
-                Some(eddy_kafka::TlsListener {
-                    listener: k,
-                    acceptor: acceptor.clone(),
-                    advertised_host: k_bound.ip().to_string(),
-                    advertised_port: k_bound.port(),
-                }),
-                Some((h, acceptor.clone())),
-            )
-        }
-    };
-    let mut listeners = vec![
-        ("amqp".to_owned(), listener.local_addr()?),
-        ("kafka".to_owned(), kafka_bound),
-        ("http".to_owned(), http_bound),
-    ];
-    if let (Some(a), Some(k), Some((h, _))) = (&amqps, &kafka_tls, &https) {
-        listeners.push(("amqp/ssl".into(), a.listener.local_addr()?));
-        listeners.push(("kafka/ssl".into(), k.listener.local_addr()?));
-        listeners.push(("https".into(), h.local_addr()?));
-    }
     let api = Arc::new(eddy_http::Api {
         broker: broker.clone(),
         history,
-        listeners,
+        listeners: reported,
         jobs: Default::default(),
     });
-    let http_server = tokio::spawn(eddy_http::serve(http_listener, https, api, stopped.clone()));
-    let server = tokio::spawn(eddy_amqp::serve(
-        listener,
-        amqps,
-        broker.clone(),
-        amqp_cfg,
-        stopped.clone(),
-    ));
-    let kafka_server = tokio::spawn(eddy_kafka::serve(
-        kafka_listener,
-        kafka_tls,
-        broker.clone(),
-        kafka_cfg,
-        stopped,
-    ));
+    let amqp = eddy_amqp::Amqp::new(broker.clone(), settings.amqp());
+    let kafka = eddy_kafka::Kafka::new(broker.clone(), kafka_cfg);
+    let http = eddy_http::Http::new(api);
+    let limits = settings.listener_limits();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for l in listeners {
+        let (limits, stopped) = (limits.clone(), stopped.clone());
+        match l.name() {
+            "amqp" | "amqps" => servers.spawn(eddy_net::serve(l, amqp.clone(), limits, stopped)),
+            "kafka" => servers.spawn(eddy_net::serve(l, kafka.clone(), limits, stopped)),
+            "kafka-tls" => {
+                // its clients are told to come back to it
+                let at = l.local_addr()?;
+                let k = kafka.advertising(at.ip().to_string(), at.port());
+                servers.spawn(eddy_net::serve(l, k, limits, stopped))
+            }
+            _ => servers.spawn(eddy_net::serve(l, http.clone(), limits, stopped)),
+        };
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     // connections are closed (AMQP: 320 CONNECTION_FORCED) before the logs are
-    let both = async {
-        let _ = server.await;
-        let _ = kafka_server.await;
-    };
-    if tokio::time::timeout(Duration::from_secs(10), both)
+    if tokio::time::timeout(Duration::from_secs(10), servers.join_all())
         .await
         .is_err()
     {
@@ -538,7 +402,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     housekeeping.abort();
     sampler.abort();
-    http_server.abort();
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.shutdown()).await.ok();
     tracing::info!("stopped");

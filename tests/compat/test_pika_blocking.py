@@ -128,10 +128,30 @@ def test_redeclare_with_other_arguments_is_406(conn):
     assert "x-max-length" in e.value.reply_text
 
 
-def test_unknown_exchange_type_closes_connection_503(conn):
-    with pytest.raises(ConnectionClosedByBroker) as e:
+def test_unknown_exchange_type_closes_the_channel_406(conn):
+    # as current RabbitMQ: the channel closes with 406 naming the type; the connection stays
+    with pytest.raises(ChannelClosedByBroker) as e:
         conn.channel().exchange_declare(qname("ex"), exchange_type="no-such-type")
-    assert e.value.reply_code == 503
+    assert e.value.reply_code == 406
+    assert "no-such-type" in e.value.reply_text
+    assert conn.is_open
+    conn.channel().queue_declare(qname(), auto_delete=True)
+
+
+def test_get_after_a_return_gets_delivery_tag_1(conn):
+    # basic.return takes no delivery tag: the first get-ok on the channel is tag 1
+    ch = conn.channel()
+    returned = []
+    ch.add_on_return_callback(lambda *a: returned.append(a))
+    ch.basic_publish("", qname("nowhere"), b"x", mandatory=True)
+    q = qname()
+    ch.queue_declare(q, auto_delete=True)
+    ch.basic_publish("", q, b"y")
+    conn.process_data_events(time_limit=0.2)
+    assert len(returned) == 1
+    method, _, body = ch.basic_get(q)
+    assert body == b"y"
+    assert method.delivery_tag == 1
 
 
 def test_unknown_delivery_tag_is_406(conn):

@@ -185,6 +185,17 @@ impl ChannelShared {
     }
 }
 
+impl ChannelShared {
+    /// Write the frames of a message that takes no delivery tag (basic.return).
+    pub fn send_untagged(&self, msg: &eddy_broker::Message, method: impl FnOnce(&mut Vec<u8>)) {
+        let fm = self.frame_max;
+        self.out.with(|buf| {
+            method(buf);
+            codec::put_content(buf, self.id, &msg.raw_properties, &msg.body, fm);
+        });
+    }
+}
+
 /// A consumer on a channel: the broker's [`ConsumerSink`].
 pub struct ChannelConsumer {
     pub tag: Arc<str>,

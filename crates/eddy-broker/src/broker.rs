@@ -45,8 +45,10 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("./data"),
             fsync: FsyncPolicy::Always,
-            memory_high_watermark: 1 << 30,
-            disk_free_limit: 50 << 20,
+            memory_high_watermark: crate::total_memory() / 100
+                * crate::DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT as u64,
+            // RabbitMQ's default, 50 MB
+            disk_free_limit: 50_000_000,
             segment_bytes: 64 << 20,
             segment_ms: Some(3_600_000),
             users: vec![("guest".into(), "guest".into())],

@@ -28,7 +28,8 @@ impl ExchangeKind {
             "fanout" => Ok(ExchangeKind::Fanout),
             "topic" => Ok(ExchangeKind::Topic),
             "headers" => Ok(ExchangeKind::Headers),
-            other => Err(BrokerError::CommandInvalid(format!(
+            // as current RabbitMQ: 406 on the channel, naming the type
+            other => Err(BrokerError::PreconditionFailed(format!(
                 "invalid exchange type '{other}'"
             ))),
         }

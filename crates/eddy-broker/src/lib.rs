@@ -38,6 +38,24 @@ pub use topic::{Partition, Topic, TopicConfig};
 pub use users::{Access, Permission, User, Users};
 pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};
 
+/// The memory high watermark's default share of the machine's memory (RabbitMQ's
+/// `vm_memory_high_watermark.relative`, 0.4).
+pub const DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT: u8 = 40;
+
+/// The machine's memory in bytes (`/proc/meminfo`; 4 GiB where it cannot be read).
+pub fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(4 << 30)
+}
+
 /// Run `f`, which may block on disk (metadata writes, removing a queue's log), from async code:
 /// on a multi-threaded tokio runtime the worker hands its other tasks to another thread first
 /// (`block_in_place`); elsewhere `f` just runs.

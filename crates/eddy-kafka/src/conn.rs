@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use eddy_broker::Broker;
+use eddy_net::{ReadHalf, WriteHalf};
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::api::{self, Handler, Reply, Shared};
 use crate::KafkaConfig;
@@ -52,38 +53,24 @@ pub(crate) enum Outgoing {
     },
 }
 
+/// Serve one connection (plain or TLS, or in memory in tests) until it closes.
 pub(crate) async fn handle(
-    stream: TcpStream,
-    peer: SocketAddr,
+    c: eddy_net::Conn,
     broker: Broker,
     cfg: Arc<KafkaConfig>,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
-    let (rd, wr) = stream.into_split();
-    handle_io(rd, wr, peer, local, false, broker, cfg, shared, shutdown).await
-}
-
-/// One connection of the TLS listener (SSL / SASL_SSL).
-pub(crate) async fn handle_tls(
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: SocketAddr,
-    local: SocketAddr,
-    broker: Broker,
-    cfg: Arc<KafkaConfig>,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let (rd, wr) = tokio::io::split(stream);
-    handle_io(rd, wr, peer, local, true, broker, cfg, shared, shutdown).await
+    let (rd, wr) = c.stream.into_split();
+    handle_io(
+        rd, wr, c.peer, c.local, c.tls, broker, cfg, shared, c.shutdown, c.span,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn handle_io<R, W>(
-    mut rd: R,
-    wr: W,
+async fn handle_io(
+    mut rd: ReadHalf,
+    wr: WriteHalf,
     peer: SocketAddr,
     local: SocketAddr,
     tls: bool,
@@ -91,23 +78,25 @@ async fn handle_io<R, W>(
     cfg: Arc<KafkaConfig>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-) where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let registered =
-        broker.register_connection(broker.next_connection_id(), "Kafka", peer, local, tls);
+    span: tracing::Span,
+) {
+    let id = broker.next_connection_id();
+    span.record("id", id);
+    let registered = broker.register_connection(id, "Kafka", peer, local, tls);
     let counters = registered.info();
     registered.set_vhost("/");
     let mut handler = Handler::new(broker, cfg.clone(), &shared, peer);
     handler.info = Some(counters.clone());
+    span.record("vhost", "/");
     if let Some(u) = handler.anonymous_user() {
+        span.record("user", u.as_str());
         registered.set_user(&u);
     }
+    handler.span = span;
     // requests are handled in order; their responses go out in order from a writer task, so a
     // produce waiting for its fsync does not hold up reading (and appending) the next ones
     let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_responses(rx, wr, counters.clone()));
+    let writer = tokio::spawn(write_responses(rx, wr, counters.clone()).in_current_span());
     let result: Result<(), String> = async {
         loop {
             let mut size = [0u8; 4];
@@ -151,8 +140,8 @@ async fn handle_io<R, W>(
     }
     .await;
     match result {
-        Ok(()) => tracing::debug!(%peer, "kafka connection closed"),
-        Err(e) => tracing::info!(%peer, "kafka connection closed: {e}"),
+        Ok(()) => tracing::debug!("connection closed"),
+        Err(e) => tracing::info!("connection closed: {e}"),
     }
     drop(tx);
     // what was accepted is answered before the socket closes

@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eddy_broker::Broker;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Settings of the Kafka listener.
 #[derive(Debug, Clone)]
@@ -53,50 +51,23 @@ impl Default for KafkaConfig {
     }
 }
 
-/// A TLS listener (Kafka's SSL and SASL_SSL security protocols): clients that connect to it
-/// are told (Metadata) to come back to it.
-pub struct TlsListener {
-    /// The socket.
-    pub listener: TcpListener,
-    /// The server's TLS configuration.
-    pub acceptor: tokio_rustls::TlsAcceptor,
-    /// Host this listener's clients are told to connect to.
-    pub advertised_host: String,
-    /// Port this listener's clients are told to connect to.
-    pub advertised_port: u16,
+/// The Kafka front end: the [`eddy_net::Handler`] a Kafka listener runs. Every listener
+/// has its own (it tells clients to come back to its own address) and they share producers'
+/// state and consumer groups.
+pub struct Kafka {
+    broker: Broker,
+    config: Arc<KafkaConfig>,
+    shared: Arc<api::Shared>,
 }
 
-/// How long a client may take over its TLS handshake.
-const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
-
-/// Accept Kafka connections (plain, and TLS on `tls`) until `shutdown` turns true; each runs
-/// in its own task, and this returns once they are gone (or after a grace period). Both
-/// listeners share producers' state and consumer groups.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsListener>,
-    broker: Broker,
-    config: KafkaConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let tls_config = tls.as_ref().map(|t| {
-        Arc::new(KafkaConfig {
-            advertised_host: t.advertised_host.clone(),
-            advertised_port: t.advertised_port,
-            ..config.clone()
-        })
-    });
-    let config = Arc::new(config);
-    let accept_tls = async |tls: &Option<TlsListener>| match tls {
-        Some(t) => t.listener.accept().await,
-        None => std::future::pending().await,
-    };
-    let shared = Arc::new(api::Shared {
-        producers: Arc::new(producers::Producers::new()),
-        groups: Arc::new(groups::Groups::default()),
-    });
-    // consumer-group sessions time out here
-    let expiry = {
+impl Kafka {
+    /// A front end over `broker`; starts the sweep that ends consumer-group members whose
+    /// session timed out (it stops once every front end sharing the groups is dropped).
+    pub fn new(broker: Broker, config: KafkaConfig) -> Arc<Kafka> {
+        let shared = Arc::new(api::Shared {
+            producers: Arc::new(producers::Producers::new()),
+            groups: Arc::new(groups::Groups::default()),
+        });
         let groups = Arc::downgrade(&shared.groups);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -105,53 +76,42 @@ pub async fn serve(
                 let Some(g) = groups.upgrade() else { break };
                 g.expire();
             }
+        });
+        Arc::new(Kafka {
+            broker,
+            config: Arc::new(config),
+            shared,
         })
-    };
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    conns.spawn(conn::handle(stream, peer, broker.clone(), config.clone(), shared.clone(), shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!("kafka accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            r = accept_tls(&tls) => match r {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(peer);
-                    let acceptor = tls.as_ref().expect("accepted on it").acceptor.clone();
-                    let cfg = tls_config.clone().expect("set with the listener");
-                    let (b, sh, s) = (broker.clone(), shared.clone(), shutdown.clone());
-                    conns.spawn(async move {
-                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => conn::handle_tls(stream, peer, local, b, cfg, sh, s).await,
-                            Ok(Err(e)) => tracing::warn!(%peer, "kafka TLS handshake failed: {e}"),
-                            Err(_) => tracing::warn!(%peer, "kafka: no TLS handshake within 10 s"),
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("kafka TLS accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
     }
-    drop(listener);
-    drop(tls);
-    expiry.abort();
-    let drained = tokio::time::timeout(Duration::from_secs(5), async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        conns.abort_all();
+
+    /// The front end of another listener, sharing producers and groups with this one, whose
+    /// clients are told (Metadata, FindCoordinator) to connect to `host:port`.
+    pub fn advertising(&self, host: String, port: u16) -> Arc<Kafka> {
+        Arc::new(Kafka {
+            broker: self.broker.clone(),
+            config: Arc::new(KafkaConfig {
+                advertised_host: host,
+                advertised_port: port,
+                ..(*self.config).clone()
+            }),
+            shared: self.shared.clone(),
+        })
     }
-    Ok(())
+}
+
+impl eddy_net::Handler for Kafka {
+    fn protocol(&self) -> &'static str {
+        "kafka"
+    }
+
+    /// Serve one connection until it closes; requests are answered in order.
+    async fn handle(self: Arc<Self>, conn: eddy_net::Conn) {
+        conn::handle(
+            conn,
+            self.broker.clone(),
+            self.config.clone(),
+            self.shared.clone(),
+        )
+        .await
+    }
 }

@@ -1,0 +1,161 @@
+//! Topics, consumer groups (committed offsets and lag) and stream jobs.
+
+use std::time::Duration;
+
+use eddy_broker::{Access, TopicConfig};
+use serde_json::{json, Map, Value};
+
+use crate::api::{one, ApiError, ApiResult, Caller};
+use crate::server::Response;
+use crate::Api;
+
+pub(crate) fn topics(c: &Caller) -> Result<Value, ApiError> {
+    if !c.sees("/") {
+        return Ok(json!([]));
+    }
+    Ok(Value::Array(
+        c.api
+            .broker
+            .topics()
+            .iter()
+            .map(|t| {
+                let parts: Vec<Value> = t
+                    .partitions()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        json!({"partition": i, "start_offset": p.start_offset(), "end_offset": p.end_offset()})
+                    })
+                    .collect();
+                let messages: u64 = t
+                    .partitions()
+                    .iter()
+                    .map(|p| p.end_offset() - p.start_offset())
+                    .sum();
+                let config: Map<String, Value> = t
+                    .config()
+                    .entries()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), json!(v)))
+                    .collect();
+                json!({"name": t.name, "partitions": parts, "messages": messages, "config": config})
+            })
+            .collect(),
+    ))
+}
+
+pub(crate) fn groups(c: &Caller) -> Value {
+    if !c.sees("/") {
+        return json!([]);
+    }
+    let b = &c.api.broker;
+    let offsets = b.offsets();
+    Value::Array(
+        offsets
+            .group_names()
+            .iter()
+            .map(|g| {
+                let mut total = 0u64;
+                let parts: Vec<Value> = offsets
+                    .group(g)
+                    .iter()
+                    .map(|(t, p, committed)| {
+                        let end = b
+                            .topic(t)
+                            .and_then(|t| t.partition(*p))
+                            .map(|p| p.end_offset());
+                        let lag = end.map(|e| e.saturating_sub(committed.offset.max(0) as u64));
+                        total += lag.unwrap_or(0);
+                        json!({"topic": t, "partition": p, "committed": committed.offset, "end_offset": end, "lag": lag})
+                    })
+                    .collect();
+                json!({"group": g, "lag": total, "offsets": parts})
+            })
+            .collect(),
+    )
+}
+
+/// Topic settings from a JSON object of Kafka config names (values as strings or numbers).
+pub(crate) fn topic_config(v: Option<&Value>) -> Result<TopicConfig, ApiError> {
+    let mut config = TopicConfig::default();
+    if let Some(Value::Object(cfg)) = v {
+        for (k, v) in cfg {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            config.set(k, Some(&v))?;
+        }
+    }
+    Ok(config)
+}
+
+/// Reports older than this are dropped (the job stopped).
+pub(crate) const JOB_STALE: Duration = Duration::from_secs(60);
+
+pub(crate) fn jobs(api: &Api) -> Value {
+    let mut jobs = api.jobs.lock();
+    jobs.retain(|_, (at, _)| at.elapsed() < JOB_STALE);
+    Value::Array(
+        jobs.iter()
+            .map(|(name, (at, report))| {
+                let mut r = report.clone();
+                if let Some(o) = r.as_object_mut() {
+                    o.insert("name".into(), json!(name));
+                    o.insert(
+                        "seconds_since_report".into(),
+                        json!(at.elapsed().as_secs_f64()),
+                    );
+                }
+                r
+            })
+            .collect(),
+    )
+}
+
+/// `GET /api/topics/{name}`.
+pub(crate) fn topic(c: &Caller, name: &str) -> ApiResult {
+    one(
+        topics(c)?,
+        |t| t["name"] == name,
+        || format!("no topic '{name}'"),
+    )
+}
+
+/// `PUT /api/topics/{name}`: `{"partitions": N, "config": {...}}`.
+pub(crate) fn put_topic(c: &Caller, name: &str, b: &Value) -> ApiResult {
+    c.check("/", Access::Configure, "topic", name)?;
+    let partitions = match b.get("partitions") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ApiError::bad("partitions must be a positive integer"))?
+            as usize,
+    };
+    c.api
+        .broker
+        .create_topic(name, partitions, topic_config(b.get("config"))?)?;
+    Ok(Response::empty(201))
+}
+
+/// `DELETE /api/topics/{name}`.
+pub(crate) fn delete_topic(c: &Caller, name: &str) -> ApiResult {
+    c.check("/", Access::Configure, "topic", name)?;
+    c.api.broker.delete_topic(name)?;
+    Ok(Response::empty(204))
+}
+
+/// `PUT /api/jobs/{name}`: a running stream job reports itself (eddy run does, every few
+/// seconds).
+pub(crate) fn put_job(c: &Caller, name: &str, b: Value) -> ApiResult {
+    c.check("/", Access::Write, "job", name)?;
+    if !b.is_object() {
+        return Err(ApiError::bad("a job report is a JSON object"));
+    }
+    c.api
+        .jobs
+        .lock()
+        .insert(name.to_string(), (std::time::Instant::now(), b));
+    Ok(Response::empty(204))
+}

@@ -1,0 +1,159 @@
+//! Fetch (long-polling on the broker's append signal, batches served with their base offset
+//! patched in) and ListOffsets.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::*;
+
+use crate::records::patch_for_fetch;
+
+use super::{code, Handler, MAX_FETCH_BYTES};
+
+impl Handler {
+    pub(super) async fn fetch(&self, r: FetchRequest, version: i16) -> FetchResponse {
+        let wait = Duration::from_millis(r.max_wait_ms.clamp(0, 60_000) as u64);
+        let deadline = Instant::now() + wait;
+        let mut appends = self.broker.appends();
+        loop {
+            appends.borrow_and_update();
+            let (resp, bytes, errors) = self.fetch_once(&r, version);
+            let done = errors || bytes >= r.min_bytes.max(0) as usize || Instant::now() >= deadline;
+            if done {
+                return resp;
+            }
+            tokio::select! {
+                _ = appends.changed() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    /// One pass over the requested partitions: (response, record bytes, any error).
+    pub(super) fn fetch_once(
+        &self,
+        r: &FetchRequest,
+        version: i16,
+    ) -> (FetchResponse, usize, bool) {
+        let mut resp = FetchResponse::default();
+        // Kafka's fetch.max.bytes bounds what one response may hold, whatever the client asks
+        let mut budget = if r.max_bytes > 0 {
+            (r.max_bytes as usize).min(MAX_FETCH_BYTES)
+        } else {
+            MAX_FETCH_BYTES
+        };
+        let mut total = 0usize;
+        let mut errors = false;
+        for t in &r.topics {
+            let mut tr = FetchableTopicResponse::default();
+            tr.topic = t.topic.clone();
+            tr.topic_id = t.topic_id;
+            let topic = self.broker.topic(t.topic.0.as_str());
+            let readable = self.allowed(eddy_broker::Access::Read, "topic", t.topic.0.as_str());
+            for p in &t.partitions {
+                let mut pd = PartitionData::default();
+                pd.partition_index = p.partition;
+                pd.high_watermark = -1;
+                if !readable {
+                    pd.error_code = ResponseError::TopicAuthorizationFailed.code();
+                    errors = true;
+                    tr.partitions.push(pd);
+                    continue;
+                }
+                let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
+                    pd.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    errors = true;
+                    tr.partitions.push(pd);
+                    continue;
+                };
+                let (start, end) = (part.start_offset(), part.end_offset());
+                pd.high_watermark = end as i64;
+                pd.last_stable_offset = end as i64;
+                if version >= 5 {
+                    pd.log_start_offset = start as i64;
+                }
+                let from = p.fetch_offset;
+                if from < start as i64 || from > end as i64 {
+                    pd.error_code = ResponseError::OffsetOutOfRange.code();
+                    errors = true;
+                    tr.partitions.push(pd);
+                    continue;
+                }
+                let mut records = Vec::new();
+                if (from as u64) < end && (budget > 0 || total == 0) {
+                    let limit = (p.partition_max_bytes.max(0) as usize).min(budget).max(1);
+                    match part.read(from as u64, limit) {
+                        Ok(batches) => {
+                            // nothing above the high watermark this response reports
+                            for mut b in batches.into_iter().filter(|b| b.base_offset < end) {
+                                // whole batches only, but the first one even if it is larger
+                                // than the limits, so a consumer always makes progress
+                                if !records.is_empty() && records.len() + b.payload.len() > limit {
+                                    break;
+                                }
+                                patch_for_fetch(&mut b.payload, b.base_offset);
+                                records.extend_from_slice(&b.payload);
+                            }
+                        }
+                        Err(e) => {
+                            pd.error_code = code(&e);
+                            errors = true;
+                        }
+                    }
+                }
+                total += records.len();
+                budget = budget.saturating_sub(records.len());
+                pd.records = Some(Bytes::from(records));
+                tr.partitions.push(pd);
+            }
+            resp.responses.push(tr);
+        }
+        (resp, total, errors)
+    }
+
+    pub(super) fn list_offsets(&self, r: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+        let mut resp = ListOffsetsResponse::default();
+        for t in r.topics {
+            let topic = self.broker.topic(t.name.0.as_str());
+            let readable = self.allowed(eddy_broker::Access::Read, "topic", t.name.0.as_str());
+            let mut tr = ListOffsetsTopicResponse::default();
+            tr.name = t.name;
+            for p in t.partitions {
+                let mut pr = ListOffsetsPartitionResponse::default();
+                pr.partition_index = p.partition_index;
+                pr.timestamp = -1;
+                pr.offset = -1;
+                if version >= 4 {
+                    pr.leader_epoch = 0;
+                }
+                match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                    _ if !readable => {
+                        pr.error_code = ResponseError::TopicAuthorizationFailed.code()
+                    }
+                    None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                    Some(part) => match p.timestamp {
+                        -1 => pr.offset = part.end_offset() as i64,
+                        -2 => pr.offset = part.start_offset() as i64,
+                        ts if ts >= 0 => match part.offset_for_timestamp(ts) {
+                            Ok(Some(o)) => {
+                                pr.offset = o as i64;
+                                pr.timestamp = ts;
+                            }
+                            Ok(None) => {}
+                            Err(e) => pr.error_code = code(&e),
+                        },
+                        _ => pr.error_code = ResponseError::UnsupportedVersion.code(),
+                    },
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+}
