@@ -70,12 +70,6 @@ impl<B: AsRef<[u8]>> BatchHeader<B> {
         (batch.as_ref().len() >= HEADER).then_some(BatchHeader(batch))
     }
 
-    /// The bytes under the view.
-    #[inline]
-    pub fn bytes(&self) -> &[u8] {
-        self.0.as_ref()
-    }
-
     #[inline]
     fn array<const N: usize>(&self, at: usize) -> [u8; N] {
         self.0.as_ref()[at..at + N]

@@ -3,10 +3,11 @@
 //! where it must look inside — delivering a topic to AMQP stream consumers, compaction — and
 //! encodes (uncompressed) batches for messages that arrive by other protocols.
 //!
-//! This crate alone knows the layout of a batch: the header is read and written through
-//! [`BatchHeader`] (module `batch`, which has the byte table), and the checks and patches the
-//! Kafka front end applies to every produced and fetched batch ([`split_batches`],
-//! [`validate`], [`patch_for_fetch`]) live there too. A record is: length (varint),
+//! Shaping decision: this crate alone knows the layout of a batch. Module `batch` has the byte
+//! table of the header, the typed view every reader and writer of header fields goes through
+//! ([`BatchHeader`]), and the checks and the patch the Kafka front end applies to every
+//! produced and fetched batch ([`split_batches`], [`validate`], [`patch_for_fetch`]); batches
+//! are built with [`BatchBuilder`]. A record is: length (varint),
 //! attributes (int8), timestamp delta (varlong), offset delta (varint), key length (varint, -1 =
 //! null) and key, value length and value, header count (varint) and headers (key length, key,
 //! value length, value). Compression (attributes bits 0–2: gzip, snappy, lz4, zstd) covers
