@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::Server;
+use eddy_records::BatchBuilder;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -37,24 +38,9 @@ fn request<R: Encodable>(key: ApiKey, version: i16, corr: i32, req: &R) -> Vec<u
 }
 
 fn batch() -> Bytes {
-    let value = b"fuzzed value";
-    let mut rec = vec![0u8, 0, 0, 1]; // attributes, ts delta 0, offset delta 0, key null (-1)
-    rec.push((value.len() * 2) as u8);
-    rec.extend_from_slice(value);
-    rec.push(0);
-    let mut b = vec![0u8; 61];
-    b[16] = 2;
-    b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-    b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-    b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-    b[57..61].copy_from_slice(&1i32.to_be_bytes());
-    b.push((rec.len() * 2) as u8);
-    b.extend_from_slice(&rec);
-    let len = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    Bytes::from(b)
+    let mut b = BatchBuilder::new();
+    b.push(0, 0, None, Some(b"fuzzed value"), &[]);
+    Bytes::from(b.finish())
 }
 
 fn topic() -> TopicName {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::Server;
+use eddy_records::{BatchBuilder, BatchHeader};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -57,22 +58,16 @@ impl Client {
 
 /// A batch of `n` records from producer `pid`/`epoch` starting at sequence `seq`.
 fn batch(pid: i64, epoch: i16, seq: i32, n: i32) -> Bytes {
-    let mut b = vec![0u8; 61];
+    let mut b = BatchBuilder::new();
     for i in 0..n {
-        let rec = [0u8, 0, (i * 2) as u8, 1, 2, b'v' + i as u8, 0];
-        b.push((rec.len() * 2) as u8);
-        b.extend_from_slice(&rec);
+        b.push(0, i as i64, None, Some(&[b'v' + i as u8]), &[]);
     }
-    b[16] = 2;
-    b[23..27].copy_from_slice(&(n - 1).to_be_bytes());
-    b[43..51].copy_from_slice(&pid.to_be_bytes());
-    b[51..53].copy_from_slice(&epoch.to_be_bytes());
-    b[53..57].copy_from_slice(&seq.to_be_bytes());
-    b[57..61].copy_from_slice(&n.to_be_bytes());
-    let len = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    let mut b = b.finish();
+    let mut h = BatchHeader::new(&mut b).unwrap();
+    h.set_producer_id(pid);
+    h.set_producer_epoch(epoch);
+    h.set_base_sequence(seq);
+    h.update_crc();
     Bytes::from(b)
 }
 

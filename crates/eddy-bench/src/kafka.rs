@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
+use eddy_records::{get_varint, BatchBuilder, BatchHeader, HEADER, LOG_OVERHEAD};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -162,18 +163,6 @@ impl Conn {
     }
 }
 
-fn zigzag(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        if z < 0x80 {
-            out.push(z as u8);
-            return;
-        }
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-}
-
 /// A batch of `n` records of `size`-byte values; `stamps` are the byte positions of each
 /// value's first 8 bytes, where the send time goes.
 struct Template {
@@ -183,32 +172,15 @@ struct Template {
 
 impl Template {
     fn new(n: usize, size: usize) -> Template {
-        let mut b = vec![0u8; 61];
-        let mut stamps = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut r = vec![0u8]; // attributes
-            zigzag(&mut r, 0); // timestamp delta
-            zigzag(&mut r, i as i64); // offset delta
-            zigzag(&mut r, -1); // null key
-            zigzag(&mut r, size as i64);
-            let value_at = r.len();
-            r.extend(std::iter::repeat_n(0x61u8, size));
-            zigzag(&mut r, 0); // no headers
-            let mut len = Vec::new();
-            zigzag(&mut len, r.len() as i64);
-            b.extend_from_slice(&len);
-            stamps.push(b.len() + value_at);
-            b.extend_from_slice(&r);
+        let value = vec![0x61u8; size];
+        let mut b = BatchBuilder::new();
+        let stamps = (0..n)
+            .map(|i| b.push(0, i as i64, None, Some(&value), &[]))
+            .collect();
+        Template {
+            bytes: b.finish(),
+            stamps,
         }
-        b[16] = 2; // magic
-        b[23..27].copy_from_slice(&(n as i32 - 1).to_be_bytes());
-        b[43..51].copy_from_slice(&(-1i64).to_be_bytes()); // producer id
-        b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-        b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-        b[57..61].copy_from_slice(&(n as i32).to_be_bytes());
-        let len = (b.len() - 12) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        Template { bytes: b, stamps }
     }
 
     /// A copy stamped with `now_us` (and the wall clock for the batch timestamps).
@@ -217,10 +189,10 @@ impl Template {
         for at in &self.stamps {
             b[*at..*at + 8].copy_from_slice(&now_us.to_le_bytes());
         }
-        b[27..35].copy_from_slice(&wall_ms.to_be_bytes());
-        b[35..43].copy_from_slice(&wall_ms.to_be_bytes());
-        let crc = crc32c::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut h = BatchHeader::new(&mut b).expect("a template holds a header");
+        h.set_base_timestamp(wall_ms);
+        h.set_max_timestamp(wall_ms);
+        h.update_crc();
         Bytes::from(b)
     }
 }
@@ -308,51 +280,33 @@ fn scan(records: &[u8], local: &mut Histogram<u64>, now_us: u64) -> (u64, Option
     let mut at = 0;
     let mut count = 0u64;
     let mut next = None;
-    while records.len() - at >= 61 {
-        let base = i64::from_be_bytes(records[at..at + 8].try_into().expect("8 bytes"));
-        let len =
-            i32::from_be_bytes(records[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
-        if records.len() - at < len + 12 {
+    while let Some(h) = BatchHeader::new(&records[at..]) {
+        let base = h.base_offset();
+        let len = h.batch_length() as usize;
+        if records.len() - at < len + LOG_OVERHEAD {
             break; // a partial batch at the end of a fetch
         }
-        let last_delta = i32::from_be_bytes(records[at + 23..at + 27].try_into().expect("4 bytes"));
+        let last_delta = h.last_offset_delta();
         count += last_delta as u64 + 1;
         next = Some(base + last_delta as i64 + 1);
-        if let Some(t0) = first_value_stamp(&records[at + 61..at + 12 + len]) {
+        if let Some(t0) = first_value_stamp(&records[at + HEADER..at + LOG_OVERHEAD + len]) {
             let _ = local.record(now_us.saturating_sub(t0).max(1));
         }
-        at += 12 + len;
+        at += LOG_OVERHEAD + len;
     }
     (count, next)
 }
 
-fn varint(b: &mut &[u8]) -> Option<i64> {
-    let mut shift = 0;
-    let mut z: u64 = 0;
-    loop {
-        let byte = *b.first()?;
-        *b = &b[1..];
-        z |= ((byte & 0x7f) as u64) << shift;
-        if byte & 0x80 == 0 {
-            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
-        }
-        shift += 7;
-        if shift > 63 {
-            return None;
-        }
-    }
-}
-
 fn first_value_stamp(mut recs: &[u8]) -> Option<u64> {
-    varint(&mut recs)?; // record length
+    get_varint(&mut recs).ok()?; // record length
     recs = recs.get(1..)?; // attributes
-    varint(&mut recs)?; // timestamp delta
-    varint(&mut recs)?; // offset delta
-    let klen = varint(&mut recs)?;
+    get_varint(&mut recs).ok()?; // timestamp delta
+    get_varint(&mut recs).ok()?; // offset delta
+    let klen = get_varint(&mut recs).ok()?;
     if klen > 0 {
         recs = recs.get(klen as usize..)?;
     }
-    let vlen = varint(&mut recs)?;
+    let vlen = get_varint(&mut recs).ok()?;
     if vlen < 8 {
         return None;
     }

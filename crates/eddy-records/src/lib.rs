@@ -3,7 +3,11 @@
 //! where it must look inside — delivering a topic to AMQP stream consumers, compaction — and
 //! encodes (uncompressed) batches for messages that arrive by other protocols.
 //!
-//! Batch header layout: see `eddy-kafka`'s `records` module. A record is: length (varint),
+//! Shaping decision: this crate alone knows the layout of a batch. Module `batch` has the byte
+//! table of the header, the typed view every reader and writer of header fields goes through
+//! ([`BatchHeader`]), and the checks and the patch the Kafka front end applies to every
+//! produced and fetched batch ([`split_batches`], [`validate`], [`patch_for_fetch`]); batches
+//! are built with [`BatchBuilder`]. A record is: length (varint),
 //! attributes (int8), timestamp delta (varlong), offset delta (varint), key length (varint, -1 =
 //! null) and key, value length and value, header count (varint) and headers (key length, key,
 //! value length, value). Compression (attributes bits 0–2: gzip, snappy, lz4, zstd) covers
@@ -13,8 +17,15 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-/// Bytes of a batch header.
-pub const HEADER: usize = 61;
+mod batch;
+mod varint;
+
+pub use batch::{
+    is_control, patch_for_fetch, split_batches, validate, BatchError, BatchHeader, BatchInfo,
+    HEADER, LOG_OVERHEAD,
+};
+pub use varint::{get_varint, put_varint, VarintError};
+
 /// Largest decompressed batch accepted (a decompression bomb stops here).
 pub const MAX_DECOMPRESSED: usize = 256 << 20;
 
@@ -53,34 +64,20 @@ fn malformed(s: impl Into<String>) -> RecordError {
     RecordError::Malformed(s.into())
 }
 
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-/// Attributes bit 5: a control batch (transaction markers), never shown to consumers.
-pub fn is_control(batch: &[u8]) -> bool {
-    batch.len() >= HEADER && batch[22] & 0x20 != 0
-}
-
 /// Decode every record of a stored batch whose first offset is `base_offset`.
 pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, RecordError> {
-    if batch.len() < HEADER {
+    let Some(h) = BatchHeader::new(batch) else {
         return Err(malformed(format!("{} bytes", batch.len())));
+    };
+    if h.magic() != 2 {
+        return Err(malformed(format!("magic {}", h.magic() as u8)));
     }
-    if batch[16] != 2 {
-        return Err(malformed(format!("magic {}", batch[16])));
-    }
-    let attributes = i16::from_be_bytes([batch[21], batch[22]]);
-    let base_ts = be_i64(batch, 27);
-    let count = be_i32(batch, 57);
+    let base_ts = h.base_timestamp();
+    let count = h.record_count();
     if count < 0 {
         return Err(malformed(format!("record count {count}")));
     }
-    let body = match attributes & 0x07 {
+    let body = match h.compression() {
         0 => Bytes::copy_from_slice(&batch[HEADER..]),
         c => Bytes::from(decompress(c, &batch[HEADER..])?),
     };
@@ -148,19 +145,10 @@ impl Cursor<'_> {
     }
     /// A zigzag varint (up to 64 bits).
     fn varint(&mut self) -> Result<i64, RecordError> {
-        let mut z: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = *self
-                .buf
-                .get(self.at)
-                .ok_or_else(|| malformed("truncated varint"))?;
-            self.at += 1;
-            z |= ((b & 0x7f) as u64) << shift;
-            if b & 0x80 == 0 {
-                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
-            }
-        }
-        Err(malformed("varint longer than 10 bytes"))
+        let mut rest = &self.buf[self.at..];
+        let v = get_varint(&mut rest).map_err(|e| malformed(e.to_string()))?;
+        self.at = self.buf.len() - rest.len();
+        Ok(v)
     }
     /// Length-prefixed bytes (-1: None), sliced from `whole` without copying.
     fn bytes(&mut self, whole: &Bytes) -> Result<Option<Bytes>, RecordError> {
@@ -248,18 +236,6 @@ fn snappy(data: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        if z < 0x80 {
-            out.push(z as u8);
-            return;
-        }
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-}
-
 fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     match b {
         None => put_varint(out, -1),
@@ -270,11 +246,106 @@ fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     }
 }
 
+/// Builds one uncompressed batch record by record: base offset 0, leader epoch 0, no producer
+/// id (-1, epoch -1, sequence -1); the base timestamp is the first record's, and
+/// [`finish`](Self::finish) writes the counts, the length and the CRC.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    rec: Vec<u8>,
+    count: i32,
+    base_timestamp: Option<i64>,
+    max_timestamp: Option<i64>,
+    last_offset_delta: i64,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::new()
+    }
+}
+
+impl BatchBuilder {
+    /// An empty batch.
+    pub fn new() -> Self {
+        BatchBuilder {
+            buf: vec![0u8; HEADER],
+            rec: Vec::new(),
+            count: 0,
+            base_timestamp: None,
+            max_timestamp: None,
+            last_offset_delta: 0,
+        }
+    }
+
+    /// Append a record (`timestamp` in ms since the epoch, `offset_delta` from the batch's
+    /// base offset); returns where its value's bytes start in the batch.
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        offset_delta: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Option<Bytes>)],
+    ) -> usize {
+        let base_ts = *self.base_timestamp.get_or_insert(timestamp);
+        self.max_timestamp = Some(self.max_timestamp.map_or(timestamp, |m| m.max(timestamp)));
+        self.last_offset_delta = self.last_offset_delta.max(offset_delta);
+        self.count += 1;
+        let rec = &mut self.rec;
+        rec.clear();
+        rec.push(0); // attributes
+        put_varint(rec, timestamp - base_ts);
+        put_varint(rec, offset_delta);
+        put_bytes(rec, key);
+        put_varint(rec, value.map_or(-1, |v| v.len() as i64));
+        let value_at = rec.len();
+        rec.extend_from_slice(value.unwrap_or_default());
+        put_varint(rec, headers.len() as i64);
+        for (k, v) in headers {
+            put_bytes(rec, Some(k.as_bytes()));
+            put_bytes(rec, v.as_deref());
+        }
+        put_varint(&mut self.buf, rec.len() as i64);
+        let at = self.buf.len() + value_at;
+        self.buf.extend_from_slice(rec);
+        at
+    }
+
+    /// The batch.
+    pub fn finish(mut self) -> Vec<u8> {
+        let base_ts = self.base_timestamp.unwrap_or(0);
+        let len = (self.buf.len() - LOG_OVERHEAD) as i32;
+        let mut h = BatchHeader::new(&mut self.buf).expect("the buffer starts with a header");
+        h.set_partition_leader_epoch(0);
+        h.set_magic(2);
+        h.set_last_offset_delta(self.last_offset_delta as i32);
+        h.set_base_timestamp(base_ts);
+        h.set_max_timestamp(self.max_timestamp.unwrap_or(base_ts));
+        h.set_producer_id(-1);
+        h.set_producer_epoch(-1);
+        h.set_base_sequence(-1);
+        h.set_record_count(self.count);
+        h.set_batch_length(len);
+        h.update_crc();
+        self.buf
+    }
+}
+
 /// Encode records (offsets taken as 0, 1, …; the broker assigns the real base) into one
 /// uncompressed batch with no producer id.
 pub fn encode_batch(records: &[Record]) -> Vec<u8> {
-    let deltas: Vec<i64> = (0..records.len() as i64).collect();
-    encode(records, &deltas, (records.len() as i32 - 1).max(0))
+    let mut b = BatchBuilder::new();
+    for (i, r) in records.iter().enumerate() {
+        b.push(
+            r.timestamp,
+            i as i64,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &r.headers,
+        );
+    }
+    b.finish()
 }
 
 /// Re-encode what remains of a stored batch whose first offset is `base_offset` (compaction):
@@ -282,52 +353,27 @@ pub fn encode_batch(records: &[Record]) -> Vec<u8> {
 /// base sequence), so offsets and idempotence state survive. (A stored batch's own base-offset
 /// field is whatever the producer sent; the log knows the real one.)
 pub fn encode_batch_like(records: &[Record], base_offset: u64, original: &[u8]) -> Vec<u8> {
-    let deltas: Vec<i64> = records
-        .iter()
-        .map(|r| r.offset.saturating_sub(base_offset) as i64)
-        .collect();
-    let mut b = encode(records, &deltas, be_i32(original, 23));
-    b[0..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
-    b[43..57].copy_from_slice(&original[43..57]);
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
-}
-
-fn encode(records: &[Record], deltas: &[i64], last_offset_delta: i32) -> Vec<u8> {
-    let base_ts = records.first().map_or(0, |r| r.timestamp);
-    let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(base_ts);
-    let mut b = vec![0u8; HEADER];
-    let mut rec = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        rec.clear();
-        rec.push(0);
-        put_varint(&mut rec, r.timestamp - base_ts);
-        put_varint(&mut rec, deltas[i]);
-        put_bytes(&mut rec, r.key.as_deref());
-        put_bytes(&mut rec, r.value.as_deref());
-        put_varint(&mut rec, r.headers.len() as i64);
-        for (k, v) in &r.headers {
-            put_bytes(&mut rec, Some(k.as_bytes()));
-            put_bytes(&mut rec, v.as_deref());
-        }
-        put_varint(&mut b, rec.len() as i64);
-        b.extend_from_slice(&rec);
+    let mut b = BatchBuilder::new();
+    for r in records {
+        b.push(
+            r.timestamp,
+            r.offset.saturating_sub(base_offset) as i64,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &r.headers,
+        );
     }
-    b[12..16].copy_from_slice(&0i32.to_be_bytes()); // partition leader epoch
-    b[16] = 2;
-    b[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
-    b[27..35].copy_from_slice(&base_ts.to_be_bytes());
-    b[35..43].copy_from_slice(&max_ts.to_be_bytes());
-    b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-    b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-    b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-    b[57..61].copy_from_slice(&(records.len() as i32).to_be_bytes());
-    let len = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
+    let mut out = b.finish();
+    let mut h = BatchHeader::new(&mut out).expect("a finished batch holds a header");
+    h.set_base_offset(base_offset as i64);
+    if let Some(o) = BatchHeader::new(original) {
+        h.set_last_offset_delta(o.last_offset_delta());
+        h.set_producer_id(o.producer_id());
+        h.set_producer_epoch(o.producer_epoch());
+        h.set_base_sequence(o.base_sequence());
+    }
+    h.update_crc();
+    out
 }
 
 #[cfg(test)]
@@ -355,10 +401,8 @@ mod tests {
             rec(2, Some("k"), None),
         ];
         let b = encode_batch(&records);
-        assert_eq!(
-            crc32c::crc32c(&b[21..]),
-            u32::from_be_bytes(b[17..21].try_into().unwrap())
-        );
+        let h = BatchHeader::new(&b).unwrap();
+        assert_eq!(h.computed_crc(), h.crc());
         let got = decode_batch(100, &b).unwrap();
         let want: Vec<Record> = records
             .iter()
@@ -378,8 +422,9 @@ mod tests {
             rec(1, Some("b"), Some("2")),
             rec(2, Some("a"), Some("3")),
         ]);
-        original[43..51].copy_from_slice(&77i64.to_be_bytes());
-        original[53..57].copy_from_slice(&5i32.to_be_bytes());
+        let mut h = BatchHeader::new(&mut original).unwrap();
+        h.set_producer_id(77);
+        h.set_base_sequence(5);
         let all = decode_batch(1000, &original).unwrap();
         let keep: Vec<Record> = all.iter().filter(|r| r.offset != 1000).cloned().collect();
         let b = encode_batch_like(&keep, 1000, &original);
@@ -388,13 +433,11 @@ mod tests {
             got.iter().map(|r| r.offset).collect::<Vec<_>>(),
             vec![1001, 1002]
         );
-        assert_eq!(be_i32(&b, 23), 2, "same span");
-        assert_eq!(be_i64(&b, 43), 77, "producer id kept");
-        assert_eq!(be_i32(&b, 53), 5, "base sequence kept");
-        assert_eq!(
-            crc32c::crc32c(&b[21..]),
-            u32::from_be_bytes(b[17..21].try_into().unwrap())
-        );
+        let h = BatchHeader::new(&b).unwrap();
+        assert_eq!(h.last_offset_delta(), 2, "same span");
+        assert_eq!(h.producer_id(), 77, "producer id kept");
+        assert_eq!(h.base_sequence(), 5, "base sequence kept");
+        assert_eq!(h.computed_crc(), h.crc());
     }
 
     #[test]
@@ -440,7 +483,7 @@ mod tests {
         let want = decode_batch(0, &plain).unwrap();
         for (codec, data) in codecs {
             let mut b = plain[..HEADER].to_vec();
-            b[22] = codec as u8;
+            BatchHeader::new(&mut b).unwrap().set_attributes(codec);
             b.extend_from_slice(&data);
             assert_eq!(decode_batch(0, &b).unwrap(), want, "codec {codec}");
         }
@@ -460,7 +503,7 @@ mod tests {
             }
         }
         let mut bad = b.clone();
-        bad[22] = 7; // unknown codec
+        BatchHeader::new(&mut bad).unwrap().set_attributes(7); // unknown codec
         assert!(matches!(
             decode_batch(0, &bad),
             Err(RecordError::Compression { .. })

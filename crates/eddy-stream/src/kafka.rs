@@ -8,6 +8,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use eddy_records::{BatchHeader, HEADER, LOG_OVERHEAD};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -401,20 +402,19 @@ fn decode_batches(mut bytes: Bytes, from: i64) -> Result<Decoded, String> {
         records: Vec::new(),
         next: None,
     };
-    while bytes.len() >= 12 {
-        let base = i64::from_be_bytes(bytes[0..8].try_into().expect("8 bytes"));
-        let len = i32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if len < (eddy_records::HEADER - 12) as i32 || base < 0 {
+    while let Some((base, len)) = BatchHeader::peek(&bytes) {
+        if len < (HEADER - LOG_OVERHEAD) as i32 || base < 0 {
             return Err(format!("a batch of length {len} at offset {base}"));
         }
-        let total = 12 + len as usize;
+        let total = LOG_OVERHEAD + len as usize;
         if bytes.len() < total {
             break;
         }
         let batch = bytes.split_to(total);
-        let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+        let h = BatchHeader::new(&batch[..]).expect("a whole header (length checked)");
+        let last_delta = h.last_offset_delta();
         out.next = Some(base.saturating_add(last_delta as i64).saturating_add(1));
-        if eddy_records::is_control(&batch) {
+        if h.is_control() {
             continue; // transaction markers
         }
         let records = eddy_records::decode_batch(base as u64, &batch)
@@ -546,12 +546,15 @@ mod tests {
     fn lying_counts_and_lengths_are_refused_before_allocating() {
         let b = batch_of(&[rec(0, "a")]);
         let mut huge = b.to_vec();
-        huge[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        BatchHeader::new(&mut huge)
+            .unwrap()
+            .set_record_count(i32::MAX);
         assert!(decode_batches(Bytes::from(huge), 0)
             .unwrap_err()
             .contains("records in"));
         let mut gz = b.to_vec();
-        gz[22] |= 1;
+        let mut h = BatchHeader::new(&mut gz).unwrap();
+        h.set_attributes(h.attributes() | 1);
         assert!(
             decode_batches(Bytes::from(gz), 0)
                 .unwrap_err()
@@ -559,7 +562,7 @@ mod tests {
             "not gzip data"
         );
         let mut neg = b.to_vec();
-        neg[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        BatchHeader::new(&mut neg).unwrap().set_batch_length(-5);
         assert!(decode_batches(Bytes::from(neg), 0).is_err());
         // a record whose header count is absurd
         let mut bad = b.to_vec();
