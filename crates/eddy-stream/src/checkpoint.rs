@@ -33,8 +33,8 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use crate::event::Ev;
-use crate::{Data, StreamError};
+use crate::error::StreamError;
+use crate::event::{Data, Ev};
 
 /// The epoch a finished job's last state is saved under.
 pub(crate) const FINAL: u64 = u64::MAX;

@@ -14,9 +14,9 @@ use timely::CommunicationConfig;
 use std::path::PathBuf;
 
 use crate::checkpoint::{Checkpoints, FINAL};
+use crate::error::StreamError;
 use crate::operators::{Ctx, DataStream, Upstream};
 use crate::source::Source;
-use crate::StreamError;
 
 /// How a job runs: worker threads per process, and processes (timely's `-w`, `-n`, `-p`,
 /// `-h` arguments), plus the job's own arguments.

@@ -19,6 +19,10 @@ pub enum Ev<D> {
     },
 }
 
+/// What a stream may carry: cloneable, and serializable so it can cross workers and processes.
+pub trait Data: timely::ExchangeData + Clone {}
+impl<T: timely::ExchangeData + Clone> Data for T {}
+
 /// The result of a window for one key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Windowed<K, R> {

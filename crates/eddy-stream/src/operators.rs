@@ -18,8 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{stateful, Checkpoints};
-use crate::event::{Ev, Watermarks};
-use crate::Data;
+use crate::event::{Data, Ev, Watermarks};
 
 /// Where a stream's watermarks come from: how many distinct upstream channels report them,
 /// and the range their `from` numbers use (so a union can keep the two sides apart).

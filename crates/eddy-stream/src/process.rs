@@ -16,10 +16,9 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 
 use crate::checkpoint::stateful_ticking;
-use crate::event::{Ev, Watermarks, IDLE};
+use crate::event::{Data, Ev, Watermarks, IDLE};
 use crate::operators::{DataStream, KeyedStream, Upstream};
 use crate::source::now_ms;
-use crate::Data;
 
 /// What a process function emitted, with its event time: `Ok` main, `Err` side output.
 type Emitted<O, X> = Vec<(i64, Result<O, X>)>;

@@ -28,9 +28,8 @@ use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::SyncActivator;
 
 use crate::checkpoint::Slot;
-use crate::event::{Ev, IDLE};
+use crate::event::{Data, Ev, IDLE};
 use crate::operators::CommitHook;
-use crate::Data;
 
 /// One record read by a [`Reader`].
 pub(crate) struct Item<D> {

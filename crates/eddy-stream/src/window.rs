@@ -15,10 +15,9 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 
 use crate::checkpoint::stateful_ticking;
-use crate::event::{Ev, Watermarks, Windowed, IDLE};
+use crate::event::{Data, Ev, Watermarks, Windowed, IDLE};
 use crate::operators::{DataStream, KeyedStream, Upstream};
 use crate::source::now_ms;
-use crate::Data;
 
 /// Which windows a keyed stream is cut into.
 #[derive(Clone, Debug, PartialEq)]
