@@ -39,6 +39,10 @@ use crate::event::{Data, Ev};
 /// The epoch a finished job's last state is saved under.
 pub(crate) const FINAL: u64 = u64::MAX;
 
+/// Called with each epoch that completes (exactly-once sinks commit it, queue sources
+/// acknowledge what it read).
+pub(crate) type CommitHook = Box<dyn FnMut(u64)>;
+
 /// One worker's view of the job's checkpoints.
 pub(crate) struct Checkpoints {
     dir: Option<PathBuf>,

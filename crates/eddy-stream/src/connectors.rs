@@ -22,10 +22,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use timely::scheduling::SyncActivator;
 
-use crate::event::{Data, Windowed};
+use crate::event::{now_ms, Data, Windowed};
 use crate::kafka::{partition_for, Conn, Fetched, KafkaError, Outgoing};
 use crate::operators::{Committer, DataStream, SinkTo};
-use crate::source::{now_ms, Item, Poll, Reader, Source, WatermarkStrategy};
+use crate::source::{Item, Poll, Reader, Source, WatermarkStrategy};
 
 /// The default address of Eddy's Kafka listener.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";

@@ -36,6 +36,15 @@ pub struct Windowed<K, R> {
     pub value: R,
 }
 
+/// The wall clock, ms since the Unix epoch: processing time, and ingestion time for records
+/// that carry no time of their own.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// The watermark value meaning "this channel is idle: do not wait for it" (a source whose
 /// splits have all been quiet for longer than its idleness timeout).
 pub(crate) const IDLE: i64 = i64::MIN + 1;

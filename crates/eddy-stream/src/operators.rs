@@ -17,8 +17,9 @@ use timely::dataflow::{ProbeHandle, StreamVec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{stateful, Checkpoints};
+use crate::checkpoint::{stateful, Checkpoints, CommitHook};
 use crate::event::{Data, Ev, Watermarks};
+use crate::report::JobStats;
 
 /// Where a stream's watermarks come from: how many distinct upstream channels report them,
 /// and the range their `from` numbers use (so a union can keep the two sides apart).
@@ -52,9 +53,6 @@ pub struct DataStream<'s, D: Data> {
     pub(crate) ctx: Rc<Ctx>,
 }
 
-/// Called with each epoch that completes.
-pub(crate) type CommitHook = Box<dyn FnMut(u64)>;
-
 /// What every stream of a job on one worker shares.
 pub(crate) struct Ctx {
     /// The job's name.
@@ -67,7 +65,7 @@ pub(crate) struct Ctx {
     /// Connector sinks built so far (numbering them the same on every run).
     pub(crate) sinks: std::cell::Cell<usize>,
     /// Records in and out, checkpoints: what the job reports.
-    pub(crate) stats: Arc<crate::report::JobStats>,
+    pub(crate) stats: Arc<JobStats>,
 }
 
 impl Ctx {

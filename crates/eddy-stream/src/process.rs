@@ -16,9 +16,8 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 
 use crate::checkpoint::stateful_ticking;
-use crate::event::{Data, Ev, Watermarks, IDLE};
+use crate::event::{now_ms, Data, Ev, Watermarks, IDLE};
 use crate::operators::{DataStream, KeyedStream, Upstream};
-use crate::source::now_ms;
 
 /// What a process function emitted, with its event time: `Ok` main, `Err` side output.
 type Emitted<O, X> = Vec<(i64, Result<O, X>)>;

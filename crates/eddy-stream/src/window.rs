@@ -15,9 +15,8 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 
 use crate::checkpoint::stateful_ticking;
-use crate::event::{Data, Ev, Watermarks, Windowed, IDLE};
+use crate::event::{now_ms, Data, Ev, Watermarks, Windowed, IDLE};
 use crate::operators::{DataStream, KeyedStream, Upstream};
-use crate::source::now_ms;
 
 /// Which windows a keyed stream is cut into.
 #[derive(Clone, Debug, PartialEq)]
