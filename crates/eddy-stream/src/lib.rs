@@ -36,6 +36,7 @@ mod process;
 #[cfg(feature = "amqp")]
 mod queue;
 mod report;
+mod runner;
 mod source;
 mod window;
 

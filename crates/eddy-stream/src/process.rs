@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline;
 
-use crate::checkpoint::stateful_ticking;
-use crate::event::{now_ms, Data, Ev, Watermarks, IDLE};
+use crate::event::{now_ms, Data, Ev, IDLE};
 use crate::operators::{DataStream, KeyedStream, Upstream};
+use crate::runner::{epochs, Watermarks};
 
 /// What a process function emitted, with its event time: `Ok` main, `Err` side output.
 type Emitted<O, X> = Vec<(i64, Result<O, X>)>;
@@ -290,9 +289,8 @@ impl<'s, K: Data + Hash + Eq + Ord, V: Data> KeyedStream<'s, K, V> {
         let mut buf: Emitted<P::Out, P::Side> = Vec::new();
         let mut buf2: Emitted<P::Out, P::Side> = Vec::new();
         let mut last_sweep = 0i64;
-        let out = stateful_ticking(
+        let out = epochs(
             inner.stream.clone(),
-            Pipeline,
             "Process",
             slot,
             state,
