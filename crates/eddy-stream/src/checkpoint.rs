@@ -329,15 +329,6 @@ impl Slot {
         })
     }
 
-    /// The restored state, or `init` on a fresh start; an unreadable checkpoint fails the job
-    /// (this runs while the job is built, where a panic becomes the job's error).
-    pub(crate) fn restore_or<S: DeserializeOwned>(&self, init: S) -> S {
-        match self.restore() {
-            Ok(s) => s.unwrap_or(init),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
     /// Save the state as of the end of `epoch`, and delete what no restore can need any more.
     pub(crate) fn save<S: Serialize>(&self, epoch: u64, state: &S) -> Result<(), StreamError> {
         let Some(dir) = self.cp.op_dir(self.id) else {

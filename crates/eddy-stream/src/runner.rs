@@ -130,6 +130,13 @@ impl<O> OpCtx<'_, O> {
         self.out.push(Ev::Rec(t, rec));
     }
 
+    /// Emit records with their event times.
+    #[inline]
+    pub(crate) fn emit_all(&mut self, recs: impl IntoIterator<Item = (i64, O)>) {
+        self.out
+            .extend(recs.into_iter().map(|(t, r)| Ev::Rec(t, r)));
+    }
+
     /// The operator's merged watermark (`i64::MIN` until every channel has reported).
     pub(crate) fn watermark(&self) -> i64 {
         self.watermark
@@ -538,6 +545,43 @@ mod tests {
         assert_eq!(
             bincode::serialize(&plain).unwrap(),
             bincode::serialize(&plain.op.0).unwrap()
+        );
+    }
+
+    /// Save a runner's checkpoint for epoch 0 under `root/job`, complete it, and resume a new
+    /// runner from it.
+    fn save_and_resume<const KEEP: bool>(
+        root: &std::path::Path,
+        job: &str,
+    ) -> Runner<Counter<KEEP>> {
+        use crate::checkpoint::Checkpoints;
+        use std::rc::Rc;
+        let open = || Rc::new(Checkpoints::open(root, job, 0, 1, Duration::from_secs(1)).unwrap());
+        let cp = open();
+        let mut r = counter::<KEEP>(Forward::Own);
+        r.batch(
+            &mut vec![Ev::Rec(1, 0), up(0, 5), up(1, 6)],
+            &mut Vec::new(),
+        );
+        cp.slot("Counter").save(0, &r).unwrap();
+        cp.mark_complete(0).unwrap();
+        let mut back = counter::<KEEP>(Forward::Own);
+        back.restore(&open().slot("Counter"));
+        back
+    }
+
+    #[test]
+    fn a_restore_brings_back_the_state_and_the_watermark_if_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let kept = save_and_resume::<true>(root.path(), "kept");
+        assert_eq!(kept.op.0.records, 1);
+        assert_eq!(kept.wms.current(), 5);
+        let plain = save_and_resume::<false>(root.path(), "plain");
+        assert_eq!(plain.op.0.records, 1);
+        assert_eq!(
+            plain.wms.current(),
+            i64::MIN,
+            "waits for its channels to report again"
         );
     }
 }
