@@ -1,4 +1,5 @@
-//! What flows between operators: records with their event time, and watermarks.
+//! What flows between operators: records with their event time, and watermarks; what a
+//! stream may carry ([`Data`]); the wall clock that processing time reads.
 
 use serde::{Deserialize, Serialize};
 
