@@ -1,4 +1,5 @@
-//! Epoch-based checkpoints.
+//! Epoch-based checkpoints: the protocol, and the files it keeps (the runner, `runner.rs`,
+//! drives operators through it).
 //!
 //! Timely's timestamp is the checkpoint epoch. Sources read in epoch `e` until the checkpoint
 //! interval passes, save their position for `e` and move on to `e + 1`. Every stateful
@@ -18,7 +19,6 @@
 //! checkpoints are deleted, so running a finished job again starts from the beginning.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,17 +27,15 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::ParallelizationContract;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::StreamVec;
 
-use crate::event::Ev;
-use crate::{Data, StreamError};
+use crate::error::StreamError;
 
 /// The epoch a finished job's last state is saved under.
 pub(crate) const FINAL: u64 = u64::MAX;
+
+/// Called with each epoch that completes (exactly-once sinks commit it, queue sources
+/// acknowledge what it read).
+pub(crate) type CommitHook = Box<dyn FnMut(u64)>;
 
 /// One worker's view of the job's checkpoints.
 pub(crate) struct Checkpoints {
@@ -331,15 +329,6 @@ impl Slot {
         })
     }
 
-    /// The restored state, or `init` on a fresh start; an unreadable checkpoint fails the job
-    /// (this runs while the job is built, where a panic becomes the job's error).
-    pub(crate) fn restore_or<S: DeserializeOwned>(&self, init: S) -> S {
-        match self.restore() {
-            Ok(s) => s.unwrap_or(init),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
     /// Save the state as of the end of `epoch`, and delete what no restore can need any more.
     pub(crate) fn save<S: Serialize>(&self, epoch: u64, state: &S) -> Result<(), StreamError> {
         let Some(dir) = self.cp.op_dir(self.id) else {
@@ -362,144 +351,5 @@ impl Slot {
             }
         }
         Ok(())
-    }
-}
-
-/// A stateful operator on the epoch protocol: `logic(state, epoch, records, output)` sees the
-/// records of one epoch at a time, in epoch order; the state is saved when each epoch ends.
-/// `state` is what the caller restored (see [`Slot::restore_or`]). A failure to save fails
-/// the job (a panic the engine reports).
-pub(crate) fn stateful<'s, D, O, S, P, F>(
-    stream: StreamVec<'s, u64, Ev<D>>,
-    pact: P,
-    name: &str,
-    slot: Slot,
-    state: S,
-    logic: F,
-) -> StreamVec<'s, u64, Ev<O>>
-where
-    D: Data,
-    O: Data,
-    S: Serialize + 'static,
-    P: ParallelizationContract<u64, Vec<Ev<D>>>,
-    F: FnMut(&mut S, u64, &mut Vec<Ev<D>>, &mut Vec<Ev<O>>) + 'static,
-{
-    stateful_ticking(
-        stream,
-        pact,
-        name,
-        slot,
-        state,
-        logic,
-        |_: &mut S, _, _: &mut Vec<Ev<O>>| None,
-    )
-}
-
-/// [`stateful`], plus `tick(state, epoch, output)` on every activation while the operator is
-/// running (after its input): it returns how soon it wants to run again (processing-time
-/// timers and windows).
-pub(crate) fn stateful_ticking<'s, D, O, S, P, F, T>(
-    stream: StreamVec<'s, u64, Ev<D>>,
-    pact: P,
-    name: &str,
-    slot: Slot,
-    state: S,
-    mut logic: F,
-    mut tick: T,
-) -> StreamVec<'s, u64, Ev<O>>
-where
-    D: Data,
-    O: Data,
-    S: Serialize + 'static,
-    P: ParallelizationContract<u64, Vec<Ev<D>>>,
-    F: FnMut(&mut S, u64, &mut Vec<Ev<D>>, &mut Vec<Ev<O>>) + 'static,
-    T: FnMut(&mut S, u64, &mut Vec<Ev<O>>) -> Option<std::time::Duration> + 'static,
-{
-    let op_name = name.to_owned();
-    let scope = stream.scope();
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<Ev<O>>>, _, _, _>(
-        pact,
-        name,
-        move |cap, info| {
-            let activator = scope.activator_for(info.address.clone());
-            let mut state = state;
-            let start = slot.start_epoch();
-            let mut held: Option<Capability<u64>> = start.map(|e| cap.delayed(&e));
-            let mut cur = start.unwrap_or(FINAL);
-            let mut stash: BTreeMap<u64, Vec<Vec<Ev<D>>>> = BTreeMap::new();
-            let mut out: Vec<Ev<O>> = Vec::new();
-            let mut armed: Option<std::time::Instant> = None;
-            move |(input, frontier), output| {
-                // timers due by now fire before the records that arrived after them
-                if let Some(h) = held.as_ref() {
-                    let after = tick(&mut state, cur, &mut out);
-                    arm(&activator, &mut armed, after);
-                    if !out.is_empty() {
-                        output.session(h).give_iterator(out.drain(..));
-                    }
-                }
-                input.for_each(|c, data| {
-                    let Some(&t) = c.least() else { return };
-                    if t == cur {
-                        logic(&mut state, t, data, &mut out);
-                        if !out.is_empty() {
-                            output.session(&c).give_iterator(out.drain(..));
-                        }
-                    } else {
-                        stash.entry(t).or_default().push(std::mem::take(data));
-                    }
-                });
-                while held.is_some() && !frontier.less_equal(&cur) {
-                    if let Err(e) = slot.save(cur, &state) {
-                        panic!("{op_name}: {e}");
-                    }
-                    let next = match (
-                        frontier.frontier().first().copied(),
-                        stash.keys().next().copied(),
-                    ) {
-                        (Some(f), Some(s)) => Some(f.min(s)),
-                        (f, s) => f.or(s),
-                    };
-                    match next {
-                        None => held = None,
-                        Some(n) => {
-                            cur = n;
-                            let h = held.as_mut().expect("checked above");
-                            h.downgrade(&n);
-                            for mut batch in stash.remove(&n).unwrap_or_default() {
-                                logic(&mut state, n, &mut batch, &mut out);
-                            }
-                            if !out.is_empty() {
-                                output.session(&*h).give_iterator(out.drain(..));
-                            }
-                        }
-                    }
-                }
-                // and again after the records (and stashed ones), for what they registered
-                if let Some(h) = held.as_ref() {
-                    let after = tick(&mut state, cur, &mut out);
-                    arm(&activator, &mut armed, after);
-                    if !out.is_empty() {
-                        output.session(h).give_iterator(out.drain(..));
-                    }
-                }
-            }
-        },
-    )
-}
-
-/// Ask to be activated `after` from now unless an activation at or before then is pending
-/// (timely keeps every request, so re-asking on each activation would pile them up).
-fn arm(
-    activator: &timely::scheduling::Activator,
-    armed: &mut Option<std::time::Instant>,
-    after: Option<std::time::Duration>,
-) {
-    let Some(after) = after else { return };
-    let now = std::time::Instant::now();
-    let at = now + after;
-    if armed.is_none_or(|pending| pending <= now || at < pending) {
-        *armed = Some(at);
-        activator.activate_after(after);
     }
 }

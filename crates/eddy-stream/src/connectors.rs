@@ -22,10 +22,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use timely::scheduling::SyncActivator;
 
+use crate::event::{now_ms, Data, Windowed};
 use crate::kafka::{partition_for, Conn, Fetched, KafkaError, Outgoing};
 use crate::operators::{Committer, DataStream, SinkTo};
-use crate::source::{now_ms, Item, Poll, Reader, Source, WatermarkStrategy};
-use crate::Data;
+use crate::source::{Item, Poll, Reader, Source, WatermarkStrategy};
 
 /// The default address of Eddy's Kafka listener.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -493,7 +493,7 @@ impl<K: Serialize, V: Serialize> ToRecord for (K, V) {
 
 /// A window result: keyed by the window's key; the value is JSON
 /// `{"key":…,"start":…,"end":…,"value":…}`.
-impl<K: Serialize, R: Serialize> ToRecord for crate::Windowed<K, R> {
+impl<K: Serialize, R: Serialize> ToRecord for Windowed<K, R> {
     fn key(&self) -> Option<Vec<u8>> {
         Some(text(&self.key))
     }

@@ -14,9 +14,11 @@ use timely::CommunicationConfig;
 use std::path::PathBuf;
 
 use crate::checkpoint::{Checkpoints, FINAL};
+use crate::error::StreamError;
+use crate::event::now_ms;
 use crate::operators::{Ctx, DataStream, Upstream};
+use crate::report::{JobStats, ReportTo, Reporter};
 use crate::source::Source;
-use crate::StreamError;
 
 /// How a job runs: worker threads per process, and processes (timely's `-w`, `-n`, `-p`,
 /// `-h` arguments), plus the job's own arguments.
@@ -25,7 +27,7 @@ pub struct StreamEnv {
     args: Vec<String>,
     checkpoint_dir: Option<PathBuf>,
     checkpoint_interval: Duration,
-    report: Option<crate::report::ReportTo>,
+    report: Option<ReportTo>,
     no_report: bool,
 }
 
@@ -88,8 +90,7 @@ impl StreamEnv {
                 "--report" => {
                     let url = value()
                         .ok_or_else(|| StreamError::Config(format!("{flag} needs a URL")))?;
-                    report =
-                        Some(crate::report::ReportTo::parse(&url).map_err(StreamError::Config)?);
+                    report = Some(ReportTo::parse(&url).map_err(StreamError::Config)?);
                 }
                 "--no-report" => no_report = true,
                 _ => rest.push(a),
@@ -187,7 +188,7 @@ impl StreamEnv {
     /// was given; `--report URL` on the command line wins over this.
     pub fn report_by_default(mut self, url: &str) -> StreamEnv {
         if self.report.is_none() && !self.no_report {
-            self.report = crate::report::ReportTo::parse(url).ok();
+            self.report = ReportTo::parse(url).ok();
         }
         self
     }
@@ -218,7 +219,7 @@ impl StreamEnv {
         // forever for a worker that is gone
         let failed: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let f = failed.clone();
-        let stats = Arc::new(crate::report::JobStats::default());
+        let stats = Arc::new(JobStats::default());
         let (process_index, processes, threads) = match &self.config.communication {
             CommunicationConfig::Cluster {
                 threads,
@@ -235,7 +236,7 @@ impl StreamEnv {
             } else {
                 name.clone()
             };
-            crate::report::Reporter::start(
+            Reporter::start(
                 to,
                 &name,
                 stats.clone(),
@@ -246,7 +247,7 @@ impl StreamEnv {
                     "process": process_index,
                     "checkpoint_dir": self.checkpoint_dir.as_ref().map(|d| d.display().to_string()),
                     "pid": std::process::id(),
-                    "started_at": crate::source::now_ms(),
+                    "started_at": now_ms(),
                 }),
             )
         });
@@ -347,7 +348,7 @@ fn run_worker<F: Fn(&mut Env)>(
     checkpoint: Option<&(PathBuf, Duration)>,
     build: &F,
     failed: &Mutex<Option<String>>,
-    stats: &Arc<crate::report::JobStats>,
+    stats: &Arc<JobStats>,
 ) -> Result<(), StreamError> {
     let (index, peers) = (worker.index(), worker.peers());
     let checkpoints = Rc::new(match checkpoint {

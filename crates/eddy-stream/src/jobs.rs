@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use crate::{
-    EddySink, EddySource, Source, StreamEnv, StreamError, Tumbling, WatermarkStrategy,
-    DEFAULT_BOOTSTRAP,
-};
+use crate::connectors::{EddySink, EddySource, DEFAULT_BOOTSTRAP};
+use crate::env::StreamEnv;
+use crate::error::StreamError;
+use crate::source::{Source, WatermarkStrategy};
+use crate::window::Tumbling;
 
 /// The packaged jobs and what they do.
 pub const JOBS: &[(&str, &str)] = &[(
@@ -72,7 +73,7 @@ impl Opts {
 
 #[cfg(feature = "amqp")]
 fn queue_source(queue: &str, uri: &str, until_idle: Option<Duration>) -> Source<String> {
-    let mut q = crate::EddyQueue::named(queue).uri(uri);
+    let mut q = crate::queue::EddyQueue::named(queue).uri(uri);
     if let Some(d) = until_idle {
         q = q.until_idle(d);
     }

@@ -5,10 +5,10 @@ use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::{Data, Windowed};
 use crate::operators::{DataStream, KeyedStream};
 use crate::process::{Context, ProcessFunction, TimeDomain};
 use crate::window::{Aggregator, WindowSpec};
-use crate::{Data, Windowed};
 
 /// One of two things.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

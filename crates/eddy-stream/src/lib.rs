@@ -25,6 +25,7 @@
 mod checkpoint;
 mod connectors;
 mod env;
+mod error;
 mod event;
 pub mod jobs;
 mod join;
@@ -35,12 +36,14 @@ mod process;
 #[cfg(feature = "amqp")]
 mod queue;
 mod report;
+mod runner;
 mod source;
 mod window;
 
 pub use connectors::{EddySink, EddySource, ToRecord, TopicRecord, DEFAULT_BOOTSTRAP};
 pub use env::{Env, StreamEnv, DEFAULT_CHECKPOINT_INTERVAL};
-pub use event::{Ev, Windowed};
+pub use error::StreamError;
+pub use event::{Data, Ev, Windowed};
 pub use join::{Either, IntervalJoin, Join, Joined, WindowJoin};
 pub use operators::{Committer, DataStream, KeyedStream, Sink, SinkTo};
 pub use process::{Context, ProcessFunction, Processed, TimeDomain};
@@ -52,21 +55,3 @@ pub use window::{
     Aggregator, CountWindow, GlobalWindow, Session, Sliding, Tumbling, WindowSpec, WindowedStream,
     WithLate,
 };
-
-/// Errors of the engine.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    /// Bad worker/process arguments.
-    #[error("invalid execution arguments: {0}")]
-    Config(String),
-    /// A worker failed.
-    #[error("the dataflow failed: {0}")]
-    Execution(String),
-    /// Checkpoints could not be written or read.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-}
-
-/// What a stream may carry: cloneable, and serializable so it can cross workers and processes.
-pub trait Data: timely::ExchangeData + Clone {}
-impl<T: timely::ExchangeData + Clone> Data for T {}

@@ -15,8 +15,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::window::Aggregator;
-use crate::{DataStream, Env, Sink, Sliding, Source, Tumbling, WatermarkStrategy, Windowed};
+use crate::env::Env;
+use crate::event::Windowed;
+use crate::operators::{DataStream, Sink};
+use crate::source::{Source, WatermarkStrategy};
+use crate::window::{Aggregator, Sliding, Tumbling};
 
 /// Event time of event 0 (ms): 2015-07-15, as Nexmark.
 pub const BASE_TIME: i64 = 1_436_918_400_000;

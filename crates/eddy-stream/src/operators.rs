@@ -4,22 +4,24 @@ use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::Operator as _;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{stateful, Checkpoints};
-use crate::event::{Ev, Watermarks};
-use crate::Data;
+use crate::checkpoint::{Checkpoints, CommitHook};
+use crate::event::{Data, Ev};
+use crate::report::JobStats;
+use crate::runner::{self, Forward, OpCtx, Operator};
 
 /// Where a stream's watermarks come from: how many distinct upstream channels report them,
 /// and the range their `from` numbers use (so a union can keep the two sides apart).
@@ -53,9 +55,6 @@ pub struct DataStream<'s, D: Data> {
     pub(crate) ctx: Rc<Ctx>,
 }
 
-/// Called with each epoch that completes.
-pub(crate) type CommitHook = Box<dyn FnMut(u64)>;
-
 /// What every stream of a job on one worker shares.
 pub(crate) struct Ctx {
     /// The job's name.
@@ -68,7 +67,7 @@ pub(crate) struct Ctx {
     /// Connector sinks built so far (numbering them the same on every run).
     pub(crate) sinks: std::cell::Cell<usize>,
     /// Records in and out, checkpoints: what the job reports.
-    pub(crate) stats: Arc<crate::report::JobStats>,
+    pub(crate) stats: Arc<JobStats>,
 }
 
 impl Ctx {
@@ -205,37 +204,18 @@ impl<'s, D: Data> DataStream<'s, D> {
         K: Data + Hash + Eq,
         F: Fn(&D) -> K + 'static,
     {
-        let scope = self.stream.scope();
-        let (index, peers) = (scope.index() as u32, scope.peers() as u32);
-        let channels = self.upstream.channels;
+        let peers = self.stream.scope().peers() as u32;
         // this worker's watermark (the minimum over its own upstream) goes to every worker
-        let addressed =
-            self.stream
-                .clone()
-                .unary::<Cb<(K, D)>, _, _, _>(Pipeline, "KeyBy", move |_, _| {
-                    let mut wms = Watermarks::new(channels);
-                    move |input, output| {
-                        input.for_each(|cap, data| {
-                            let mut session = output.session(&cap);
-                            for ev in data.drain(..) {
-                                match ev {
-                                    Ev::Rec(t, d) => session.give(Ev::Rec(t, (key(&d), d))),
-                                    Ev::Wm { from, t, .. } => {
-                                        if let Some(w) = wms.update(from, t) {
-                                            for to in 0..peers {
-                                                session.give(Ev::Wm {
-                                                    from: index,
-                                                    to,
-                                                    t: w,
-                                                });
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        });
-                    }
-                });
+        let addressed = runner::stateless(
+            self.stream.clone(),
+            "KeyBy",
+            self.upstream.channels,
+            Forward::Everyone,
+            KeyBy {
+                key,
+                _types: PhantomData,
+            },
+        );
         let exchanged = addressed.unary::<Cb<(K, D)>, _, _, _>(
             Exchange::new(|ev: &Ev<(K, D)>| match ev {
                 Ev::Rec(_, (k, _)) => hash_of(k),
@@ -317,9 +297,8 @@ impl<'s, D: Data> DataStream<'s, D> {
         }));
         let probe = self.ctx.probe.clone();
         let stats = self.ctx.stats.clone();
-        stateful(
+        runner::epochs(
             self.stream,
-            Pipeline,
             "Sink",
             slot,
             SinkHandle(shared),
@@ -344,6 +323,7 @@ impl<'s, D: Data> DataStream<'s, D> {
                     }
                 }
             },
+            |_: &mut SinkHandle<D, C>, _epoch, _out: &mut Vec<Ev<()>>| None,
         )
         .probe_with(&probe);
     }
@@ -404,38 +384,82 @@ impl<'s, K: Data + Hash + Eq, V: Data> KeyedStream<'s, K, V> {
         F: Fn(Option<S>, V) -> S + 'static,
     {
         let slot = self.inner.ctx.checkpoints.slot(name);
-        let index = self.inner.stream.scope().index() as u32;
-        let mut wms = Watermarks::new(self.inner.upstream.channels);
-        let state = slot.restore_or(KeyedMap::<K, S>::default());
-        let out = stateful(
+        let out = runner::stateful(
             self.inner.stream.clone(),
-            Pipeline,
             name,
             slot,
-            state,
-            move |state, _epoch, data, out| {
-                for ev in data.drain(..) {
-                    match ev {
-                        Ev::Rec(t, (k, v)) => {
-                            let next = f(state.0.remove(&k), v);
-                            state.0.insert(k.clone(), next.clone());
-                            out.push(Ev::Rec(t, (k, next)));
-                        }
-                        Ev::Wm { from, t, .. } => {
-                            if let Some(w) = wms.update(from, t) {
-                                out.push(Ev::Wm {
-                                    from: index,
-                                    to: index,
-                                    t: w,
-                                });
-                            }
-                        }
-                    }
-                }
+            self.inner.upstream.channels,
+            Running {
+                f,
+                state: KeyedMap::default(),
+                _types: PhantomData,
             },
         );
         let peers = self.inner.stream.scope().peers() as u32;
         self.inner.derive(out, Upstream::own(peers))
+    }
+}
+
+/// `key_by`'s first half: each record paired with its key.
+struct KeyBy<D, K, F> {
+    key: F,
+    _types: PhantomData<fn(D) -> K>,
+}
+
+impl<D, K, F> Operator for KeyBy<D, K, F>
+where
+    D: Data,
+    K: Data,
+    F: Fn(&D) -> K + 'static,
+{
+    type In = D;
+    type Out = (K, D);
+    type State = ();
+
+    #[inline]
+    fn on_record(&mut self, t: i64, d: D, ctx: &mut OpCtx<'_, (K, D)>) {
+        ctx.emit(t, ((self.key)(&d), d));
+    }
+
+    fn snapshot(&self) -> &() {
+        &()
+    }
+
+    fn restore(&mut self, _: ()) {}
+}
+
+/// A running aggregation: per key, `f` folds the key's records into its state, and each
+/// record emits the new state.
+struct Running<K, V, S, F> {
+    f: F,
+    state: KeyedMap<K, S>,
+    _types: PhantomData<fn(V)>,
+}
+
+impl<K, V, S, F> Operator for Running<K, V, S, F>
+where
+    K: Data + Hash + Eq,
+    V: Data,
+    S: Data,
+    F: Fn(Option<S>, V) -> S + 'static,
+{
+    type In = (K, V);
+    type Out = (K, S);
+    type State = KeyedMap<K, S>;
+
+    #[inline]
+    fn on_record(&mut self, t: i64, (k, v): (K, V), ctx: &mut OpCtx<'_, (K, S)>) {
+        let next = (self.f)(self.state.0.remove(&k), v);
+        self.state.0.insert(k.clone(), next.clone());
+        ctx.emit(t, (k, next));
+    }
+
+    fn snapshot(&self) -> &KeyedMap<K, S> {
+        &self.state
+    }
+
+    fn restore(&mut self, state: KeyedMap<K, S>) {
+        self.state = state;
     }
 }
 

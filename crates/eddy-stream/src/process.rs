@@ -9,17 +9,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline;
 
-use crate::checkpoint::stateful_ticking;
-use crate::event::{Ev, Watermarks, IDLE};
+use crate::event::Data;
 use crate::operators::{DataStream, KeyedStream, Upstream};
-use crate::source::now_ms;
-use crate::Data;
+use crate::runner::{self, OpCtx, Operator};
 
 /// What a process function emitted, with its event time: `Ok` main, `Err` side output.
 type Emitted<O, X> = Vec<(i64, Result<O, X>)>;
@@ -137,14 +135,13 @@ impl<S: Default, O, X> Context<'_, S, O, X> {
     }
 }
 
-/// The operator's checkpointed state.
+/// The operator's checkpointed state (after its watermark).
 #[derive(Serialize, Deserialize)]
 #[serde(bound(
     serialize = "K: Serialize, S: Serialize",
     deserialize = "K: DeserializeOwned + Hash + Eq, S: DeserializeOwned"
 ))]
 struct ProcState<K, S> {
-    wms: Watermarks,
     /// Per key: its state and when it was last touched (ms).
     keys: HashMap<K, (S, i64)>,
     event_timers: BTreeMap<i64, HashSet<K>>,
@@ -159,12 +156,14 @@ pub struct Processed<'s, O: Data, X: Data> {
     pub side: DataStream<'s, X>,
 }
 
-/// Run `f` for `key` with its state; apply its timer changes.
+/// Run `f` for `key` with its state, at operator watermark `watermark`; apply its timer
+/// changes.
 #[allow(clippy::too_many_arguments)]
 fn call<K, S, O, X>(
     st: &mut ProcState<K, S>,
     key: &K,
     timestamp: i64,
+    watermark: i64,
     now: i64,
     ttl: Option<i64>,
     out: &mut Emitted<O, X>,
@@ -184,7 +183,7 @@ fn call<K, S, O, X>(
         state: &mut slot,
         written: false,
         timestamp,
-        watermark: st.wms.current(),
+        watermark,
         now,
         out,
         timers: &mut timers,
@@ -227,6 +226,7 @@ fn fire<K, V, P>(
     f: &mut P,
     domain: TimeDomain,
     upto: i64,
+    watermark: i64,
     now: i64,
     ttl: Option<i64>,
     out: &mut Emitted<P::Out, P::Side>,
@@ -249,7 +249,7 @@ fn fire<K, V, P>(
         let mut keys: Vec<K> = keys.into_iter().collect();
         keys.sort();
         for k in keys {
-            call(st, &k, t, now, ttl, out, |ctx| {
+            call(st, &k, t, watermark, now, ttl, out, |ctx| {
                 f.on_timer(&k, t, domain, ctx)
             });
         }
@@ -277,90 +277,24 @@ impl<'s, K: Data + Hash + Eq + Ord, V: Data> KeyedStream<'s, K, V> {
         ttl: Option<i64>,
     ) -> Processed<'s, P::Out, P::Side> {
         let inner = self.inner;
-        let scope = inner.stream.scope();
-        let (index, peers) = (scope.index() as u32, scope.peers() as u32);
+        let peers = inner.stream.scope().peers() as u32;
         let slot = inner.ctx.checkpoints.slot("Process");
-        let state = slot.restore_or(ProcState::<K, P::State> {
-            wms: Watermarks::new(inner.upstream.channels),
-            keys: HashMap::new(),
-            event_timers: BTreeMap::new(),
-            proc_timers: BTreeMap::new(),
-        });
-        let f = std::rc::Rc::new(std::cell::RefCell::new(f));
-        let f2 = f.clone();
-        type Out<O, X> = Ev<Result<O, X>>;
-        let mut buf: Emitted<P::Out, P::Side> = Vec::new();
-        let mut buf2: Emitted<P::Out, P::Side> = Vec::new();
-        let mut last_sweep = 0i64;
-        let out = stateful_ticking(
+        let out = runner::stateful(
             inner.stream.clone(),
-            Pipeline,
             "Process",
             slot,
-            state,
-            move |st: &mut ProcState<K, P::State>,
-                  _epoch,
-                  data,
-                  out: &mut Vec<Out<P::Out, P::Side>>| {
-                let mut f = f.borrow_mut();
-                let now = now_ms();
-                for ev in data.drain(..) {
-                    match ev {
-                        Ev::Rec(t, (k, v)) => {
-                            call(st, &k, t, now, ttl, &mut buf, |ctx| f.process(&k, v, ctx));
-                        }
-                        Ev::Wm { from, t, .. } => {
-                            let Some(wm) = st.wms.update(from, t) else {
-                                continue;
-                            };
-                            if wm != IDLE {
-                                fire::<K, V, P>(
-                                    st,
-                                    &mut f,
-                                    TimeDomain::EventTime,
-                                    wm,
-                                    now,
-                                    ttl,
-                                    &mut buf,
-                                );
-                            }
-                            out.extend(buf.drain(..).map(|(t, r)| Ev::Rec(t, r)));
-                            out.push(Ev::Wm {
-                                from: index,
-                                to: index,
-                                t: wm,
-                            });
-                        }
-                    }
-                }
-                out.extend(buf.drain(..).map(|(t, r)| Ev::Rec(t, r)));
-            },
-            move |st: &mut ProcState<K, P::State>, _epoch, out: &mut Vec<Out<P::Out, P::Side>>| {
-                let now = now_ms();
-                {
-                    let mut f = f2.borrow_mut();
-                    fire::<K, V, P>(
-                        st,
-                        &mut f,
-                        TimeDomain::ProcessingTime,
-                        now,
-                        now,
-                        ttl,
-                        &mut buf2,
-                    );
-                }
-                out.extend(buf2.drain(..).map(|(t, r)| Ev::Rec(t, r)));
-                // expired state is ignored when read; sweep it out now and then
-                if let Some(ttl) = ttl {
-                    if now - last_sweep >= ttl.clamp(1, 1000) {
-                        last_sweep = now;
-                        st.keys
-                            .retain(|_, (_, touched)| now.saturating_sub(*touched) < ttl);
-                    }
-                }
-                st.proc_timers
-                    .first_key_value()
-                    .map(|(&t, _)| Duration::from_millis(t.saturating_sub(now).max(1) as u64))
+            inner.upstream.channels,
+            ProcessOp {
+                f,
+                ttl,
+                state: ProcState {
+                    keys: HashMap::new(),
+                    event_timers: BTreeMap::new(),
+                    proc_timers: BTreeMap::new(),
+                },
+                buf: Vec::new(),
+                last_sweep: 0,
+                _types: PhantomData,
             },
         );
         let both = inner.derive(out, Upstream::own(peers));
@@ -372,6 +306,99 @@ impl<'s, K: Data + Hash + Eq + Ord, V: Data> KeyedStream<'s, K, V> {
     }
 }
 
+/// The operator running a process function.
+struct ProcessOp<K, V, P: ProcessFunction<K, V>> {
+    f: P,
+    ttl: Option<i64>,
+    state: ProcState<K, P::State>,
+    /// What the function emitted, until it goes out.
+    buf: Emitted<P::Out, P::Side>,
+    /// When expired state was last swept out (ms).
+    last_sweep: i64,
+    _types: PhantomData<fn(V)>,
+}
+
+impl<K, V, P> Operator for ProcessOp<K, V, P>
+where
+    K: Data + Hash + Eq + Ord,
+    V: Data,
+    P: ProcessFunction<K, V>,
+{
+    type In = (K, V);
+    type Out = Result<P::Out, P::Side>;
+    type State = ProcState<K, P::State>;
+    const CHECKPOINT_WATERMARK: bool = true;
+
+    fn on_record(&mut self, t: i64, (k, v): (K, V), ctx: &mut OpCtx<'_, Self::Out>) {
+        let (watermark, now) = (ctx.watermark(), ctx.now());
+        let f = &mut self.f;
+        call(
+            &mut self.state,
+            &k,
+            t,
+            watermark,
+            now,
+            self.ttl,
+            &mut self.buf,
+            |c| f.process(&k, v, c),
+        );
+        ctx.emit_all(self.buf.drain(..));
+    }
+
+    /// Event-time timers fire when the watermark reaches them.
+    fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx<'_, Self::Out>) {
+        let now = ctx.now();
+        fire::<K, V, P>(
+            &mut self.state,
+            &mut self.f,
+            TimeDomain::EventTime,
+            wm,
+            wm,
+            now,
+            self.ttl,
+            &mut self.buf,
+        );
+        ctx.emit_all(self.buf.drain(..));
+    }
+
+    /// Processing-time timers fire when the clock reaches them; expired state is swept out
+    /// now and then (it is ignored when read in between).
+    fn on_tick(&mut self, ctx: &mut OpCtx<'_, Self::Out>) -> Option<Duration> {
+        let now = ctx.now();
+        fire::<K, V, P>(
+            &mut self.state,
+            &mut self.f,
+            TimeDomain::ProcessingTime,
+            now,
+            ctx.watermark(),
+            now,
+            self.ttl,
+            &mut self.buf,
+        );
+        ctx.emit_all(self.buf.drain(..));
+        if let Some(ttl) = self.ttl {
+            if now - self.last_sweep >= ttl.clamp(1, 1000) {
+                self.last_sweep = now;
+                self.state
+                    .keys
+                    .retain(|_, (_, touched)| now.saturating_sub(*touched) < ttl);
+            }
+        }
+        self.state
+            .proc_timers
+            .first_key_value()
+            .map(|(&t, _)| Duration::from_millis(t.saturating_sub(now).max(1) as u64))
+    }
+
+    fn snapshot(&self) -> &ProcState<K, P::State> {
+        &self.state
+    }
+
+    fn restore(&mut self, state: ProcState<K, P::State>) {
+        self.state = state;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +407,6 @@ mod tests {
     #[test]
     fn reads_do_not_refresh_ttl_writes_do() {
         let mut st: ProcState<u32, u64> = ProcState {
-            wms: Watermarks::new(1),
             keys: HashMap::new(),
             event_timers: BTreeMap::new(),
             proc_timers: BTreeMap::new(),
@@ -389,19 +415,19 @@ mod tests {
         let ttl = Some(150);
         let write = |ctx: &mut Context<'_, u64, (), ()>| *ctx.state() += 1;
         let read = |ctx: &mut Context<'_, u64, (), ()>| assert!(ctx.state_ref().is_some());
-        call(&mut st, &1, 0, 0, ttl, &mut out, write);
-        call(&mut st, &1, 0, 100, ttl, &mut out, read);
+        call(&mut st, &1, 0, i64::MIN, 0, ttl, &mut out, write);
+        call(&mut st, &1, 0, i64::MIN, 100, ttl, &mut out, read);
         // 200 ms after the write, 100 after the read: expired
         let mut seen = None;
-        call(&mut st, &1, 0, 200, ttl, &mut out, |ctx| {
+        call(&mut st, &1, 0, i64::MIN, 200, ttl, &mut out, |ctx| {
             seen = Some(ctx.state_ref().copied())
         });
         assert_eq!(seen, Some(None));
         // a write at 100 keeps it until 250
-        call(&mut st, &2, 0, 0, ttl, &mut out, write);
-        call(&mut st, &2, 0, 100, ttl, &mut out, write);
+        call(&mut st, &2, 0, i64::MIN, 0, ttl, &mut out, write);
+        call(&mut st, &2, 0, i64::MIN, 100, ttl, &mut out, write);
         let mut seen = None;
-        call(&mut st, &2, 0, 200, ttl, &mut out, |ctx| {
+        call(&mut st, &2, 0, i64::MIN, 200, ttl, &mut out, |ctx| {
             seen = Some(ctx.state_ref().copied())
         });
         assert_eq!(seen, Some(Some(2)));

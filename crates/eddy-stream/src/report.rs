@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::event::now_ms;
+
 /// How often a report goes out.
 pub const EVERY: Duration = Duration::from_secs(2);
 
@@ -217,7 +219,7 @@ fn report(
             (cp - 1).into()
         };
         o.insert("last_checkpoint".into(), last);
-        o.insert("updated_at".into(), crate::source::now_ms().into());
+        o.insert("updated_at".into(), now_ms().into());
     }
     v.to_string()
 }

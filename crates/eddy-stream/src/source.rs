@@ -27,10 +27,9 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::SyncActivator;
 
-use crate::checkpoint::Slot;
-use crate::event::{Ev, IDLE};
-use crate::operators::CommitHook;
-use crate::Data;
+use crate::checkpoint::{CommitHook, Slot};
+use crate::event::{now_ms, Data, Ev, IDLE};
+use crate::report::JobStats;
 
 /// One record read by a [`Reader`].
 pub(crate) struct Item<D> {
@@ -113,13 +112,6 @@ pub struct Source<D> {
 
 /// Records read per activation of a source.
 const CHUNK: usize = 1024;
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// A reader over an iterator made afresh on every run; its position is the number of records
 /// taken, and a restore skips that many.
@@ -269,7 +261,7 @@ impl<D: Data> Source<D> {
         scope: Scope<'s, u64>,
         slot: Slot,
         hooks: &RefCell<Vec<CommitHook>>,
-        stats: Arc<crate::report::JobStats>,
+        stats: Arc<JobStats>,
     ) -> StreamVec<'s, u64, Ev<D>> {
         let index = scope.index();
         let peers = scope.peers();

@@ -8,17 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline;
 
-use crate::checkpoint::stateful_ticking;
-use crate::event::{Ev, Watermarks, Windowed, IDLE};
+use crate::event::{now_ms, Data, Windowed};
 use crate::operators::{DataStream, KeyedStream, Upstream};
-use crate::source::now_ms;
-use crate::Data;
+use crate::runner::{self, OpCtx, Operator};
 
 /// Which windows a keyed stream is cut into.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,7 +176,7 @@ pub struct WithLate<'s, K: Data, R: Data, V: Data> {
 }
 
 /// What the window operator emits.
-type WinOut<K, R, V> = Ev<Out<Windowed<K, R>, (K, V)>>;
+type WinOut<K, R, V> = Out<Windowed<K, R>, (K, V)>;
 
 /// Open time windows: by (end, start), each key's accumulator.
 type TimeWindows<K, A> = BTreeMap<(i64, i64), HashMap<K, TimeWin<A>>>;
@@ -207,14 +205,13 @@ struct TimeWin<A> {
     fired: bool,
 }
 
-/// The window operator's state (checkpointed).
+/// The window operator's state (checkpointed, after its watermark).
 #[derive(Serialize, Deserialize)]
 #[serde(bound(
     serialize = "K: Serialize, A: Serialize",
     deserialize = "K: DeserializeOwned + Hash + Eq, A: DeserializeOwned"
 ))]
 struct WinState<K, A> {
-    wms: Watermarks,
     windows: TimeWindows<K, A>,
     sessions: HashMap<K, Vec<Sess<A>>>,
     /// Count and global windows: per key, (records in the current window, windows done, acc).
@@ -280,246 +277,30 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
     /// (the late side output).
     pub fn aggregate_with_late<A: Aggregator<V>>(self, agg: A) -> WithLate<'s, K, A::Out, V> {
         let inner = self.keyed.inner;
-        let scope = inner.stream.scope();
-        let (index, peers) = (scope.index() as u32, scope.peers() as u32);
-        let channels = inner.upstream.channels;
+        let peers = inner.stream.scope().peers() as u32;
         let spec = self.spec;
-        let lateness = self.lateness;
-        let slot = inner.ctx.checkpoints.slot("Window");
-        let init = WinState::<K, A::Acc> {
-            wms: Watermarks::new(channels),
-            windows: BTreeMap::new(),
-            sessions: HashMap::new(),
-            counts: HashMap::new(),
-        };
-        let state = slot.restore_or(init);
         let processing = matches!(
             spec,
             WindowSpec::TumblingProcessing { .. } | WindowSpec::SlidingProcessing { .. }
         );
-        let agg = std::rc::Rc::new(agg);
-        let agg2 = agg.clone();
-        let tick = move |state: &mut WinState<K, A::Acc>,
-                         _epoch,
-                         out: &mut Vec<WinOut<K, A::Out, V>>| {
-            if !processing {
-                return None;
-            }
-            let now = now_ms();
-            for ((end, start), keys) in state.windows.range(..(now.saturating_add(1), i64::MIN)) {
-                for (k, w) in keys {
-                    let value = agg2.result(&w.acc);
-                    let r = Windowed {
-                        key: k.clone(),
-                        start: *start,
-                        end: *end,
-                        value,
-                    };
-                    out.push(Ev::Rec(end.saturating_sub(1), Out::Res(r)));
-                }
-            }
-            state.windows.retain(|(end, _), _| *end > now);
-            state
-                .windows
-                .keys()
-                .next()
-                .map(|(end, _)| Duration::from_millis(end.saturating_sub(now).max(1) as u64))
-        };
-        let out = stateful_ticking(
+        let slot = inner.ctx.checkpoints.slot("Window");
+        let out = runner::stateful(
             inner.stream.clone(),
-            Pipeline,
             "Window",
             slot,
-            state,
-            move |state: &mut WinState<K, A::Acc>,
-                  _epoch,
-                  data,
-                  out: &mut Vec<WinOut<K, A::Out, V>>| {
-                let WinState {
-                    wms,
-                    windows,
-                    sessions,
-                    counts,
-                } = state;
-                // results, late records and the watermark, in the order they are made
-                let res = |key: &K, start: i64, end: i64, acc: &A::Acc| {
-                    let w = Windowed {
-                        key: key.clone(),
-                        start,
-                        end,
-                        value: agg.result(acc),
-                    };
-                    Ev::Rec(end.saturating_sub(1), Out::Res(w))
-                };
-                for ev in data.drain(..) {
-                    match ev {
-                        Ev::Rec(t, (k, v)) => {
-                            let wm = wms.current();
-                            let too_late =
-                                |end: i64| wm != i64::MIN && end.saturating_add(lateness) <= wm;
-                            match spec {
-                                WindowSpec::Tumbling { size }
-                                | WindowSpec::Sliding { size, .. }
-                                | WindowSpec::TumblingProcessing { size }
-                                | WindowSpec::SlidingProcessing { size, .. } => {
-                                    let slide = match spec {
-                                        WindowSpec::Sliding { slide, .. }
-                                        | WindowSpec::SlidingProcessing { slide, .. } => slide,
-                                        _ => size,
-                                    };
-                                    // processing time: the window is the clock's, nothing is
-                                    // late, and the clock fires it (see the tick below)
-                                    let t = if processing { now_ms() } else { t };
-                                    let too_late = |end: i64| !processing && too_late(end);
-                                    let last_start = t.div_euclid(slide).saturating_mul(slide);
-                                    let mut accepted = false;
-                                    let mut start = last_start;
-                                    while start > t.saturating_sub(size) {
-                                        let end = start.saturating_add(size);
-                                        if !too_late(end) {
-                                            accepted = true;
-                                            let w = windows
-                                                .entry((end, start))
-                                                .or_default()
-                                                .entry(k.clone())
-                                                .or_insert_with(|| TimeWin {
-                                                    acc: agg.create(),
-                                                    fired: false,
-                                                });
-                                            agg.add(&mut w.acc, v.clone());
-                                            // within the allowed lateness after the watermark
-                                            // passed its end: (re-)fire at once
-                                            if !processing
-                                                && (w.fired || (wm != i64::MIN && end <= wm))
-                                            {
-                                                w.fired = true;
-                                                out.push(res(&k, start, end, &w.acc));
-                                            }
-                                        }
-                                        if start == i64::MIN {
-                                            break;
-                                        }
-                                        start = start.saturating_sub(slide);
-                                    }
-                                    if !accepted {
-                                        out.push(Ev::Rec(t, Out::Late((k, v))));
-                                    }
-                                }
-                                WindowSpec::Session { gap } => {
-                                    // merge with every live session of the key it overlaps
-                                    // or touches (as Flink; a late record may still extend
-                                    // one)
-                                    let list = sessions.entry(k.clone()).or_default();
-                                    let mut s = Sess {
-                                        start: t,
-                                        end: t.saturating_add(gap),
-                                        acc: agg.create(),
-                                        fired: false,
-                                    };
-                                    let mut merged = false;
-                                    let mut i = 0;
-                                    while i < list.len() {
-                                        if list[i].start <= s.end && s.start <= list[i].end {
-                                            let o = list.swap_remove(i);
-                                            s.start = s.start.min(o.start);
-                                            s.end = s.end.max(o.end);
-                                            agg.merge(&mut s.acc, o.acc);
-                                            merged = true;
-                                        } else {
-                                            i += 1;
-                                        }
-                                    }
-                                    if !merged && too_late(s.end) {
-                                        out.push(Ev::Rec(t, Out::Late((k, v))));
-                                        continue;
-                                    }
-                                    agg.add(&mut s.acc, v);
-                                    // a merged session fires when the watermark passes
-                                    // its (new) end, at once if it already has
-                                    if wm != i64::MIN && s.end <= wm {
-                                        s.fired = true;
-                                        out.push(res(&k, s.start, s.end, &s.acc));
-                                    }
-                                    list.push(s);
-                                }
-                                WindowSpec::Count { n } => {
-                                    let c = counts
-                                        .entry(k.clone())
-                                        .or_insert_with(|| (0, 0, agg.create()));
-                                    c.0 += 1;
-                                    agg.add(&mut c.2, v);
-                                    if c.0 == n {
-                                        let start = c.1 * n as i64;
-                                        out.push(res(&k, start, start + n as i64, &c.2));
-                                        c.0 = 0;
-                                        c.1 += 1;
-                                        c.2 = agg.create();
-                                    }
-                                }
-                                WindowSpec::Global { every } => {
-                                    let c = counts
-                                        .entry(k.clone())
-                                        .or_insert_with(|| (0, 0, agg.create()));
-                                    c.0 += 1;
-                                    agg.add(&mut c.2, v);
-                                    if c.0 % every == 0 {
-                                        out.push(res(&k, 0, c.0 as i64, &c.2));
-                                    }
-                                }
-                            }
-                        }
-                        Ev::Wm { from, t, .. } => {
-                            let Some(wm) = wms.update(from, t) else {
-                                continue;
-                            };
-                            if wm == IDLE {
-                                out.push(Ev::Wm {
-                                    from: index,
-                                    to: index,
-                                    t: IDLE,
-                                });
-                                continue;
-                            }
-                            // fire what the watermark closed, in end order (processing-time
-                            // windows: only at the end of the input)
-                            let windows_on_wm = !processing || wm == i64::MAX;
-                            for ((end, start), keys) in
-                                windows.range_mut(..(wm.saturating_add(1), i64::MIN))
-                            {
-                                for (k, w) in keys.iter_mut() {
-                                    if windows_on_wm && !w.fired && *end <= wm {
-                                        w.fired = true;
-                                        out.push(res(k, *start, *end, &w.acc));
-                                    }
-                                }
-                            }
-                            for (k, list) in sessions.iter_mut() {
-                                list.sort_by_key(|s| s.start);
-                                for s in list.iter_mut() {
-                                    if !s.fired && s.end <= wm {
-                                        s.fired = true;
-                                        out.push(res(k, s.start, s.end, &s.acc));
-                                    }
-                                }
-                            }
-                            // forget what can no longer change
-                            if windows_on_wm {
-                                windows.retain(|(end, _), _| end.saturating_add(lateness) > wm);
-                            }
-                            sessions.retain(|_, list| {
-                                list.retain(|s| s.end.saturating_add(lateness) > wm);
-                                !list.is_empty()
-                            });
-                            out.push(Ev::Wm {
-                                from: index,
-                                to: index,
-                                t: wm,
-                            });
-                        }
-                    }
-                }
+            inner.upstream.channels,
+            WindowOp {
+                agg,
+                spec,
+                lateness: self.lateness,
+                processing,
+                state: WinState {
+                    windows: BTreeMap::new(),
+                    sessions: HashMap::new(),
+                    counts: HashMap::new(),
+                },
+                _types: PhantomData,
             },
-            tick,
         );
         let windowed = inner.derive(out, Upstream::own(peers));
         let results = windowed.clone_stream().flat_map(|o| match o {
@@ -531,5 +312,242 @@ impl<'s, K: Data + Hash + Eq, V: Data> WindowedStream<'s, K, V> {
             Out::Res(_) => None,
         });
         WithLate { results, late }
+    }
+}
+
+/// The window operator: `agg` over the windows of `spec`.
+struct WindowOp<K, V, A: Aggregator<V>> {
+    agg: A,
+    spec: WindowSpec,
+    lateness: i64,
+    /// Processing-time windows: the clock cuts and fires them.
+    processing: bool,
+    state: WinState<K, A::Acc>,
+    _types: PhantomData<fn(V)>,
+}
+
+/// Emit the result of `key`'s window [`start`, `end`), at event time `end - 1`.
+fn emit_result<K: Clone, V, A: Aggregator<V>>(
+    agg: &A,
+    ctx: &mut OpCtx<'_, WinOut<K, A::Out, V>>,
+    key: &K,
+    start: i64,
+    end: i64,
+    acc: &A::Acc,
+) {
+    let w = Windowed {
+        key: key.clone(),
+        start,
+        end,
+        value: agg.result(acc),
+    };
+    ctx.emit(end.saturating_sub(1), Out::Res(w));
+}
+
+impl<K, V, A> Operator for WindowOp<K, V, A>
+where
+    K: Data + Hash + Eq,
+    V: Data,
+    A: Aggregator<V>,
+{
+    type In = (K, V);
+    type Out = WinOut<K, A::Out, V>;
+    type State = WinState<K, A::Acc>;
+    const CHECKPOINT_WATERMARK: bool = true;
+
+    fn on_record(&mut self, t: i64, (k, v): (K, V), ctx: &mut OpCtx<'_, Self::Out>) {
+        let WindowOp {
+            agg,
+            spec,
+            lateness,
+            processing,
+            state,
+            ..
+        } = self;
+        let (lateness, processing) = (*lateness, *processing);
+        let WinState {
+            windows,
+            sessions,
+            counts,
+        } = state;
+        // results and late records, in the order they are made
+        let wm = ctx.watermark();
+        let too_late = |end: i64| wm != i64::MIN && end.saturating_add(lateness) <= wm;
+        match *spec {
+            WindowSpec::Tumbling { size }
+            | WindowSpec::Sliding { size, .. }
+            | WindowSpec::TumblingProcessing { size }
+            | WindowSpec::SlidingProcessing { size, .. } => {
+                let slide = match *spec {
+                    WindowSpec::Sliding { slide, .. }
+                    | WindowSpec::SlidingProcessing { slide, .. } => slide,
+                    _ => size,
+                };
+                // processing time: the window is the clock's, nothing is late, and the clock
+                // fires it (see on_tick)
+                let t = if processing { now_ms() } else { t };
+                let too_late = |end: i64| !processing && too_late(end);
+                let last_start = t.div_euclid(slide).saturating_mul(slide);
+                let mut accepted = false;
+                let mut start = last_start;
+                while start > t.saturating_sub(size) {
+                    let end = start.saturating_add(size);
+                    if !too_late(end) {
+                        accepted = true;
+                        let w = windows
+                            .entry((end, start))
+                            .or_default()
+                            .entry(k.clone())
+                            .or_insert_with(|| TimeWin {
+                                acc: agg.create(),
+                                fired: false,
+                            });
+                        agg.add(&mut w.acc, v.clone());
+                        // within the allowed lateness after the watermark passed its end:
+                        // (re-)fire at once
+                        if !processing && (w.fired || (wm != i64::MIN && end <= wm)) {
+                            w.fired = true;
+                            emit_result(agg, ctx, &k, start, end, &w.acc);
+                        }
+                    }
+                    if start == i64::MIN {
+                        break;
+                    }
+                    start = start.saturating_sub(slide);
+                }
+                if !accepted {
+                    ctx.emit(t, Out::Late((k, v)));
+                }
+            }
+            WindowSpec::Session { gap } => {
+                // merge with every live session of the key it overlaps or touches (as Flink;
+                // a late record may still extend one)
+                let list = sessions.entry(k.clone()).or_default();
+                let mut s = Sess {
+                    start: t,
+                    end: t.saturating_add(gap),
+                    acc: agg.create(),
+                    fired: false,
+                };
+                let mut merged = false;
+                let mut i = 0;
+                while i < list.len() {
+                    if list[i].start <= s.end && s.start <= list[i].end {
+                        let o = list.swap_remove(i);
+                        s.start = s.start.min(o.start);
+                        s.end = s.end.max(o.end);
+                        agg.merge(&mut s.acc, o.acc);
+                        merged = true;
+                    } else {
+                        i += 1;
+                    }
+                }
+                if !merged && too_late(s.end) {
+                    ctx.emit(t, Out::Late((k, v)));
+                    return;
+                }
+                agg.add(&mut s.acc, v);
+                // a merged session fires when the watermark passes its (new) end, at once if
+                // it already has
+                if wm != i64::MIN && s.end <= wm {
+                    s.fired = true;
+                    emit_result(agg, ctx, &k, s.start, s.end, &s.acc);
+                }
+                list.push(s);
+            }
+            WindowSpec::Count { n } => {
+                let c = counts
+                    .entry(k.clone())
+                    .or_insert_with(|| (0, 0, agg.create()));
+                c.0 += 1;
+                agg.add(&mut c.2, v);
+                if c.0 == n {
+                    let start = c.1 * n as i64;
+                    emit_result(agg, ctx, &k, start, start + n as i64, &c.2);
+                    c.0 = 0;
+                    c.1 += 1;
+                    c.2 = agg.create();
+                }
+            }
+            WindowSpec::Global { every } => {
+                let c = counts
+                    .entry(k.clone())
+                    .or_insert_with(|| (0, 0, agg.create()));
+                c.0 += 1;
+                agg.add(&mut c.2, v);
+                if c.0 % every == 0 {
+                    emit_result(agg, ctx, &k, 0, c.0 as i64, &c.2);
+                }
+            }
+        }
+    }
+
+    fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx<'_, Self::Out>) {
+        let WindowOp {
+            agg,
+            lateness,
+            processing,
+            state,
+            ..
+        } = self;
+        let lateness = *lateness;
+        let WinState {
+            windows, sessions, ..
+        } = state;
+        // fire what the watermark closed, in end order (processing-time windows: only at the
+        // end of the input)
+        let windows_on_wm = !*processing || wm == i64::MAX;
+        for ((end, start), keys) in windows.range_mut(..(wm.saturating_add(1), i64::MIN)) {
+            for (k, w) in keys.iter_mut() {
+                if windows_on_wm && !w.fired && *end <= wm {
+                    w.fired = true;
+                    emit_result(agg, ctx, k, *start, *end, &w.acc);
+                }
+            }
+        }
+        for (k, list) in sessions.iter_mut() {
+            list.sort_by_key(|s| s.start);
+            for s in list.iter_mut() {
+                if !s.fired && s.end <= wm {
+                    s.fired = true;
+                    emit_result(agg, ctx, k, s.start, s.end, &s.acc);
+                }
+            }
+        }
+        // forget what can no longer change
+        if windows_on_wm {
+            windows.retain(|(end, _), _| end.saturating_add(lateness) > wm);
+        }
+        sessions.retain(|_, list| {
+            list.retain(|s| s.end.saturating_add(lateness) > wm);
+            !list.is_empty()
+        });
+    }
+
+    /// Processing-time windows fire when the clock passes their end.
+    fn on_tick(&mut self, ctx: &mut OpCtx<'_, Self::Out>) -> Option<Duration> {
+        if !self.processing {
+            return None;
+        }
+        let now = ctx.now();
+        let windows = &mut self.state.windows;
+        for ((end, start), keys) in windows.range(..(now.saturating_add(1), i64::MIN)) {
+            for (k, w) in keys {
+                emit_result(&self.agg, ctx, k, *start, *end, &w.acc);
+            }
+        }
+        windows.retain(|(end, _), _| *end > now);
+        windows
+            .keys()
+            .next()
+            .map(|(end, _)| Duration::from_millis(end.saturating_sub(now).max(1) as u64))
+    }
+
+    fn snapshot(&self) -> &WinState<K, A::Acc> {
+        &self.state
+    }
+
+    fn restore(&mut self, state: WinState<K, A::Acc>) {
+        self.state = state;
     }
 }
