@@ -47,8 +47,10 @@ unsafe fn map(size: usize) -> *mut u8 {
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if huge(&layout) {
+            // SAFETY: a huge layout has a non-zero size.
             unsafe { map(layout.size()) }
         } else {
+            // SAFETY: the caller's layout, as GlobalAlloc::alloc requires.
             unsafe { System.alloc(layout) }
         }
     }
@@ -56,16 +58,20 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if huge(&layout) {
             // anonymous mappings are zero-filled
+            // SAFETY: a huge layout has a non-zero size.
             unsafe { map(layout.size()) }
         } else {
+            // SAFETY: the caller's layout, as GlobalAlloc::alloc_zeroed requires.
             unsafe { System.alloc_zeroed(layout) }
         }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if huge(&layout) {
+            // SAFETY: a huge layout's pointer is a mapping of its size made by `map`.
             unsafe { libc::munmap(ptr.cast(), layout.size()) };
         } else {
+            // SAFETY: a small layout's pointer came from the system allocator with it.
             unsafe { System.dealloc(ptr, layout) }
         }
     }
@@ -75,6 +81,7 @@ unsafe impl GlobalAlloc for Allocator {
             return std::ptr::null_mut();
         };
         match (huge(&layout), huge(&new_layout)) {
+            // SAFETY: both small: the system allocator's block, with its layout.
             (false, false) => unsafe { System.realloc(ptr, layout, new_size) },
             (true, true) => {
                 // SAFETY: ptr is a mapping of layout.size() bytes from `map`.
@@ -88,6 +95,7 @@ unsafe impl GlobalAlloc for Allocator {
                 }
             }
             _ => {
+                // SAFETY: new_layout has a non-zero size (realloc's contract).
                 let new = unsafe { self.alloc(new_layout) };
                 if !new.is_null() {
                     // SAFETY: both blocks are valid for the smaller of the two sizes and
@@ -110,6 +118,7 @@ mod tests {
     #[test]
     fn huge_allocations_round_trip() {
         let a = Allocator;
+        // SAFETY: each pointer is written within its layout's size and freed with it.
         unsafe {
             // far more than this machine could reserve: only address space is taken
             let l = Layout::from_size_align(64 << 30, 8).unwrap();

@@ -38,9 +38,13 @@ pub struct NexmarkBenchArgs {
 
 /// One query's figures.
 pub struct NexmarkResult {
+    /// q0, q1, …
     pub query: String,
+    /// Events read.
     pub events: u64,
+    /// Wall-clock time.
     pub seconds: f64,
+    /// Records the query produced.
     pub results: u64,
 }
 

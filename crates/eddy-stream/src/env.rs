@@ -201,7 +201,7 @@ impl StreamEnv {
     /// Build the job on every worker with `build` and run it until every source is exhausted.
     pub fn execute<F>(self, name: &str, build: F) -> Result<(), StreamError>
     where
-        F: Fn(&mut Env) + Send + Sync + 'static,
+        F: Fn(&mut Env<'_>) + Send + Sync + 'static,
     {
         let name = name.to_owned();
         let cluster = matches!(
@@ -342,7 +342,7 @@ fn exit_when_a_peer_is_lost() {
 }
 
 /// One worker: build the job, run it, mark checkpoints complete and let the sinks commit.
-fn run_worker<F: Fn(&mut Env)>(
+fn run_worker<F: Fn(&mut Env<'_>)>(
     worker: &mut timely::worker::Worker,
     name: &str,
     checkpoint: Option<&(PathBuf, Duration)>,

@@ -31,6 +31,8 @@ const IN_FLIGHT_AUCTIONS: u64 = 100;
 const ACTIVE_PEOPLE: u64 = 1000;
 
 /// A new person.
+// the fields are Nexmark's, named and meant as in its schema
+#[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Person {
     pub id: u64,
@@ -44,6 +46,8 @@ pub struct Person {
 }
 
 /// A new auction.
+// the fields are Nexmark's, named and meant as in its schema
+#[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Auction {
     pub id: u64,
@@ -59,6 +63,8 @@ pub struct Auction {
 }
 
 /// A bid.
+// the fields are Nexmark's, named and meant as in its schema
+#[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bid {
     pub auction: u64,
@@ -71,6 +77,7 @@ pub struct Bid {
 }
 
 /// One Nexmark event.
+#[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     Person(Person),
@@ -304,7 +311,9 @@ pub fn q2<'s>(events: DataStream<'s, Event>) -> DataStream<'s, (u64, u64)> {
 /// The largest value and every key that has it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Top {
+    /// The largest value.
     pub value: u64,
+    /// The keys that have it.
     pub keys: Vec<u64>,
 }
 

@@ -23,20 +23,45 @@ use crate::runner::{self, OpCtx, Operator};
 #[non_exhaustive]
 pub enum WindowSpec {
     /// Fixed, non-overlapping windows of `size` ms, aligned to the epoch.
-    Tumbling { size: i64 },
+    Tumbling {
+        /// Length, ms.
+        size: i64,
+    },
     /// Windows of `size` ms starting every `slide` ms.
-    Sliding { size: i64, slide: i64 },
+    Sliding {
+        /// Length, ms.
+        size: i64,
+        /// Distance between starts, ms.
+        slide: i64,
+    },
     /// Per key, records closer than `gap` ms apart share a window.
-    Session { gap: i64 },
+    Session {
+        /// Longest quiet time inside a session, ms.
+        gap: i64,
+    },
     /// Tumbling windows of `size` ms of processing time (the wall clock when a record
     /// arrives), fired when the clock passes their end.
-    TumblingProcessing { size: i64 },
+    TumblingProcessing {
+        /// Length, ms.
+        size: i64,
+    },
     /// Sliding windows of processing time.
-    SlidingProcessing { size: i64, slide: i64 },
+    SlidingProcessing {
+        /// Length, ms.
+        size: i64,
+        /// Distance between starts, ms.
+        slide: i64,
+    },
     /// Per key, every `n` records form a window.
-    Count { n: u64 },
+    Count {
+        /// Records per window.
+        n: u64,
+    },
     /// One window per key for all time, fired every `every` records (accumulating).
-    Global { every: u64 },
+    Global {
+        /// Records between firings.
+        every: u64,
+    },
 }
 
 fn ms(d: Duration) -> i64 {

@@ -198,13 +198,13 @@ pub fn import_definitions(api: &Api, d: &Value) -> Result<(), ApiError> {
 }
 
 /// `GET /api/definitions`.
-pub(crate) fn export(c: &Caller) -> ApiResult {
+pub(crate) fn export(c: &Caller<'_>) -> ApiResult {
     c.need_admin()?;
     Ok(Response::json(200, &definitions(c.api)))
 }
 
 /// `POST /api/definitions`.
-pub(crate) fn import(c: &Caller, b: &Value) -> ApiResult {
+pub(crate) fn import(c: &Caller<'_>, b: &Value) -> ApiResult {
     c.need_admin()?;
     import_definitions(c.api, b)?;
     Ok(Response::empty(204))

@@ -13,7 +13,7 @@ use crate::api::json::{from_table, string, to_table};
 use crate::api::{vhost_of, ApiError, ApiResult, Caller};
 use crate::server::Response;
 
-pub(crate) fn publish(c: &Caller, vh: &str, exchange: &str, b: &Value) -> ApiResult {
+pub(crate) fn publish(c: &Caller<'_>, vh: &str, exchange: &str, b: &Value) -> ApiResult {
     let exchange = if exchange == "amq.default" {
         ""
     } else {
@@ -104,7 +104,7 @@ pub(crate) fn publish(c: &Caller, vh: &str, exchange: &str, b: &Value) -> ApiRes
     Ok(Response::json(200, &json!({"routed": out.routed})))
 }
 
-pub(crate) fn get_messages(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn get_messages(c: &Caller<'_>, vh: &str, name: &str, b: &Value) -> ApiResult {
     c.check(vh, Access::Read, "queue", name)?;
     let v = vhost_of(c.api, vh)?;
     let q = v.queue_for(name, 0)?;

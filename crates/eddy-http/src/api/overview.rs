@@ -8,7 +8,7 @@ use crate::stats::message_stats;
 use crate::Api;
 
 /// The overview; a `management` user's totals cover the vhosts it may use.
-pub(crate) fn overview(c: &Caller) -> Value {
+pub(crate) fn overview(c: &Caller<'_>) -> Value {
     let api = c.api;
     let b = &api.broker;
     let (mut queues, mut consumers, mut exchanges) = (0u64, 0u64, 0u64);
@@ -86,7 +86,7 @@ pub(crate) fn node(api: &Api) -> Value {
     })
 }
 
-pub(crate) fn connections(c: &Caller) -> Value {
+pub(crate) fn connections(c: &Caller<'_>) -> Value {
     Value::Array(
         c.api
             .broker
@@ -115,7 +115,7 @@ pub(crate) fn connections(c: &Caller) -> Value {
     )
 }
 
-pub(crate) fn channels(c: &Caller) -> Value {
+pub(crate) fn channels(c: &Caller<'_>) -> Value {
     let mut out = Vec::new();
     for x in c.api.broker.connections() {
         if !(c.sees_all() || x.user() == c.user.name) {
@@ -141,7 +141,7 @@ pub(crate) fn channels(c: &Caller) -> Value {
 }
 
 /// `GET /api/whoami`.
-pub(crate) fn whoami(c: &Caller) -> ApiResult {
+pub(crate) fn whoami(c: &Caller<'_>) -> ApiResult {
     Ok(Response::json(
         200,
         &json!({"name": c.user.name, "tags": c.user.tags}),
@@ -149,7 +149,7 @@ pub(crate) fn whoami(c: &Caller) -> ApiResult {
 }
 
 /// `GET /api/nodes`: for monitoring and administrator users.
-pub(crate) fn nodes(c: &Caller) -> ApiResult {
+pub(crate) fn nodes(c: &Caller<'_>) -> ApiResult {
     if !c.sees_all() {
         return Err(ApiError::forbidden(format!(
             "user '{}' needs the monitoring or administrator tag",
@@ -160,7 +160,7 @@ pub(crate) fn nodes(c: &Caller) -> ApiResult {
 }
 
 /// `GET /api/connections/{name}`.
-pub(crate) fn connection(c: &Caller, name: &str) -> ApiResult {
+pub(crate) fn connection(c: &Caller<'_>, name: &str) -> ApiResult {
     one(
         connections(c),
         |x| x["name"] == name,
@@ -170,7 +170,7 @@ pub(crate) fn connection(c: &Caller, name: &str) -> ApiResult {
 
 /// `DELETE /api/connections/{name}`: an administrator closes any connection, a user its own;
 /// the reason (header `X-Reason`) goes to the client.
-pub(crate) fn close_connection(c: &Caller, name: &str, req: &Request) -> ApiResult {
+pub(crate) fn close_connection(c: &Caller<'_>, name: &str, req: &Request) -> ApiResult {
     let conn = c
         .api
         .broker

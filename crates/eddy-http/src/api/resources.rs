@@ -15,7 +15,7 @@ use crate::stats::{message_stats, Queueing, Reading, RATE_WINDOW};
 
 /// The vhost asked for (or all), keeping those the caller may see.
 pub(crate) fn visible_vhosts(
-    c: &Caller,
+    c: &Caller<'_>,
     vhost: Option<&str>,
 ) -> Result<Vec<Arc<eddy_broker::VHost>>, ApiError> {
     let all = match vhost {
@@ -25,7 +25,11 @@ pub(crate) fn visible_vhosts(
     Ok(all.into_iter().filter(|v| c.sees(&v.name)).collect())
 }
 
-pub(crate) fn queues(c: &Caller, vhost: Option<&str>, req: &Request) -> Result<Value, ApiError> {
+pub(crate) fn queues(
+    c: &Caller<'_>,
+    vhost: Option<&str>,
+    req: &Request,
+) -> Result<Value, ApiError> {
     let window = window(req)?;
     let mut out = Vec::new();
     for v in visible_vhosts(c, vhost)? {
@@ -62,7 +66,7 @@ pub(crate) fn queues(c: &Caller, vhost: Option<&str>, req: &Request) -> Result<V
     Ok(Value::Array(out))
 }
 
-pub(crate) fn declare_queue(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn declare_queue(c: &Caller<'_>, vh: &str, name: &str, b: &Value) -> ApiResult {
     c.check(vh, Access::Configure, "queue", name)?;
     let v = vhost_of(c.api, vh)?;
     let existed = v.queue(name).is_some();
@@ -91,7 +95,7 @@ pub(crate) fn declare_queue(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiR
     Ok(Response::empty(if existed { 204 } else { 201 }))
 }
 
-pub(crate) fn exchanges(c: &Caller, vhost: Option<&str>) -> Result<Value, ApiError> {
+pub(crate) fn exchanges(c: &Caller<'_>, vhost: Option<&str>) -> Result<Value, ApiError> {
     let mut out = Vec::new();
     for v in visible_vhosts(c, vhost)? {
         let mut es = v.exchanges();
@@ -111,7 +115,7 @@ pub(crate) fn exchanges(c: &Caller, vhost: Option<&str>) -> Result<Value, ApiErr
     Ok(Value::Array(out))
 }
 
-pub(crate) fn declare_exchange(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn declare_exchange(c: &Caller<'_>, vh: &str, name: &str, b: &Value) -> ApiResult {
     c.check(vh, Access::Configure, "exchange", name)?;
     let v = vhost_of(c.api, vh)?;
     let existed = v.exchange(name).is_some();
@@ -134,7 +138,7 @@ pub(crate) fn declare_exchange(c: &Caller, vh: &str, name: &str, b: &Value) -> A
     Ok(Response::empty(if existed { 204 } else { 201 }))
 }
 
-pub(crate) fn bindings(c: &Caller, vhost: Option<&str>) -> Result<Value, ApiError> {
+pub(crate) fn bindings(c: &Caller<'_>, vhost: Option<&str>) -> Result<Value, ApiError> {
     let mut out = Vec::new();
     for v in visible_vhosts(c, vhost)? {
         for e in v.exchanges() {
@@ -159,7 +163,7 @@ pub(crate) fn bindings(c: &Caller, vhost: Option<&str>) -> Result<Value, ApiErro
 }
 
 pub(crate) fn bind(
-    c: &Caller,
+    c: &Caller<'_>,
     vh: &str,
     source: &str,
     kind: &str,
@@ -181,7 +185,7 @@ pub(crate) fn bind(
 }
 
 /// `GET /api/queues/{vhost}/{name}`.
-pub(crate) fn queue(c: &Caller, vh: &str, name: &str, req: &Request) -> ApiResult {
+pub(crate) fn queue(c: &Caller<'_>, vh: &str, name: &str, req: &Request) -> ApiResult {
     one(
         queues(c, Some(vh), req)?,
         |q| q["name"] == name,
@@ -190,7 +194,7 @@ pub(crate) fn queue(c: &Caller, vh: &str, name: &str, req: &Request) -> ApiResul
 }
 
 /// `DELETE /api/queues/{vhost}/{name}` (`?if-unused=true`, `?if-empty=true`).
-pub(crate) fn delete_queue(c: &Caller, vh: &str, name: &str, req: &Request) -> ApiResult {
+pub(crate) fn delete_queue(c: &Caller<'_>, vh: &str, name: &str, req: &Request) -> ApiResult {
     c.check(vh, Access::Configure, "queue", name)?;
     let v = vhost_of(c.api, vh)?;
     if v.queue(name).is_none() {
@@ -208,14 +212,14 @@ pub(crate) fn delete_queue(c: &Caller, vh: &str, name: &str, req: &Request) -> A
 }
 
 /// `DELETE /api/queues/{vhost}/{name}/contents`.
-pub(crate) fn purge_queue(c: &Caller, vh: &str, name: &str) -> ApiResult {
+pub(crate) fn purge_queue(c: &Caller<'_>, vh: &str, name: &str) -> ApiResult {
     c.check(vh, Access::Read, "queue", name)?;
     vhost_of(c.api, vh)?.purge_queue(name, 0)?;
     Ok(Response::empty(204))
 }
 
 /// `GET /api/exchanges/{vhost}/{name}` (`amq.default` is the default exchange).
-pub(crate) fn exchange(c: &Caller, vh: &str, name: &str) -> ApiResult {
+pub(crate) fn exchange(c: &Caller<'_>, vh: &str, name: &str) -> ApiResult {
     let want = if name == "amq.default" { "" } else { name };
     one(
         exchanges(c, Some(vh))?,
@@ -225,7 +229,7 @@ pub(crate) fn exchange(c: &Caller, vh: &str, name: &str) -> ApiResult {
 }
 
 /// `DELETE /api/exchanges/{vhost}/{name}` (`?if-unused=true`).
-pub(crate) fn delete_exchange(c: &Caller, vh: &str, name: &str, req: &Request) -> ApiResult {
+pub(crate) fn delete_exchange(c: &Caller<'_>, vh: &str, name: &str, req: &Request) -> ApiResult {
     c.check(vh, Access::Configure, "exchange", name)?;
     vhost_of(c.api, vh)?.delete_exchange(name, req.param("if-unused") == Some("true"))?;
     Ok(Response::empty(204))
@@ -234,7 +238,7 @@ pub(crate) fn delete_exchange(c: &Caller, vh: &str, name: &str, req: &Request) -
 /// `DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{dest}/{props}`: `props` is RabbitMQ's
 /// properties key, the routing key or `~` for an empty one.
 pub(crate) fn unbind(
-    c: &Caller,
+    c: &Caller<'_>,
     vh: &str,
     source: &str,
     kind: &str,
@@ -272,7 +276,7 @@ pub(crate) fn unbind(
 }
 
 /// `GET /api/queues/{vhost}/{name}/bindings`.
-pub(crate) fn queue_bindings(c: &Caller, vh: &str, name: &str) -> ApiResult {
+pub(crate) fn queue_bindings(c: &Caller<'_>, vh: &str, name: &str) -> ApiResult {
     let mine = some(bindings(c, Some(vh))?, |b| {
         b["destination"] == name && b["destination_type"] == "queue"
     });
@@ -280,7 +284,7 @@ pub(crate) fn queue_bindings(c: &Caller, vh: &str, name: &str) -> ApiResult {
 }
 
 /// `GET /api/exchanges/{vhost}/{name}/bindings/{source|destination}`.
-pub(crate) fn exchange_bindings(c: &Caller, vh: &str, name: &str, side: &str) -> ApiResult {
+pub(crate) fn exchange_bindings(c: &Caller<'_>, vh: &str, name: &str, side: &str) -> ApiResult {
     let name = if name == "amq.default" { "" } else { name };
     let mine = some(bindings(c, Some(vh))?, |b| {
         if side == "source" {

@@ -9,7 +9,7 @@ use crate::api::{one, ApiError, ApiResult, Caller};
 use crate::server::Response;
 use crate::Api;
 
-pub(crate) fn topics(c: &Caller) -> Result<Value, ApiError> {
+pub(crate) fn topics(c: &Caller<'_>) -> Result<Value, ApiError> {
     if !c.sees("/") {
         return Ok(json!([]));
     }
@@ -44,7 +44,7 @@ pub(crate) fn topics(c: &Caller) -> Result<Value, ApiError> {
     ))
 }
 
-pub(crate) fn groups(c: &Caller) -> Value {
+pub(crate) fn groups(c: &Caller<'_>) -> Value {
     if !c.sees("/") {
         return json!([]);
     }
@@ -114,7 +114,7 @@ pub(crate) fn jobs(api: &Api) -> Value {
 }
 
 /// `GET /api/topics/{name}`.
-pub(crate) fn topic(c: &Caller, name: &str) -> ApiResult {
+pub(crate) fn topic(c: &Caller<'_>, name: &str) -> ApiResult {
     one(
         topics(c)?,
         |t| t["name"] == name,
@@ -123,7 +123,7 @@ pub(crate) fn topic(c: &Caller, name: &str) -> ApiResult {
 }
 
 /// `PUT /api/topics/{name}`: `{"partitions": N, "config": {...}}`.
-pub(crate) fn put_topic(c: &Caller, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn put_topic(c: &Caller<'_>, name: &str, b: &Value) -> ApiResult {
     c.check("/", Access::Configure, "topic", name)?;
     let partitions = match b.get("partitions") {
         None | Some(Value::Null) => 1,
@@ -140,7 +140,7 @@ pub(crate) fn put_topic(c: &Caller, name: &str, b: &Value) -> ApiResult {
 }
 
 /// `DELETE /api/topics/{name}`.
-pub(crate) fn delete_topic(c: &Caller, name: &str) -> ApiResult {
+pub(crate) fn delete_topic(c: &Caller<'_>, name: &str) -> ApiResult {
     c.check("/", Access::Configure, "topic", name)?;
     c.api.broker.delete_topic(name)?;
     Ok(Response::empty(204))
@@ -148,7 +148,7 @@ pub(crate) fn delete_topic(c: &Caller, name: &str) -> ApiResult {
 
 /// `PUT /api/jobs/{name}`: a running stream job reports itself (eddy run does, every few
 /// seconds).
-pub(crate) fn put_job(c: &Caller, name: &str, b: Value) -> ApiResult {
+pub(crate) fn put_job(c: &Caller<'_>, name: &str, b: Value) -> ApiResult {
     c.check("/", Access::Write, "job", name)?;
     if !b.is_object() {
         return Err(ApiError::bad("a job report is a JSON object"));

@@ -8,7 +8,7 @@ use crate::api::{one, vhost_of, ApiError, ApiResult, Caller};
 use crate::server::Response;
 use crate::Api;
 
-pub(crate) fn vhosts(c: &Caller) -> Value {
+pub(crate) fn vhosts(c: &Caller<'_>) -> Value {
     let mut vs = c.api.broker.vhosts();
     vs.sort_by(|a, b| a.name.cmp(&b.name));
     Value::Array(
@@ -100,7 +100,7 @@ pub(crate) fn permissions(api: &Api) -> Value {
 }
 
 /// `GET /api/vhosts/{name}`.
-pub(crate) fn vhost(c: &Caller, name: &str) -> ApiResult {
+pub(crate) fn vhost(c: &Caller<'_>, name: &str) -> ApiResult {
     one(
         vhosts(c),
         |v| v["name"] == name,
@@ -109,27 +109,27 @@ pub(crate) fn vhost(c: &Caller, name: &str) -> ApiResult {
 }
 
 /// `PUT /api/vhosts/{name}`: 201 when created, 204 when it was there.
-pub(crate) fn put_vhost(c: &Caller, name: &str) -> ApiResult {
+pub(crate) fn put_vhost(c: &Caller<'_>, name: &str) -> ApiResult {
     c.need_admin()?;
     let created = c.api.broker.declare_vhost(name)?;
     Ok(Response::empty(if created { 201 } else { 204 }))
 }
 
 /// `DELETE /api/vhosts/{name}`.
-pub(crate) fn delete_vhost(c: &Caller, name: &str) -> ApiResult {
+pub(crate) fn delete_vhost(c: &Caller<'_>, name: &str) -> ApiResult {
     c.need_admin()?;
     c.api.broker.delete_vhost(name)?;
     Ok(Response::empty(204))
 }
 
 /// `GET /api/users`.
-pub(crate) fn list_users(c: &Caller) -> ApiResult {
+pub(crate) fn list_users(c: &Caller<'_>) -> ApiResult {
     c.need_admin()?;
     Ok(Response::json(200, &users(c.api)))
 }
 
 /// `GET /api/users/{name}`.
-pub(crate) fn user(c: &Caller, name: &str) -> ApiResult {
+pub(crate) fn user(c: &Caller<'_>, name: &str) -> ApiResult {
     c.need_admin()?;
     let u = c
         .api
@@ -141,26 +141,26 @@ pub(crate) fn user(c: &Caller, name: &str) -> ApiResult {
 }
 
 /// `PUT /api/users/{name}`.
-pub(crate) fn set_user(c: &Caller, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn set_user(c: &Caller<'_>, name: &str, b: &Value) -> ApiResult {
     c.need_admin()?;
     put_user(c.api, name, b)
 }
 
 /// `DELETE /api/users/{name}`.
-pub(crate) fn delete_user(c: &Caller, name: &str) -> ApiResult {
+pub(crate) fn delete_user(c: &Caller<'_>, name: &str) -> ApiResult {
     c.need_admin()?;
     c.api.broker.users().delete(name)?;
     Ok(Response::empty(204))
 }
 
 /// `GET /api/permissions`.
-pub(crate) fn list_permissions(c: &Caller) -> ApiResult {
+pub(crate) fn list_permissions(c: &Caller<'_>) -> ApiResult {
     c.need_admin()?;
     Ok(Response::json(200, &permissions(c.api)))
 }
 
 /// `GET /api/permissions/{vhost}/{user}`.
-pub(crate) fn permission(c: &Caller, vh: &str, name: &str) -> ApiResult {
+pub(crate) fn permission(c: &Caller<'_>, vh: &str, name: &str) -> ApiResult {
     c.need_admin()?;
     one(
         permissions(c.api),
@@ -170,7 +170,7 @@ pub(crate) fn permission(c: &Caller, vh: &str, name: &str) -> ApiResult {
 }
 
 /// `PUT /api/permissions/{vhost}/{user}`: configure, write and read are all required.
-pub(crate) fn set_permission(c: &Caller, vh: &str, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn set_permission(c: &Caller<'_>, vh: &str, name: &str, b: &Value) -> ApiResult {
     c.need_admin()?;
     vhost_of(c.api, vh)?;
     let field = |f: &str| -> Result<String, ApiError> {
@@ -189,7 +189,7 @@ pub(crate) fn set_permission(c: &Caller, vh: &str, name: &str, b: &Value) -> Api
 }
 
 /// `DELETE /api/permissions/{vhost}/{user}`.
-pub(crate) fn clear_permission(c: &Caller, vh: &str, name: &str) -> ApiResult {
+pub(crate) fn clear_permission(c: &Caller<'_>, vh: &str, name: &str) -> ApiResult {
     c.need_admin()?;
     c.api.broker.users().clear_permission(name, vh)?;
     Ok(Response::empty(204))
