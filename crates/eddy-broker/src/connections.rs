@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use eddy_log::now_ms;
 use parking_lot::Mutex;
 
 use crate::broker::BrokerInner;
@@ -190,7 +191,7 @@ impl Connections {
             protocol,
             peer,
             local,
-            connected_at_ms: crate::queue::now_ms(),
+            connected_at_ms: now_ms(),
             tls,
             user: Mutex::new(String::new()),
             vhost: Mutex::new(String::new()),

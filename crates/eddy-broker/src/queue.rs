@@ -10,10 +10,10 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
-use eddy_log::Log;
+use eddy_log::{now_ms, Log};
 use parking_lot::Mutex;
 
 use crate::args::{Overflow, QueueArgs};
@@ -293,13 +293,6 @@ pub(crate) struct QueueSpec {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     pub args: QueueArgs,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Queue {
