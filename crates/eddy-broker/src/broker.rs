@@ -1,20 +1,21 @@
-//! The broker: vhosts, users, metadata persistence, recovery, housekeeping and resource alarms.
+//! The broker: vhosts, topics, users, recovery, housekeeping and resource alarms; what goes in
+//! `metadata.json` (written by `metadata.rs`).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amq_protocol::types::FieldTable;
 use eddy_log::{FsyncPolicy, Log, LogConfig, Syncer};
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{BrokerError, Result};
-use crate::exchange::{Binding, Destination, ExchangeKind};
+use crate::exchange::Destination;
+use crate::metadata::{
+    self, BindingMeta, ExchangeMeta, Metadata, MetadataWriter, QueueMeta, TopicMeta, VHostMeta,
+};
 use crate::offsets::OffsetStore;
 use crate::topic::{check_topic_name, Partition, Topic, TopicConfig, MAX_PARTITIONS};
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
@@ -84,23 +85,10 @@ pub(crate) struct BrokerInner {
     pub(crate) memory: Arc<AtomicI64>,
     alarms: watch::Sender<Alarms>,
     next_conn: AtomicU64,
-    meta: Mutex<MetaSync>,
-    meta_written: parking_lot::Condvar,
-    loading: AtomicBool,
+    metadata: MetadataWriter,
     pub(crate) connections: crate::connections::Connections,
     started: Instant,
     users: crate::users::Users,
-}
-
-/// Group commit for metadata: callers that change metadata while a write is in progress share
-/// the next write.
-#[derive(Default)]
-struct MetaSync {
-    /// Changes requested so far.
-    wanted: u64,
-    /// Changes covered by a completed write.
-    written: u64,
-    writing: bool,
 }
 
 /// Handle to the broker (cheap to clone).
@@ -113,53 +101,6 @@ impl std::fmt::Debug for Broker {
             .field("data_dir", &self.0.config.data_dir)
             .finish()
     }
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct Metadata {
-    vhosts: Vec<VHostMeta>,
-    #[serde(default)]
-    topics: Vec<TopicMeta>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct TopicMeta {
-    name: String,
-    id: [u8; 16],
-    partitions: usize,
-    config: TopicConfig,
-}
-
-#[derive(Serialize, Deserialize)]
-struct VHostMeta {
-    name: String,
-    exchanges: Vec<ExchangeMeta>,
-    queues: Vec<QueueMeta>,
-    bindings: Vec<BindingMeta>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ExchangeMeta {
-    name: String,
-    kind: ExchangeKind,
-    durable: bool,
-    auto_delete: bool,
-    internal: bool,
-    arguments: FieldTable,
-}
-
-#[derive(Serialize, Deserialize)]
-struct QueueMeta {
-    name: String,
-    auto_delete: bool,
-    arguments: FieldTable,
-}
-
-#[derive(Serialize, Deserialize)]
-struct BindingMeta {
-    source: String,
-    #[serde(flatten)]
-    binding: Binding,
 }
 
 /// Hex-escape anything but `[A-Za-z0-9._-]` so any queue or vhost name is a safe file name.
@@ -194,6 +135,7 @@ impl Broker {
         )?;
         let syncer = Syncer::new(config.fsync);
         let (alarms, _) = watch::channel(Alarms::default());
+        let metadata = MetadataWriter::new(config.data_dir.clone());
         let inner = Arc::new(BrokerInner {
             config,
             vhosts: RwLock::new(HashMap::new()),
@@ -205,9 +147,7 @@ impl Broker {
             memory: Arc::new(AtomicI64::new(0)),
             alarms,
             next_conn: AtomicU64::new(1),
-            meta: Mutex::new(MetaSync::default()),
-            meta_written: parking_lot::Condvar::new(),
-            loading: AtomicBool::new(true),
+            metadata,
             connections: Default::default(),
             started: Instant::now(),
             users,
@@ -226,7 +166,7 @@ impl Broker {
         if broker.vhost("/").is_none() {
             broker.add_vhost("/");
         }
-        broker.0.loading.store(false, Ordering::SeqCst);
+        broker.0.metadata.loaded();
         Ok(broker)
     }
 
@@ -572,20 +512,12 @@ impl Broker {
         self.0.syncer.shutdown();
     }
 
+    /// Declare what `metadata.json` holds (before [`MetadataWriter::loaded`]: nothing is
+    /// written back meanwhile).
     fn load_metadata(&self) -> Result<()> {
-        let path = self.0.config.data_dir.join("metadata.json");
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(BrokerError::Internal(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
-            }
+        let Some(meta) = metadata::load(&self.0.config.data_dir)? else {
+            return Ok(());
         };
-        let meta: Metadata = serde_json::from_slice(&text)
-            .map_err(|e| BrokerError::Internal(format!("corrupt {}: {e}", path.display())))?;
         for t in meta.topics {
             let topic = self.0.open_topic(&t.name, t.id, t.partitions, t.config)?;
             tracing::info!(topic = %t.name, partitions = t.partitions, "recovered topic");
@@ -729,64 +661,20 @@ impl BrokerInner {
         Ok(log)
     }
 
-    /// Write metadata of every durable exchange, queue and binding (atomically: temp file,
-    /// fsync, rename, fsync of the directory).
-    ///
-    /// Returns once a write that started after this call has completed; concurrent callers
-    /// share writes. Blocks the calling thread (front ends call it off the async workers).
+    /// Write metadata of every durable exchange, queue and binding, and of every topic (see
+    /// [`MetadataWriter::save`]: group-committed, returns once on disk).
     pub(crate) fn save_metadata(&self) {
-        if self.loading.load(Ordering::SeqCst) {
-            return;
-        }
-        let mine = {
-            let mut m = self.meta.lock();
-            m.wanted += 1;
-            m.wanted
-        };
-        let mut m = self.meta.lock();
-        loop {
-            if m.written >= mine {
-                return;
-            }
-            if m.writing {
-                self.meta_written.wait(&mut m);
-                continue;
-            }
-            m.writing = true;
-            let target = m.wanted;
-            drop(m);
-            /// Clears `writing` even if the write panics, so later callers are not stuck.
-            struct Writing<'a>(&'a BrokerInner);
-            impl Drop for Writing<'_> {
-                fn drop(&mut self) {
-                    self.0.meta.lock().writing = false;
-                    self.0.meta_written.notify_all();
-                }
-            }
-            let guard = Writing(self);
-            self.write_metadata();
-            drop(guard);
-            m = self.meta.lock();
-            m.written = m.written.max(target);
-        }
+        self.metadata.save(|| self.metadata_snapshot());
     }
 
-    /// Return once every metadata change made so far is on disk (a declare that finds its
-    /// queue already there must not answer before the declare that created it is durable).
+    /// Return once every metadata change made so far is on disk (see
+    /// [`MetadataWriter::barrier`]).
     pub(crate) fn metadata_barrier(&self) {
-        if self.loading.load(Ordering::SeqCst) {
-            return;
-        }
-        let pending = {
-            let m = self.meta.lock();
-            m.written < m.wanted
-        };
-        if pending {
-            self.save_metadata();
-        }
+        self.metadata.barrier(|| self.metadata_snapshot());
     }
 
-    fn write_metadata(&self) {
+    /// What `metadata.json` should hold now.
+    fn metadata_snapshot(&self) -> Metadata {
         let mut meta = Metadata::default();
         let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
         for v in vhosts {
@@ -860,13 +748,7 @@ impl BrokerInner {
                 config: t.config(),
             });
         }
-        if let Err(e) = write_atomically(
-            &self.config.data_dir,
-            "metadata.json",
-            &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-        ) {
-            tracing::error!("failed to persist metadata: {e}");
-        }
+        meta
     }
 }
 
@@ -888,17 +770,6 @@ fn queue_dir(data: &Path, vhost: &str, queue: &str) -> PathBuf {
     data.join("queues")
         .join(encode_name(vhost))
         .join(encode_name(queue))
-}
-
-pub(crate) fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 fn free_disk_bytes(path: &Path) -> Option<u64> {

@@ -16,6 +16,7 @@ pub mod connections;
 pub mod error;
 pub mod exchange;
 pub mod message;
+mod metadata;
 pub mod offsets;
 pub mod queue;
 /// Kafka's record batch format (the `eddy-records` crate, shared with the stream engine).
