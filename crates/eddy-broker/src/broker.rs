@@ -86,7 +86,7 @@ pub(crate) struct BrokerInner {
     alarms: watch::Sender<Alarms>,
     next_conn: AtomicU64,
     metadata: MetadataWriter,
-    pub(crate) connections: crate::connections::Connections,
+    connections: Arc<crate::connections::Connections>,
     started: Instant,
     users: crate::users::Users,
 }
@@ -248,9 +248,7 @@ impl Broker {
         local: std::net::SocketAddr,
         tls: bool,
     ) -> crate::connections::ConnectionHandle {
-        self.0
-            .connections
-            .add(&self.0, id, protocol, peer, local, tls)
+        self.0.connections.add(id, protocol, peer, local, tls)
     }
 
     /// The open connections.
