@@ -18,7 +18,7 @@ use crate::metadata::{
 };
 use crate::offsets::OffsetStore;
 use crate::topic::{check_topic_name, Partition, Topic, TopicConfig, MAX_PARTITIONS};
-use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost, VHostParent};
 
 /// Broker settings (the binary fills these from flags, environment and TOML).
 #[derive(Debug, Clone)]
@@ -179,7 +179,7 @@ impl Broker {
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
         let mut vs = self.0.vhosts.write();
         vs.entry(name.to_owned())
-            .or_insert_with(|| VHost::new(name, Arc::downgrade(&self.0)))
+            .or_insert_with(|| VHost::new(name, Arc::<BrokerInner>::downgrade(&self.0)))
             .clone()
     }
 
@@ -384,7 +384,7 @@ impl Broker {
 
     /// A topic by name.
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.0.topics.read().get(name).cloned()
+        self.0.topic(name)
     }
 
     /// All topics.
@@ -402,25 +402,7 @@ impl Broker {
         partitions: usize,
         config: TopicConfig,
     ) -> Result<Arc<Topic>> {
-        check_topic_name(name)?;
-        if partitions == 0 || partitions > MAX_PARTITIONS {
-            return Err(BrokerError::PreconditionFailed(format!(
-                "invalid partition count {partitions} for topic '{name}': 1 to {MAX_PARTITIONS}"
-            )));
-        }
-        let lifecycle = self.0.topic_lifecycle.lock();
-        if self.topic(name).is_some() {
-            return Err(BrokerError::AlreadyExists(format!(
-                "topic '{name}' already exists"
-            )));
-        }
-        let id = *uuid_v4();
-        let topic = self.0.open_topic(name, id, partitions, config)?;
-        self.0.topics.write().insert(name.to_owned(), topic.clone());
-        drop(lifecycle);
-        self.0.save_metadata();
-        tracing::info!(topic = name, partitions, "created topic");
-        Ok(topic)
+        self.0.create_topic(name, partitions, config)
     }
 
     /// Delete a topic and its data (blocks on disk). A stream queue of the same name goes too.
@@ -568,33 +550,6 @@ impl Broker {
 }
 
 impl BrokerInner {
-    /// A handle on this broker.
-    pub(crate) fn handle(self: &Arc<Self>) -> Broker {
-        Broker(self.clone())
-    }
-
-    /// Remove a topic and its data (not a stream queue of the same name).
-    pub(crate) fn remove_topic(&self, name: &str) {
-        let lifecycle = self.topic_lifecycle.lock();
-        let Some(topic) = self.topics.write().remove(name) else {
-            return;
-        };
-        for p in topic.partitions() {
-            if let Err(e) = p.log().destroy() {
-                tracing::warn!(partition = ?p, "failed to remove partition log: {e}");
-            }
-        }
-        let _ = std::fs::remove_dir_all(topic_dir(&self.config.data_dir, name));
-        drop(lifecycle);
-        if let Some(o) = self.offsets.get() {
-            if let Err(e) = o.forget_topic(name) {
-                tracing::warn!(topic = name, "forgetting committed offsets failed: {e}");
-            }
-        }
-        self.save_metadata();
-        tracing::info!(topic = name, "deleted topic");
-    }
-
     fn open_topic(
         &self,
         name: &str,
@@ -639,36 +594,6 @@ impl BrokerInner {
             }
         }
         Ok(log)
-    }
-
-    /// Open (or create) the log of a durable queue.
-    pub(crate) fn open_queue_log(&self, vhost: &str, queue: &str) -> Result<Arc<Log>> {
-        let dir = queue_dir(&self.config.data_dir, vhost, queue);
-        let cfg = LogConfig {
-            segment_bytes: self.config.segment_bytes,
-            segment_ms: self.config.segment_ms,
-            ..LogConfig::default()
-        };
-        let log = Log::open(&dir, cfg, self.syncer.clone())?;
-        let report = log.recovery_report();
-        if report.lost_sealed_data() {
-            for r in &report.repairs {
-                tracing::error!(vhost, queue, "queue log damaged on disk, data lost: {r}");
-            }
-        }
-        Ok(log)
-    }
-
-    /// Write metadata of every durable exchange, queue and binding, and of every topic (see
-    /// [`MetadataWriter::save`]: group-committed, returns once on disk).
-    pub(crate) fn save_metadata(&self) {
-        self.metadata.save(|| self.metadata_snapshot());
-    }
-
-    /// Return once every metadata change made so far is on disk (see
-    /// [`MetadataWriter::barrier`]).
-    pub(crate) fn metadata_barrier(&self) {
-        self.metadata.barrier(|| self.metadata_snapshot());
     }
 
     /// What `metadata.json` should hold now.
@@ -747,6 +672,98 @@ impl BrokerInner {
             });
         }
         meta
+    }
+}
+
+/// The broker is every vhost's parent: all a vhost reaches of the broker goes through here.
+impl VHostParent for BrokerInner {
+    /// Write metadata of every durable exchange, queue and binding, and of every topic (see
+    /// [`MetadataWriter::save`]: group-committed, returns once on disk).
+    fn save_metadata(&self) {
+        self.metadata.save(|| self.metadata_snapshot());
+    }
+
+    /// Return once every metadata change made so far is on disk (see
+    /// [`MetadataWriter::barrier`]).
+    fn metadata_barrier(&self) {
+        self.metadata.barrier(|| self.metadata_snapshot());
+    }
+
+    /// Open (or create) the log of a durable queue.
+    fn open_queue_log(&self, vhost: &str, queue: &str) -> Result<Arc<Log>> {
+        let dir = queue_dir(&self.config.data_dir, vhost, queue);
+        let cfg = LogConfig {
+            segment_bytes: self.config.segment_bytes,
+            segment_ms: self.config.segment_ms,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&dir, cfg, self.syncer.clone())?;
+        let report = log.recovery_report();
+        if report.lost_sealed_data() {
+            for r in &report.repairs {
+                tracing::error!(vhost, queue, "queue log damaged on disk, data lost: {r}");
+            }
+        }
+        Ok(log)
+    }
+
+    fn memory(&self) -> &Arc<AtomicI64> {
+        &self.memory
+    }
+
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    /// Create a topic with `partitions` partitions (blocks on disk: call off async workers).
+    /// An existing name is [`BrokerError::AlreadyExists`].
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: usize,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
+        check_topic_name(name)?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "invalid partition count {partitions} for topic '{name}': 1 to {MAX_PARTITIONS}"
+            )));
+        }
+        let lifecycle = self.topic_lifecycle.lock();
+        if self.topic(name).is_some() {
+            return Err(BrokerError::AlreadyExists(format!(
+                "topic '{name}' already exists"
+            )));
+        }
+        let id = *uuid_v4();
+        let topic = self.open_topic(name, id, partitions, config)?;
+        self.topics.write().insert(name.to_owned(), topic.clone());
+        drop(lifecycle);
+        self.save_metadata();
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Remove a topic and its data (not a stream queue of the same name).
+    fn remove_topic(&self, name: &str) {
+        let lifecycle = self.topic_lifecycle.lock();
+        let Some(topic) = self.topics.write().remove(name) else {
+            return;
+        };
+        for p in topic.partitions() {
+            if let Err(e) = p.log().destroy() {
+                tracing::warn!(partition = ?p, "failed to remove partition log: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(topic_dir(&self.config.data_dir, name));
+        drop(lifecycle);
+        if let Some(o) = self.offsets.get() {
+            if let Err(e) = o.forget_topic(name) {
+                tracing::warn!(topic = name, "forgetting committed offsets failed: {e}");
+            }
+        }
+        self.save_metadata();
+        tracing::info!(topic = name, "deleted topic");
     }
 }
 

@@ -20,7 +20,6 @@ use crate::args::{Overflow, QueueArgs};
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
 use crate::topic::Partition;
-use crate::vhost::VHost;
 
 const REC_PUBLISH: u8 = 1;
 const REC_ACK: u8 = 2;
@@ -29,6 +28,19 @@ const ACK_BATCH: usize = 1024;
 /// Most dead letters that dead letters may set off in one operation (a reject of many messages
 /// dead-letters them all; what they set off downstream is bounded).
 const MAX_DEAD_LETTER_CASCADE: usize = 1_000;
+
+/// What a queue asks of the vhost that holds it. [`Queue`]'s one pointer up (`vhost`, weak)
+/// has this type, so this file imports nothing of the vhost's; the vhost implements it.
+pub(crate) trait QueueParent: Send + Sync {
+    /// Route a dead-lettered message from `exchange` (no internal-exchange check), skipping
+    /// the queues in `cycle`.
+    fn publish_dead_lettered(
+        &self,
+        exchange: &str,
+        msg: Arc<Message>,
+        cycle: &[String],
+    ) -> Result<()>;
+}
 
 /// Where a consumer's deliveries go: implemented by a front end's channel.
 /// Called with the queue's lock held, so implementations must not call back into the queue.
@@ -272,7 +284,8 @@ pub struct Queue {
     /// settled log offsets whose ack record is not written yet (batched: a lost ack only
     /// means a redelivery after a crash)
     pending_acks: Mutex<Vec<u64>>,
-    vhost: Weak<VHost>,
+    /// The parent pointer: the vhost that holds this queue (it routes dead letters).
+    vhost: Weak<dyn QueueParent>,
     memory: Arc<AtomicI64>,
 }
 
@@ -298,7 +311,8 @@ pub(crate) struct QueueSpec {
 impl Queue {
     pub(crate) fn new(
         spec: QueueSpec,
-        vhost: &Arc<VHost>,
+        vhost_name: &str,
+        vhost: Weak<dyn QueueParent>,
         log: Option<Arc<Log>>,
         stream: Option<Arc<Partition>>,
         memory: Arc<AtomicI64>,
@@ -306,7 +320,7 @@ impl Queue {
         let ready = Ready::new(spec.args.max_priority);
         Arc::new(Queue {
             name: spec.name,
-            vhost_name: vhost.name.clone(),
+            vhost_name: vhost_name.to_owned(),
             durable: spec.durable,
             exclusive_owner: spec.exclusive_owner,
             auto_delete: spec.auto_delete,
@@ -329,7 +343,7 @@ impl Queue {
             log,
             stream,
             pending_acks: Mutex::new(Vec::new()),
-            vhost: Arc::downgrade(vhost),
+            vhost,
             memory,
         })
     }
@@ -1082,7 +1096,7 @@ impl Queue {
 
 /// A dead-lettered message on its way to its dead-letter exchange.
 struct DeadLetter {
-    vhost: Arc<VHost>,
+    vhost: Arc<dyn QueueParent>,
     exchange: String,
     msg: Arc<Message>,
     /// Queues it must not reach again (a dead-letter cycle).
