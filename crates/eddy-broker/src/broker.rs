@@ -319,7 +319,7 @@ impl Broker {
                 let b = Broker(inner);
                 let now = Instant::now();
                 // ack records, segment deletion and queue removal touch the disk
-                crate::run_blocking(|| {
+                run_blocking(|| {
                     if now.duration_since(last_retention) >= Duration::from_secs(1) {
                         last_retention = now;
                         for t in b.topics() {
@@ -764,6 +764,18 @@ impl VHostParent for BrokerInner {
         }
         self.save_metadata();
         tracing::info!(topic = name, "deleted topic");
+    }
+}
+
+/// Run `f`, which may block on disk (metadata writes, removing a queue's log), from async code:
+/// on a multi-threaded tokio runtime the worker hands its other tasks to another thread first
+/// (`block_in_place`); elsewhere `f` just runs.
+pub fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

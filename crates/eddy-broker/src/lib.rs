@@ -28,7 +28,7 @@ pub mod vhost;
 
 pub use amq_protocol::protocol::BasicProperties;
 pub use amq_protocol::types;
-pub use broker::{Alarms, Broker, BrokerConfig};
+pub use broker::{run_blocking, Alarms, Broker, BrokerConfig};
 pub use connections::{ChannelView, ConnectionHandle, ConnectionInfo};
 pub use eddy_log::{FsyncHistogram, FsyncPolicy, Log, FSYNC_BUCKETS};
 pub use error::{BrokerError, Result};
@@ -38,18 +38,6 @@ pub use queue::{ConsumerSink, Delivery, GetResult, Queue, QueueCounts};
 pub use topic::{Partition, Topic, TopicConfig};
 pub use users::{Access, Permission, User, Users};
 pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};
-
-/// Run `f`, which may block on disk (metadata writes, removing a queue's log), from async code:
-/// on a multi-threaded tokio runtime the worker hands its other tasks to another thread first
-/// (`block_in_place`); elsewhere `f` just runs.
-pub fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
 
 #[cfg(test)]
 mod tests;
