@@ -9,6 +9,12 @@
 //! wire format: front ends map [`BrokerError`] kinds to their protocol's codes. Message
 //! properties use AMQP 0-9-1's basic-properties model (via `amq-protocol`'s types), the richest
 //! of the protocols; other front ends map into it.
+//!
+//! Files import downward only, so there is no import loop (this file declares and re-exports;
+//! nothing imports it). Ownership runs broker → vhosts → queues; the only pointers up are a
+//! vhost's to its broker and a queue's to its vhost, each `Weak` and typed by a narrow trait
+//! that the child declares and the parent implements (`vhost::VHostParent`,
+//! `queue::QueueParent`). `metadata.json` is read and written by `metadata.rs` alone.
 
 pub mod args;
 mod broker;
