@@ -1,23 +1,24 @@
-//! The broker: vhosts, users, metadata persistence, recovery, housekeeping and resource alarms.
+//! The broker: vhosts, topics, users, recovery, housekeeping and resource alarms; what goes in
+//! `metadata.json` (written by `metadata.rs`).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amq_protocol::types::FieldTable;
 use eddy_log::{FsyncPolicy, Log, LogConfig, Syncer};
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{BrokerError, Result};
-use crate::exchange::{Binding, Destination, ExchangeKind};
+use crate::exchange::Destination;
+use crate::metadata::{
+    self, BindingMeta, ExchangeMeta, Metadata, MetadataWriter, QueueMeta, TopicMeta, VHostMeta,
+};
 use crate::offsets::OffsetStore;
 use crate::topic::{check_topic_name, Partition, Topic, TopicConfig, MAX_PARTITIONS};
-use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost, VHostParent};
 
 /// Broker settings (the binary fills these from flags, environment and TOML).
 #[derive(Debug, Clone)]
@@ -40,13 +41,31 @@ pub struct BrokerConfig {
     pub loopback_users: Vec<String>,
 }
 
+/// The memory high watermark's default share of the machine's memory (RabbitMQ's
+/// `vm_memory_high_watermark.relative`, 0.4).
+pub const DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT: u8 = 40;
+
+/// The machine's memory in bytes (`/proc/meminfo`; 4 GiB where it cannot be read).
+pub fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(4 << 30)
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             data_dir: PathBuf::from("./data"),
             fsync: FsyncPolicy::Always,
-            memory_high_watermark: crate::total_memory() / 100
-                * crate::DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT as u64,
+            memory_high_watermark: total_memory() / 100
+                * DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT as u64,
             // RabbitMQ's default, 50 MB
             disk_free_limit: 50_000_000,
             segment_bytes: 64 << 20,
@@ -86,23 +105,10 @@ pub(crate) struct BrokerInner {
     pub(crate) memory: Arc<AtomicI64>,
     alarms: watch::Sender<Alarms>,
     next_conn: AtomicU64,
-    meta: Mutex<MetaSync>,
-    meta_written: parking_lot::Condvar,
-    loading: AtomicBool,
-    pub(crate) connections: crate::connections::Connections,
+    metadata: MetadataWriter,
+    connections: Arc<crate::connections::Connections>,
     started: Instant,
     users: crate::users::Users,
-}
-
-/// Group commit for metadata: callers that change metadata while a write is in progress share
-/// the next write.
-#[derive(Default)]
-struct MetaSync {
-    /// Changes requested so far.
-    wanted: u64,
-    /// Changes covered by a completed write.
-    written: u64,
-    writing: bool,
 }
 
 /// Handle to the broker (cheap to clone).
@@ -115,53 +121,6 @@ impl std::fmt::Debug for Broker {
             .field("data_dir", &self.0.config.data_dir)
             .finish()
     }
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct Metadata {
-    vhosts: Vec<VHostMeta>,
-    #[serde(default)]
-    topics: Vec<TopicMeta>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct TopicMeta {
-    name: String,
-    id: [u8; 16],
-    partitions: usize,
-    config: TopicConfig,
-}
-
-#[derive(Serialize, Deserialize)]
-struct VHostMeta {
-    name: String,
-    exchanges: Vec<ExchangeMeta>,
-    queues: Vec<QueueMeta>,
-    bindings: Vec<BindingMeta>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ExchangeMeta {
-    name: String,
-    kind: ExchangeKind,
-    durable: bool,
-    auto_delete: bool,
-    internal: bool,
-    arguments: FieldTable,
-}
-
-#[derive(Serialize, Deserialize)]
-struct QueueMeta {
-    name: String,
-    auto_delete: bool,
-    arguments: FieldTable,
-}
-
-#[derive(Serialize, Deserialize)]
-struct BindingMeta {
-    source: String,
-    #[serde(flatten)]
-    binding: Binding,
 }
 
 /// Hex-escape anything but `[A-Za-z0-9._-]` so any queue or vhost name is a safe file name.
@@ -196,6 +155,7 @@ impl Broker {
         )?;
         let syncer = Syncer::new(config.fsync);
         let (alarms, _) = watch::channel(Alarms::default());
+        let metadata = MetadataWriter::new(config.data_dir.clone());
         let inner = Arc::new(BrokerInner {
             config,
             vhosts: RwLock::new(HashMap::new()),
@@ -207,9 +167,7 @@ impl Broker {
             memory: Arc::new(AtomicI64::new(0)),
             alarms,
             next_conn: AtomicU64::new(1),
-            meta: Mutex::new(MetaSync::default()),
-            meta_written: parking_lot::Condvar::new(),
-            loading: AtomicBool::new(true),
+            metadata,
             connections: Default::default(),
             started: Instant::now(),
             users,
@@ -228,7 +186,7 @@ impl Broker {
         if broker.vhost("/").is_none() {
             broker.add_vhost("/");
         }
-        broker.0.loading.store(false, Ordering::SeqCst);
+        broker.0.metadata.loaded();
         Ok(broker)
     }
 
@@ -241,7 +199,7 @@ impl Broker {
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
         let mut vs = self.0.vhosts.write();
         vs.entry(name.to_owned())
-            .or_insert_with(|| VHost::new(name, Arc::downgrade(&self.0)))
+            .or_insert_with(|| VHost::new(name, Arc::<BrokerInner>::downgrade(&self.0)))
             .clone()
     }
 
@@ -310,9 +268,7 @@ impl Broker {
         local: std::net::SocketAddr,
         tls: bool,
     ) -> crate::connections::ConnectionHandle {
-        self.0
-            .connections
-            .add(&self.0, id, protocol, peer, local, tls)
+        self.0.connections.add(id, protocol, peer, local, tls)
     }
 
     /// The open connections.
@@ -383,7 +339,7 @@ impl Broker {
                 let b = Broker(inner);
                 let now = Instant::now();
                 // ack records, segment deletion and queue removal touch the disk
-                crate::run_blocking(|| {
+                run_blocking(|| {
                     if now.duration_since(last_retention) >= Duration::from_secs(1) {
                         last_retention = now;
                         for t in b.topics() {
@@ -448,7 +404,7 @@ impl Broker {
 
     /// A topic by name.
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.0.topics.read().get(name).cloned()
+        self.0.topic(name)
     }
 
     /// All topics.
@@ -466,25 +422,7 @@ impl Broker {
         partitions: usize,
         config: TopicConfig,
     ) -> Result<Arc<Topic>> {
-        check_topic_name(name)?;
-        if partitions == 0 || partitions > MAX_PARTITIONS {
-            return Err(BrokerError::PreconditionFailed(format!(
-                "invalid partition count {partitions} for topic '{name}': 1 to {MAX_PARTITIONS}"
-            )));
-        }
-        let lifecycle = self.0.topic_lifecycle.lock();
-        if self.topic(name).is_some() {
-            return Err(BrokerError::AlreadyExists(format!(
-                "topic '{name}' already exists"
-            )));
-        }
-        let id = *uuid_v4();
-        let topic = self.0.open_topic(name, id, partitions, config)?;
-        self.0.topics.write().insert(name.to_owned(), topic.clone());
-        drop(lifecycle);
-        self.0.save_metadata();
-        tracing::info!(topic = name, partitions, "created topic");
-        Ok(topic)
+        self.0.create_topic(name, partitions, config)
     }
 
     /// Delete a topic and its data (blocks on disk). A stream queue of the same name goes too.
@@ -574,20 +512,12 @@ impl Broker {
         self.0.syncer.shutdown();
     }
 
+    /// Declare what `metadata.json` holds (before [`MetadataWriter::loaded`]: nothing is
+    /// written back meanwhile).
     fn load_metadata(&self) -> Result<()> {
-        let path = self.0.config.data_dir.join("metadata.json");
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(BrokerError::Internal(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
-            }
+        let Some(meta) = metadata::load(&self.0.config.data_dir)? else {
+            return Ok(());
         };
-        let meta: Metadata = serde_json::from_slice(&text)
-            .map_err(|e| BrokerError::Internal(format!("corrupt {}: {e}", path.display())))?;
         for t in meta.topics {
             let topic = self.0.open_topic(&t.name, t.id, t.partitions, t.config)?;
             tracing::info!(topic = %t.name, partitions = t.partitions, "recovered topic");
@@ -640,33 +570,6 @@ impl Broker {
 }
 
 impl BrokerInner {
-    /// A handle on this broker.
-    pub(crate) fn handle(self: &Arc<Self>) -> Broker {
-        Broker(self.clone())
-    }
-
-    /// Remove a topic and its data (not a stream queue of the same name).
-    pub(crate) fn remove_topic(&self, name: &str) {
-        let lifecycle = self.topic_lifecycle.lock();
-        let Some(topic) = self.topics.write().remove(name) else {
-            return;
-        };
-        for p in topic.partitions() {
-            if let Err(e) = p.log().destroy() {
-                tracing::warn!(partition = ?p, "failed to remove partition log: {e}");
-            }
-        }
-        let _ = std::fs::remove_dir_all(topic_dir(&self.config.data_dir, name));
-        drop(lifecycle);
-        if let Some(o) = self.offsets.get() {
-            if let Err(e) = o.forget_topic(name) {
-                tracing::warn!(topic = name, "forgetting committed offsets failed: {e}");
-            }
-        }
-        self.save_metadata();
-        tracing::info!(topic = name, "deleted topic");
-    }
-
     fn open_topic(
         &self,
         name: &str,
@@ -713,82 +616,8 @@ impl BrokerInner {
         Ok(log)
     }
 
-    /// Open (or create) the log of a durable queue.
-    pub(crate) fn open_queue_log(&self, vhost: &str, queue: &str) -> Result<Arc<Log>> {
-        let dir = queue_dir(&self.config.data_dir, vhost, queue);
-        let cfg = LogConfig {
-            segment_bytes: self.config.segment_bytes,
-            segment_ms: self.config.segment_ms,
-            ..LogConfig::default()
-        };
-        let log = Log::open(&dir, cfg, self.syncer.clone())?;
-        let report = log.recovery_report();
-        if report.lost_sealed_data() {
-            for r in &report.repairs {
-                tracing::error!(vhost, queue, "queue log damaged on disk, data lost: {r}");
-            }
-        }
-        Ok(log)
-    }
-
-    /// Write metadata of every durable exchange, queue and binding (atomically: temp file,
-    /// fsync, rename, fsync of the directory).
-    ///
-    /// Returns once a write that started after this call has completed; concurrent callers
-    /// share writes. Blocks the calling thread (front ends call it off the async workers).
-    pub(crate) fn save_metadata(&self) {
-        if self.loading.load(Ordering::SeqCst) {
-            return;
-        }
-        let mine = {
-            let mut m = self.meta.lock();
-            m.wanted += 1;
-            m.wanted
-        };
-        let mut m = self.meta.lock();
-        loop {
-            if m.written >= mine {
-                return;
-            }
-            if m.writing {
-                self.meta_written.wait(&mut m);
-                continue;
-            }
-            m.writing = true;
-            let target = m.wanted;
-            drop(m);
-            /// Clears `writing` even if the write panics, so later callers are not stuck.
-            struct Writing<'a>(&'a BrokerInner);
-            impl Drop for Writing<'_> {
-                fn drop(&mut self) {
-                    self.0.meta.lock().writing = false;
-                    self.0.meta_written.notify_all();
-                }
-            }
-            let guard = Writing(self);
-            self.write_metadata();
-            drop(guard);
-            m = self.meta.lock();
-            m.written = m.written.max(target);
-        }
-    }
-
-    /// Return once every metadata change made so far is on disk (a declare that finds its
-    /// queue already there must not answer before the declare that created it is durable).
-    pub(crate) fn metadata_barrier(&self) {
-        if self.loading.load(Ordering::SeqCst) {
-            return;
-        }
-        let pending = {
-            let m = self.meta.lock();
-            m.written < m.wanted
-        };
-        if pending {
-            self.save_metadata();
-        }
-    }
-
-    fn write_metadata(&self) {
+    /// What `metadata.json` should hold now.
+    fn metadata_snapshot(&self) -> Metadata {
         let mut meta = Metadata::default();
         let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
         for v in vhosts {
@@ -862,13 +691,111 @@ impl BrokerInner {
                 config: t.config(),
             });
         }
-        if let Err(e) = write_atomically(
-            &self.config.data_dir,
-            "metadata.json",
-            &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-        ) {
-            tracing::error!("failed to persist metadata: {e}");
+        meta
+    }
+}
+
+/// The broker is every vhost's parent: all a vhost reaches of the broker goes through here.
+impl VHostParent for BrokerInner {
+    /// Write metadata of every durable exchange, queue and binding, and of every topic (see
+    /// [`MetadataWriter::save`]: group-committed, returns once on disk).
+    fn save_metadata(&self) {
+        self.metadata.save(|| self.metadata_snapshot());
+    }
+
+    /// Return once every metadata change made so far is on disk (see
+    /// [`MetadataWriter::barrier`]).
+    fn metadata_barrier(&self) {
+        self.metadata.barrier(|| self.metadata_snapshot());
+    }
+
+    /// Open (or create) the log of a durable queue.
+    fn open_queue_log(&self, vhost: &str, queue: &str) -> Result<Arc<Log>> {
+        let dir = queue_dir(&self.config.data_dir, vhost, queue);
+        let cfg = LogConfig {
+            segment_bytes: self.config.segment_bytes,
+            segment_ms: self.config.segment_ms,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&dir, cfg, self.syncer.clone())?;
+        let report = log.recovery_report();
+        if report.lost_sealed_data() {
+            for r in &report.repairs {
+                tracing::error!(vhost, queue, "queue log damaged on disk, data lost: {r}");
+            }
         }
+        Ok(log)
+    }
+
+    fn memory(&self) -> &Arc<AtomicI64> {
+        &self.memory
+    }
+
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    /// Create a topic with `partitions` partitions (blocks on disk: call off async workers).
+    /// An existing name is [`BrokerError::AlreadyExists`].
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: usize,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
+        check_topic_name(name)?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "invalid partition count {partitions} for topic '{name}': 1 to {MAX_PARTITIONS}"
+            )));
+        }
+        let lifecycle = self.topic_lifecycle.lock();
+        if self.topic(name).is_some() {
+            return Err(BrokerError::AlreadyExists(format!(
+                "topic '{name}' already exists"
+            )));
+        }
+        let id = *uuid_v4();
+        let topic = self.open_topic(name, id, partitions, config)?;
+        self.topics.write().insert(name.to_owned(), topic.clone());
+        drop(lifecycle);
+        self.save_metadata();
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Remove a topic and its data (not a stream queue of the same name).
+    fn remove_topic(&self, name: &str) {
+        let lifecycle = self.topic_lifecycle.lock();
+        let Some(topic) = self.topics.write().remove(name) else {
+            return;
+        };
+        for p in topic.partitions() {
+            if let Err(e) = p.log().destroy() {
+                tracing::warn!(partition = ?p, "failed to remove partition log: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(topic_dir(&self.config.data_dir, name));
+        drop(lifecycle);
+        if let Some(o) = self.offsets.get() {
+            if let Err(e) = o.forget_topic(name) {
+                tracing::warn!(topic = name, "forgetting committed offsets failed: {e}");
+            }
+        }
+        self.save_metadata();
+        tracing::info!(topic = name, "deleted topic");
+    }
+}
+
+/// Run `f`, which may block on disk (metadata writes, removing a queue's log), from async code:
+/// on a multi-threaded tokio runtime the worker hands its other tasks to another thread first
+/// (`block_in_place`); elsewhere `f` just runs.
+pub fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -890,17 +817,6 @@ fn queue_dir(data: &Path, vhost: &str, queue: &str) -> PathBuf {
     data.join("queues")
         .join(encode_name(vhost))
         .join(encode_name(queue))
-}
-
-pub(crate) fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 fn free_disk_bytes(path: &Path) -> Option<u64> {

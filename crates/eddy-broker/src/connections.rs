@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use eddy_log::now_ms;
 use parking_lot::Mutex;
-
-use crate::broker::BrokerInner;
 
 /// What a front end shows of one of its channels (read only when asked: no cost on the
 /// message path).
@@ -141,7 +140,8 @@ impl ConnectionInfo {
 #[derive(Debug)]
 pub struct ConnectionHandle {
     info: Arc<ConnectionInfo>,
-    broker: Weak<BrokerInner>,
+    /// The registry it is listed in (weak: a handle outliving the broker removes nothing).
+    registry: Weak<Connections>,
 }
 
 impl std::ops::Deref for ConnectionHandle {
@@ -160,8 +160,8 @@ impl ConnectionHandle {
 
 impl Drop for ConnectionHandle {
     fn drop(&mut self) {
-        if let Some(b) = self.broker.upgrade() {
-            b.connections.remove(&self.info);
+        if let Some(r) = self.registry.upgrade() {
+            r.remove(&self.info);
         }
     }
 }
@@ -177,8 +177,7 @@ pub(crate) struct Connections {
 
 impl Connections {
     pub(crate) fn add(
-        &self,
-        broker: &Arc<BrokerInner>,
+        self: &Arc<Self>,
         id: u64,
         protocol: &'static str,
         peer: SocketAddr,
@@ -190,7 +189,7 @@ impl Connections {
             protocol,
             peer,
             local,
-            connected_at_ms: crate::queue::now_ms(),
+            connected_at_ms: now_ms(),
             tls,
             user: Mutex::new(String::new()),
             vhost: Mutex::new(String::new()),
@@ -204,7 +203,7 @@ impl Connections {
         self.opened.fetch_add(1, Ordering::Relaxed);
         ConnectionHandle {
             info,
-            broker: Arc::downgrade(broker),
+            registry: Arc::downgrade(self),
         }
     }
 

@@ -9,6 +9,12 @@
 //! wire format: front ends map [`BrokerError`] kinds to their protocol's codes. Message
 //! properties use AMQP 0-9-1's basic-properties model (via `amq-protocol`'s types), the richest
 //! of the protocols; other front ends map into it.
+//!
+//! Files import downward only, so there is no import loop (this file declares and re-exports;
+//! nothing imports it). Ownership runs broker → vhosts → queues; the only pointers up are a
+//! vhost's to its broker and a queue's to its vhost, each `Weak` and typed by a narrow trait
+//! that the child declares and the parent implements (`vhost::VHostParent`,
+//! `queue::QueueParent`). `metadata.json` is read and written by `metadata.rs` alone.
 
 pub mod args;
 mod broker;
@@ -16,6 +22,7 @@ pub mod connections;
 pub mod error;
 pub mod exchange;
 pub mod message;
+mod metadata;
 pub mod offsets;
 pub mod queue;
 /// Kafka's record batch format (the `eddy-records` crate, shared with the stream engine).
@@ -27,8 +34,12 @@ pub mod vhost;
 
 pub use amq_protocol::protocol::BasicProperties;
 pub use amq_protocol::types;
-pub use broker::{Alarms, Broker, BrokerConfig};
+pub use broker::{
+    run_blocking, total_memory, Alarms, Broker, BrokerConfig, DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT,
+};
 pub use connections::{ChannelView, ConnectionHandle, ConnectionInfo};
+/// The wall clock, in ms since the Unix epoch, that timestamps and ages are measured in.
+pub use eddy_log::now_ms;
 pub use eddy_log::{FsyncHistogram, FsyncPolicy, Log, FSYNC_BUCKETS};
 pub use error::{BrokerError, Result};
 pub use message::Message;
@@ -37,36 +48,6 @@ pub use queue::{ConsumerSink, Delivery, GetResult, Queue, QueueCounts};
 pub use topic::{Partition, Topic, TopicConfig};
 pub use users::{Access, Permission, User, Users};
 pub use vhost::{ExchangeDeclare, PublishOutcome, QueueDeclare, QueueDeclared, VHost};
-
-/// The memory high watermark's default share of the machine's memory (RabbitMQ's
-/// `vm_memory_high_watermark.relative`, 0.4).
-pub const DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT: u8 = 40;
-
-/// The machine's memory in bytes (`/proc/meminfo`; 4 GiB where it cannot be read).
-pub fn total_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(4 << 30)
-}
-
-/// Run `f`, which may block on disk (metadata writes, removing a queue's log), from async code:
-/// on a multi-threaded tokio runtime the worker hands its other tasks to another thread first
-/// (`block_in_place`); elsewhere `f` just runs.
-pub fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
 
 #[cfg(test)]
 mod tests;

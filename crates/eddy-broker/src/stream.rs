@@ -18,21 +18,15 @@
 
 use std::sync::Arc;
 
+use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
+use eddy_log::now_ms;
+use eddy_records::{decode_batch, encode_batch, is_control, Record};
 
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
-use crate::records::{decode_batch, encode_batch, is_control, Record};
 use crate::topic::Partition;
-use crate::BasicProperties;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn text(v: &AMQPValue) -> Option<Vec<u8>> {
     use AMQPValue::*;

@@ -185,10 +185,10 @@ impl Partition {
             }
             for b in batches {
                 from = b.base_offset + b.record_count.max(1) as u64;
-                if crate::records::is_control(&b.payload) {
+                if eddy_records::is_control(&b.payload) {
                     continue;
                 }
-                match crate::records::decode_batch(b.base_offset, &b.payload) {
+                match eddy_records::decode_batch(b.base_offset, &b.payload) {
                     Ok(records) => {
                         for r in records {
                             if let Some(k) = r.key {
@@ -205,7 +205,7 @@ impl Partition {
         }
         let scanned = end;
         let reclaimed = self.log.rewrite_sealed(|b| {
-            use crate::records::{decode_batch, encode_batch_like, is_control};
+            use eddy_records::{decode_batch, encode_batch_like, is_control};
             // a segment sealed while the keys were scanned holds records the map has not seen
             if is_control(&b.payload) || b.base_offset + b.record_count as u64 > scanned {
                 return eddy_log::Rewrite::Keep;
@@ -214,7 +214,7 @@ impl Partition {
                 return eddy_log::Rewrite::Keep;
             };
             // a record goes only when a later record of its key exists
-            let superseded = |r: &crate::records::Record| {
+            let superseded = |r: &eddy_records::Record| {
                 r.key
                     .as_ref()
                     .is_some_and(|k| latest.get(k).is_some_and(|l| *l > r.offset))

@@ -311,7 +311,7 @@ impl Users {
             .path
             .parent()
             .expect("users.json lives in the data dir");
-        crate::broker::write_atomically(
+        crate::metadata::write_atomically(
             dir,
             "users.json",
             &serde_json::to_vec_pretty(&stored).unwrap_or_default(),

@@ -1,17 +1,45 @@
 //! Virtual hosts: the namespace of exchanges and queues, declarations, bindings and routing.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::FieldTable;
+use eddy_log::Log;
 use parking_lot::RwLock;
 
 use crate::args::QueueArgs;
-use crate::broker::BrokerInner;
 use crate::error::{BrokerError, Result};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::Message;
-use crate::queue::{Enqueued, Queue, QueueSpec};
+use crate::queue::{Enqueued, Queue, QueueParent, QueueSpec};
+use crate::topic::{Partition, Topic, TopicConfig};
+
+/// What a vhost asks of the broker that holds it. [`VHost`]'s one pointer up (`broker`, weak)
+/// has this type, so this file imports nothing of the broker's; the broker implements it.
+pub(crate) trait VHostParent: Send + Sync {
+    /// Write metadata of every durable exchange, queue and binding, and of every topic
+    /// (group-committed: returns once a write that began after the call is on disk).
+    fn save_metadata(&self);
+    /// Return once every metadata change made so far is on disk (a declare that finds its
+    /// queue already there must not answer before the declare that created it is durable).
+    fn metadata_barrier(&self);
+    /// Open (or create) the log of a durable queue.
+    fn open_queue_log(&self, vhost: &str, queue: &str) -> Result<Arc<Log>>;
+    /// Bytes of messages held in memory, broker-wide (queues count theirs in it).
+    fn memory(&self) -> &Arc<AtomicI64>;
+    /// A topic by name.
+    fn topic(&self, name: &str) -> Option<Arc<Topic>>;
+    /// Create a topic (blocks on disk). An existing name is [`BrokerError::AlreadyExists`].
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: usize,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>>;
+    /// Remove a topic and its data (not a stream queue of the same name).
+    fn remove_topic(&self, name: &str);
+}
 
 /// Result of routing a publish.
 #[derive(Default)]
@@ -83,7 +111,8 @@ pub struct VHost {
     /// kept apart so the commonest publish finds it without a lookup.
     default_exchange: Arc<Exchange>,
     pub(crate) queues: RwLock<HashMap<String, Arc<Queue>>>,
-    pub(crate) broker: Weak<BrokerInner>,
+    /// The parent pointer: the broker that holds this vhost.
+    broker: Weak<dyn VHostParent>,
     /// Held while a queue is created or removed, so a durable queue's log directory is opened
     /// by one declare only and never removed under a queue that was just declared again.
     lifecycle: parking_lot::Mutex<()>,
@@ -104,7 +133,7 @@ fn bool_str(b: bool) -> &'static str {
 }
 
 impl VHost {
-    pub(crate) fn new(name: &str, broker: Weak<BrokerInner>) -> Arc<VHost> {
+    pub(crate) fn new(name: &str, broker: Weak<dyn VHostParent>) -> Arc<VHost> {
         let default_exchange = Arc::new(Exchange::new(
             "",
             ExchangeKind::Direct,
@@ -159,7 +188,7 @@ impl VHost {
         }
     }
 
-    /// Wait for metadata changes in flight (see [`BrokerInner::metadata_barrier`]).
+    /// Wait for metadata changes in flight (see [`VHostParent::metadata_barrier`]).
     fn persisted(&self) {
         if let Some(b) = self.broker.upgrade() {
             b.metadata_barrier();
@@ -388,7 +417,7 @@ impl VHost {
             .ok_or_else(|| BrokerError::Internal("broker is shutting down".into()))?;
         let durable = d.durable && !d.exclusive;
         let stream = if args.queue_type == "stream" {
-            Some(self.stream_partition(&broker, &d)?)
+            Some(self.stream_partition(&*broker, &d)?)
         } else {
             None
         };
@@ -397,6 +426,7 @@ impl VHost {
         } else {
             None
         };
+        let parent: Weak<dyn QueueParent> = Arc::<VHost>::downgrade(self);
         let q = Queue::new(
             QueueSpec {
                 name: d.name.clone(),
@@ -406,10 +436,11 @@ impl VHost {
                 arguments: d.arguments,
                 args,
             },
-            self,
+            &self.name,
+            parent,
             log,
             stream,
-            broker.memory.clone(),
+            broker.memory().clone(),
         );
         self.queues.write().insert(d.name.clone(), q);
         drop(_lifecycle);
@@ -427,9 +458,9 @@ impl VHost {
     /// (created with retention from `x-max-age` / `x-max-length-bytes`).
     fn stream_partition(
         &self,
-        broker: &Arc<BrokerInner>,
+        broker: &dyn VHostParent,
         d: &QueueDeclare,
-    ) -> Result<Arc<crate::topic::Partition>> {
+    ) -> Result<Arc<Partition>> {
         let refuse = |why: &str| {
             BrokerError::PreconditionFailed(format!(
                 "invalid declaration of stream queue '{}' in vhost '{}': {why}",
@@ -449,11 +480,10 @@ impl VHost {
             return Err(refuse("stream queues exist in the default vhost only"));
         }
         crate::topic::check_topic_name(&d.name).map_err(|e| refuse(&e.to_string()))?;
-        let handle = broker.handle();
-        let topic = match handle.topic(&d.name) {
+        let topic = match broker.topic(&d.name) {
             Some(t) => t,
             None => {
-                let mut config = crate::topic::TopicConfig {
+                let mut config = TopicConfig {
                     retention_ms: -1,
                     ..Default::default()
                 };
@@ -472,7 +502,7 @@ impl VHost {
                         _ => {}
                     }
                 }
-                handle.create_topic(&d.name, 1, config)?
+                broker.create_topic(&d.name, 1, config)?
             }
         };
         if topic.partition_count() != 1 {
@@ -761,28 +791,6 @@ impl VHost {
         self.route_and_enqueue(&ex, msg)
     }
 
-    /// Publish a dead-lettered message (no internal-exchange check), skipping the queues in
-    /// `cycle`.
-    pub(crate) fn publish_dead_lettered(
-        self: &Arc<Self>,
-        exchange: &str,
-        msg: Arc<Message>,
-        cycle: &[String],
-    ) -> Result<PublishOutcome> {
-        let ex = self
-            .exchange(exchange)
-            .ok_or_else(|| self.not_found_exchange(exchange))?;
-        let mut queues = self.route(&ex, &msg);
-        queues.retain(|q| {
-            let looped = cycle.contains(&q.name);
-            if looped {
-                tracing::warn!(queue = %q.name, vhost = %self.name, "dead-letter cycle detected: message dropped");
-            }
-            !looped
-        });
-        self.enqueue_all(&queues, &msg)
-    }
-
     fn route_and_enqueue(
         self: &Arc<Self>,
         ex: &Arc<Exchange>,
@@ -871,6 +879,31 @@ impl VHost {
         for q in owned {
             self.remove_queue(&q);
         }
+    }
+}
+
+/// A vhost is its queues' parent: it routes their dead letters.
+impl QueueParent for VHost {
+    /// Publish a dead-lettered message (no internal-exchange check), skipping the queues in
+    /// `cycle`.
+    fn publish_dead_lettered(
+        &self,
+        exchange: &str,
+        msg: Arc<Message>,
+        cycle: &[String],
+    ) -> Result<()> {
+        let ex = self
+            .exchange(exchange)
+            .ok_or_else(|| self.not_found_exchange(exchange))?;
+        let mut queues = self.route(&ex, &msg);
+        queues.retain(|q| {
+            let looped = cycle.contains(&q.name);
+            if looped {
+                tracing::warn!(queue = %q.name, vhost = %self.name, "dead-letter cycle detected: message dropped");
+            }
+            !looped
+        });
+        self.enqueue_all(&queues, &msg).map(|_| ())
     }
 }
 

@@ -72,12 +72,8 @@ impl Producers {
     pub(crate) fn new() -> Self {
         // ids only grow, across restarts too (time-based start), so an old producer's batches
         // are never mistaken for a new one's
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(1);
         Producers {
-            next_id: AtomicI64::new(now_ms.saturating_mul(1000)),
+            next_id: AtomicI64::new(eddy_broker::now_ms().max(1).saturating_mul(1000)),
             partitions: Mutex::new(HashMap::new()),
         }
     }

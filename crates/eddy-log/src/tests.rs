@@ -1,5 +1,13 @@
 use super::*;
+use crate::segment::{read_index, segment_path, HEADER};
 use proptest::prelude::*;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn cfg(segment_bytes: u64) -> LogConfig {
