@@ -35,9 +35,10 @@ pub(crate) async fn route(api: &Arc<Api>, req: Request) -> Response {
         ("GET" | "HEAD", "/metrics") => {
             // the metrics name every vhost, queue, topic and group: scrapers log in (Basic,
             // any management tag), as to the rest of the API
-            if let Err(e) = handlers::authenticate(api, &req) {
-                return e.response();
-            }
+            match handlers::authenticate(api, &req) {
+                Ok(user) => tracing::Span::current().record("user", user.name.as_str()),
+                Err(e) => return e.response(),
+            };
             let api = api.clone();
             match tokio::task::spawn_blocking(move || metrics::render(&api)).await {
                 Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
@@ -61,12 +62,17 @@ pub(crate) async fn route(api: &Arc<Api>, req: Request) -> Response {
                     return r;
                 }
             };
+            let span = tracing::Span::current();
+            span.record("user", user.name.as_str());
             let api = api.clone();
             let mut req = req;
             if req.method == "HEAD" {
                 req.method = "GET".into();
             }
-            let r = tokio::task::spawn_blocking(move || self::api(&api, &req, &user)).await;
+            // the handler's log lines carry the connection's span too
+            let r =
+                tokio::task::spawn_blocking(move || span.in_scope(|| self::api(&api, &req, &user)))
+                    .await;
             match r {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(e)) => e.response(),

@@ -127,11 +127,11 @@ pub fn authenticate(api: &Api, req: &Request) -> Result<User, ApiError> {
     match api.broker.users().authenticate(name, pass, loopback) {
         Ok(u) if u.tags.iter().any(|t| MANAGEMENT_TAGS.contains(&t.as_str())) => Ok(u),
         Ok(_) => {
-            tracing::warn!(peer = %req.peer, user = name, "HTTP API login refused: not a management user");
+            tracing::warn!(user = name, "HTTP API login refused: not a management user");
             Err(unauthorized("Login failed: not a management user"))
         }
         Err(e) => {
-            tracing::warn!(peer = %req.peer, user = name, "HTTP API login failed: {e}");
+            tracing::warn!(user = name, "HTTP API login failed: {e}");
             Err(unauthorized(&format!("Login failed: {e}")))
         }
     }
