@@ -32,9 +32,8 @@ struct Case {
     level: Level,
     code: u16,
     text: &'static str,
-    /// (class_id, method_id) the close names; None: not checked. Errors found once a
-    /// publish's content is complete name (0, 0) today, where RabbitMQ names basic.publish
-    /// (60, 40).
+    /// (class_id, method_id) the close names (errors found once a publish's content is
+    /// complete name basic.publish, 60/40, as RabbitMQ's do); None: not checked.
     at: Option<(u16, u16)>,
 }
 
@@ -290,7 +289,7 @@ async fn channel_errors_close_the_channel_with_code_and_method() {
             level: Channel,
             code: 403,
             text: "ACCESS_REFUSED - cannot publish to internal exchange 'c-internal' in vhost '/'",
-            at: None,
+            at: Some((60, 40)),
         },
         // 404 NOT_FOUND
         Case {
@@ -378,7 +377,7 @@ async fn channel_errors_close_the_channel_with_code_and_method() {
             level: Channel,
             code: 404,
             text: "NOT_FOUND - no exchange 'c-no-ex' in vhost '/'",
-            at: None,
+            at: Some((60, 40)),
         },
         // 406 PRECONDITION_FAILED
         Case {
@@ -567,7 +566,7 @@ async fn channel_errors_close_the_channel_with_code_and_method() {
             level: Channel,
             code: 406,
             text: "PRECONDITION_FAILED - invalid expiration 'soon': must be a non-negative integer of milliseconds",
-            at: None,
+            at: Some((60, 40)),
         },
         Case {
             name: "user_id property of another user",
@@ -576,7 +575,7 @@ async fn channel_errors_close_the_channel_with_code_and_method() {
             level: Channel,
             code: 406,
             text: "PRECONDITION_FAILED - user_id property set to 'mallory' but authenticated user was 'guest'",
-            at: None,
+            at: Some((60, 40)),
         },
     ];
     run(&mut f, cases).await;
@@ -1583,6 +1582,11 @@ async fn a_message_over_the_size_limit_closes_the_channel() {
             406,
             "PRECONDITION_FAILED - message size 101 is larger than configured max size 100"
         )
+    );
+    assert_eq!(
+        (close.class_id, close.method_id),
+        (60, 40),
+        "names basic.publish"
     );
     c.open_channel(1).await;
     assert_eq!(c.queue_counts(1, "small").await, (1, 0));

@@ -123,8 +123,35 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-/// Hex-escape anything but `[A-Za-z0-9._-]` so any queue or vhost name is a safe file name.
+/// Longest file name the file systems Eddy runs on take (ext4, xfs, btrfs: 255 bytes).
+const MAX_FILE_NAME: usize = 255;
+
+/// Hex-escape anything but `[A-Za-z0-9._-]` so any queue or vhost name is a safe file name. A
+/// name whose escaped form is longer than a file name may be (a 255-byte name escapes to up to
+/// 765) becomes the start of that form, `~` (which the escaping never leaves) and the
+/// SHA-256 of the name: still one name per directory, and names that fit keep the form they
+/// always had.
 fn encode_name(s: &str) -> String {
+    let out = escape_name(s);
+    if out.len() <= MAX_FILE_NAME {
+        return out;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    // cut before an escape, never inside one
+    let mut keep = MAX_FILE_NAME - 1 - hex.len();
+    while out.as_bytes()[..keep]
+        .iter()
+        .rev()
+        .take(2)
+        .any(|b| *b == b'%')
+    {
+        keep -= 1;
+    }
+    format!("{}~{hex}", &out[..keep])
+}
+
+fn escape_name(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' {
@@ -843,5 +870,32 @@ mod tests {
         assert_eq!(encode_name("hello"), "hello");
         assert_eq!(encode_name(".."), "%..");
         assert_eq!(encode_name("a b"), "a%20b");
+    }
+
+    #[test]
+    fn names_too_long_for_a_file_name_are_shortened_and_kept_apart() {
+        let mut seen = std::collections::HashSet::new();
+        for name in [
+            "é".repeat(50),
+            "!".repeat(100),
+            "队列".repeat(20),
+            "é".repeat(127),
+        ] {
+            let e = encode_name(&name);
+            assert!(e.len() <= MAX_FILE_NAME, "{} bytes", e.len());
+            assert!(e.contains('~'));
+            // no escape cut in half before the digest
+            let cut = e.find('~').unwrap();
+            assert!(!e.as_bytes()[cut - 2..cut].contains(&b'%'), "{e}");
+            assert!(seen.insert(e));
+        }
+        // one byte different, another directory
+        assert_ne!(
+            encode_name(&"é".repeat(127)),
+            encode_name(&format!("{}e", "é".repeat(126)))
+        );
+        // names that fit keep their form
+        let fits = "x".repeat(255);
+        assert_eq!(encode_name(&fits), fits);
     }
 }

@@ -40,7 +40,7 @@ pub use broker::{
 pub use connections::{ChannelView, ConnectionHandle, ConnectionInfo};
 /// The wall clock, in ms since the Unix epoch, that timestamps and ages are measured in.
 pub use eddy_log::now_ms;
-pub use eddy_log::{FsyncHistogram, FsyncPolicy, Log, FSYNC_BUCKETS};
+pub use eddy_log::{FsyncHistogram, FsyncPolicy, Log, LogError, FSYNC_BUCKETS};
 pub use error::{BrokerError, Result};
 pub use message::Message;
 pub use offsets::{Committed, OffsetStore};

@@ -227,12 +227,16 @@ impl VHost {
 
     fn check_owner(&self, q: &Queue, conn: u64) -> Result<()> {
         match q.exclusive_owner {
-            Some(owner) if owner != conn => Err(BrokerError::ResourceLocked(format!(
-                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-                q.name, self.name
-            ))),
+            Some(owner) if owner != conn => Err(self.locked(q)),
             _ => Ok(()),
         }
+    }
+
+    fn locked(&self, q: &Queue) -> BrokerError {
+        BrokerError::ResourceLocked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            q.name, self.name
+        ))
     }
 
     /// exchange.declare
@@ -532,11 +536,8 @@ impl VHost {
             ));
         }
         if q.exclusive_owner.is_some() != d.exclusive {
-            return Err(mismatch(
-                "exclusive",
-                bool_str(d.exclusive).into(),
-                bool_str(q.exclusive_owner.is_some()).into(),
-            ));
+            // RabbitMQ checks exclusive access first (strict): 405, not an inequivalent arg
+            return Err(self.locked(q));
         }
         if q.auto_delete != d.auto_delete {
             return Err(mismatch(

@@ -38,6 +38,8 @@ pub(crate) enum ConnError {
     },
     #[error("encoding the {0:?} response failed: {1}")]
     Encode(ApiKey, String),
+    #[error("a produce with acks=0 failed ({0}): closing, as the client gets no answer")]
+    UnansweredProduceFailed(String),
 }
 
 /// A response on its way out, in request order: encoded once what it waits for is durable.
@@ -301,14 +303,16 @@ async fn prepare(
             body.remaining()
         );
     }
-    let Some(reply) = handler.handle(request, version, &header).await else {
-        return Ok(None);
+    let reply = match handler.handle(request, version, &header).await {
+        api::Answer::Reply(r) => r,
+        api::Answer::Nothing => return Ok(None),
+        api::Answer::Close(why) => return Err((ConnError::UnansweredProduceFailed(why), None)),
     };
     Ok(Some(Outgoing::Reply {
         correlation: header.correlation_id,
         api,
         version,
-        reply: Box::new(reply),
+        reply,
     }))
 }
 

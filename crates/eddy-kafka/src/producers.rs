@@ -114,7 +114,7 @@ impl Producers {
             if info.producer_id < 0 {
                 let base = partition
                     .append(info.record_count, info.max_timestamp, bytes)
-                    .map_err(|e| (ResponseError::KafkaStorageError.code(), e.to_string()))?;
+                    .map_err(append_error)?;
                 out.push(Outcome::Appended(base));
                 continue;
             }
@@ -160,7 +160,7 @@ impl Producers {
             }
             let base = partition
                 .append(info.record_count, info.max_timestamp, bytes)
-                .map_err(|e| (ResponseError::KafkaStorageError.code(), e.to_string()))?;
+                .map_err(append_error)?;
             record(&mut st, info, base);
             out.push(Outcome::Appended(base));
         }
@@ -212,4 +212,16 @@ fn rebuild(st: &mut PartitionProducers, p: &Partition) {
             }
         }
     }
+}
+
+/// An append that failed: a batch larger than a log takes is the client's (MESSAGE_TOO_LARGE,
+/// as Kafka's `message.max.bytes`); anything else is the storage's.
+fn append_error(e: eddy_broker::BrokerError) -> (i16, String) {
+    let code = match &e {
+        eddy_broker::BrokerError::Storage(eddy_broker::LogError::TooLarge { .. }) => {
+            ResponseError::MessageTooLarge.code()
+        }
+        _ => ResponseError::KafkaStorageError.code(),
+    };
+    (code, e.to_string())
 }

@@ -54,6 +54,14 @@ impl AmqpError {
         self.method_id = m.get_amqp_method_id();
         self
     }
+    /// Raised by a publish once its content is complete: it names basic.publish, as
+    /// RabbitMQ does (the frame being handled then is a content frame, which names nothing).
+    pub(super) fn on_publish(mut self) -> Self {
+        if self.class_id == 0 {
+            (self.class_id, self.method_id) = (60, 40);
+        }
+        self
+    }
 }
 
 /// The one place broker errors become AMQP reply codes.

@@ -321,9 +321,11 @@ impl Conn {
         let r = self.handle_frame(kind, channel, payload).await;
         if let Err(e) = r {
             if e.connection {
-                let text = e.text.clone();
+                // as the spec asks: connection.close, then wait (bounded, see
+                // `close_connection`) for the client's close-ok, dropping what else comes;
+                // the frames are still delimited, unlike after a framing error above
                 self.close_connection(e);
-                return Err(text);
+                return Ok(true);
             }
             self.close_channel(channel, e);
         }

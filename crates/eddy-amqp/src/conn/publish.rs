@@ -166,7 +166,7 @@ impl Conn {
             }
             if h.body_size > max_size {
                 ch.pending = None;
-                return Err(AmqpError::channel(PRECONDITION_FAILED, format!("PRECONDITION_FAILED - message size {} is larger than configured max size {max_size}", h.body_size)));
+                return Err(AmqpError::channel(PRECONDITION_FAILED, format!("PRECONDITION_FAILED - message size {} is larger than configured max size {max_size}", h.body_size)).on_publish());
             }
             let raw = payload.slice(12..);
             // grow with the data that arrives, not with what the header claims
@@ -246,12 +246,16 @@ impl Conn {
     }
 
     /// Route a complete message; a mandatory one that reaches no queue comes back as
-    /// basic.return.
+    /// basic.return. Errors name basic.publish.
     pub(super) async fn do_publish(
         &mut self,
         id: u16,
         p: CompletePublish,
     ) -> AResult<PublishOutcome> {
+        self.route(id, p).map_err(AmqpError::on_publish)
+    }
+
+    fn route(&mut self, id: u16, p: CompletePublish) -> AResult<PublishOutcome> {
         let vhost = self.vhost();
         if let Err(e) = p.message.expiration_ms() {
             return Err(e.into());

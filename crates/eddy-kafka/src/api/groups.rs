@@ -300,7 +300,25 @@ impl Handler {
             return resp;
         }
         if !self.allowed(eddy_broker::Access::Read, "group", r.group_id.0.as_str()) {
-            resp.error_code = ResponseError::GroupAuthorizationFailed.code();
+            let refused = ResponseError::GroupAuthorizationFailed.code();
+            if version >= 2 {
+                resp.error_code = refused;
+                return resp;
+            }
+            // v0/v1 have no top-level error: every partition asked for says it, as Kafka does
+            for t in r.topics.into_iter().flatten() {
+                let mut tr = offset_fetch_response::OffsetFetchResponseTopic::default();
+                tr.name = t.name;
+                for p in t.partition_indexes {
+                    let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
+                    pr.partition_index = p;
+                    pr.committed_offset = -1;
+                    pr.metadata = Some(str_bytes(""));
+                    pr.error_code = refused;
+                    tr.partitions.push(pr);
+                }
+                resp.topics.push(tr);
+            }
             return resp;
         }
         let wanted = r.topics.map(|ts| {

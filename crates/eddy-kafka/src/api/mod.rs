@@ -116,6 +116,16 @@ pub(super) fn uuid(t: &Topic) -> uuid::Uuid {
     uuid::Uuid::from_bytes(t.id)
 }
 
+/// What a request gets.
+pub(crate) enum Answer {
+    /// A response.
+    Reply(Box<Reply>),
+    /// None is due (produce with acks=0).
+    Nothing,
+    /// No answer, and the connection closes: an acks=0 produce failed (the reason).
+    Close(String),
+}
+
 /// A response, and the logs it may only be sent after (acks=all, offset commits).
 pub(crate) struct Reply {
     pub(crate) response: ResponseKind,
@@ -261,13 +271,13 @@ impl Handler {
         ok
     }
 
-    /// Answer one request; None: no response is due (produce with acks=0).
+    /// Answer one request.
     pub(crate) async fn handle(
         &self,
         request: RequestKind,
         version: i16,
         header: &RequestHeader,
-    ) -> Option<Reply> {
+    ) -> Answer {
         let client_id = header
             .client_id
             .as_ref()
@@ -275,7 +285,22 @@ impl Handler {
             .unwrap_or_default();
         let reply: Reply = match request {
             RequestKind::Produce(r) => {
-                let (resp, waits) = self.produce(r, version)?;
+                let acks = r.acks;
+                let (resp, waits) = self.produce(r, version);
+                if acks == 0 {
+                    // no answer is due; a failure closes the connection so that the client
+                    // notices, as Kafka does
+                    let failed = resp.responses.iter().find_map(|t| {
+                        t.partition_responses
+                            .iter()
+                            .find(|p| p.error_code != 0)
+                            .map(|p| format!("{}-{}: error {}", t.name.0, p.index, p.error_code))
+                    });
+                    return match failed {
+                        Some(why) => Answer::Close(why),
+                        None => Answer::Nothing,
+                    };
+                }
                 Reply {
                     response: ResponseKind::Produce(resp),
                     waits,
@@ -299,9 +324,12 @@ impl Handler {
                     close,
                 }
             }
-            other => self.answer(other, version, client_id).await?.into(),
+            other => match self.answer(other, version, client_id).await {
+                Some(r) => r.into(),
+                None => return Answer::Nothing,
+            },
         };
-        Some(reply)
+        Answer::Reply(Box::new(reply))
     }
 
     async fn answer(

@@ -21,7 +21,7 @@ impl Handler {
         &self,
         r: ProduceRequest,
         version: i16,
-    ) -> Option<(ProduceResponse, Vec<(Arc<Log>, u64)>)> {
+    ) -> (ProduceResponse, Vec<(Arc<Log>, u64)>) {
         let message = |m: &str| (version >= 8).then(|| str_bytes(m));
         let mut resp = ProduceResponse::default();
         let mut waits: Vec<(Arc<Log>, u64)> = Vec::new();
@@ -103,11 +103,8 @@ impl Handler {
             }
             resp.responses.push(tr);
         }
-        if r.acks == 0 {
-            return None;
-        }
         // acks=all: the answer waits until these are durable under the fsync policy
-        Some((resp, waits))
+        (resp, waits)
     }
 
     pub(super) fn init_producer_id(

@@ -206,6 +206,14 @@ impl Handler {
                         t.count
                     ),
                 )),
+                Some(_) if t.count as i64 > eddy_broker::topic::MAX_PARTITIONS as i64 => Err((
+                    ResponseError::InvalidPartitions.code(),
+                    format!(
+                        "invalid number of partitions {} (at most {})",
+                        t.count,
+                        eddy_broker::topic::MAX_PARTITIONS
+                    ),
+                )),
                 Some(_) if r.validate_only => Ok(()),
                 Some(_) => eddy_broker::run_blocking(|| {
                     self.broker.create_partitions(&name, t.count as usize)
