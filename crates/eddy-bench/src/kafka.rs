@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use eddy_records::{get_varint, BatchBuilder, BatchHeader, HEADER, LOG_OVERHEAD};
+use eddy_stream::now_ms as wall_ms;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -195,13 +196,6 @@ impl Template {
         h.update_crc();
         Bytes::from(b)
     }
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 const PRODUCE_V: i16 = 7;

@@ -39,7 +39,7 @@ pub struct Windowed<K, R> {
 
 /// The wall clock, ms since the Unix epoch: processing time, and ingestion time for records
 /// that carry no time of their own.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -43,7 +43,7 @@ mod window;
 pub use connectors::{EddySink, EddySource, ToRecord, TopicRecord, DEFAULT_BOOTSTRAP};
 pub use env::{Env, StreamEnv, DEFAULT_CHECKPOINT_INTERVAL};
 pub use error::StreamError;
-pub use event::{Data, Ev, Windowed};
+pub use event::{now_ms, Data, Ev, Windowed};
 pub use join::{Either, IntervalJoin, Join, Joined, WindowJoin};
 pub use operators::{Committer, DataStream, KeyedStream, Sink, SinkTo};
 pub use process::{Context, ProcessFunction, Processed, TimeDomain};
