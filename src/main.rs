@@ -233,23 +233,31 @@ fn command() -> clap::Command {
 }
 
 /// The flags and environment variables `eddy serve` was given, as (flag id, raw value).
-fn given(matches: &clap::ArgMatches) -> Vec<(&'static str, String)> {
+fn given(matches: &clap::ArgMatches) -> Result<Vec<(&'static str, String)>> {
     let Some(("serve", m)) = matches.subcommand() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    settings::FLAGS
-        .iter()
-        .filter_map(|(id, _)| {
-            let v = m.get_raw(id)?.next()?;
-            Some((*id, v.to_string_lossy().into_owned()))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (id, _) in settings::FLAGS {
+        let Some(v) = m.get_raw(id).and_then(|mut v| v.next()) else {
+            continue;
+        };
+        // the settings are text (TOML): a path that is not UTF-8 is refused, never mangled
+        let v = v.to_str().with_context(|| {
+            format!(
+                "--{} (or its EDDY_ variable) is not UTF-8: {v:?}",
+                id.replace('_', "-")
+            )
+        })?;
+        out.push((*id, v.to_owned()));
+    }
+    Ok(out)
 }
 
 fn main() -> Result<()> {
     use clap::FromArgMatches;
     let matches = command().get_matches();
-    let overrides = given(&matches);
+    let overrides = given(&matches)?;
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -30,9 +30,10 @@ pub struct Settings {
     pub storage: Storage,
     /// What clients may make the broker hold.
     pub limits: Limits,
-    /// Users created at first start (administrators with full permissions on `/`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub users: Vec<User>,
+    /// Users created at first start (administrators with full permissions on `/`); without
+    /// the key, guest/guest (loopback only); `users = []`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<User>>,
 }
 
 /// `[amqp]`
@@ -304,6 +305,22 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("max_connections", "limits.max_connections"),
 ];
 
+/// Where a key of the flat file format (before sections) went, if `key = value` is one: `amqp`,
+/// `kafka` and `http` were addresses, now sections.
+fn moved_key(key: &str, value: &toml::Value) -> Option<String> {
+    let flat = !value.is_table();
+    let to = match key {
+        "amqp" | "kafka" | "http" if flat => return Some(format!("[{key}] listen")),
+        "amqp" | "kafka" | "http" => return None,
+        "amqps" => "amqp.tls_listen",
+        "kafka_tls" => "kafka.tls_listen",
+        "https" => "http.tls_listen",
+        _ => FLAGS.iter().find(|(id, _)| *id == key)?.1,
+    };
+    let (section, name) = to.split_once('.')?;
+    Some(format!("[{section}] {name}"))
+}
+
 /// The value at a dotted key of a TOML table.
 fn lookup<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
     let (section, name) = key.split_once('.')?;
@@ -328,6 +345,17 @@ impl Settings {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config file {}", p.display()))?;
+                // keys of the flat files before sections, named with where they went
+                if let Ok(t) = text.parse::<toml::Table>() {
+                    for (old, value) in &t {
+                        if let Some(new) = moved_key(old, value) {
+                            bail!(
+                                "config file {}: `{old}` is now `{new}` (the settings are in sections: [amqp] [kafka] [http] [tls] [storage] [limits]; `eddy serve --print-config` prints them all)",
+                                p.display()
+                            );
+                        }
+                    }
+                }
                 // unknown keys and bad values are named with the file and line before
                 // anything else is looked at
                 toml::from_str::<Settings>(&text)
@@ -414,14 +442,12 @@ impl Settings {
             segment_ms: (self.storage.segment_ms > 0).then_some(self.storage.segment_ms),
             ..eddy_broker::BrokerConfig::default()
         };
-        if !self.users.is_empty() {
-            config.users = self
-                .users
+        if let Some(users) = &self.users {
+            config.users = users
                 .iter()
                 .map(|u| (u.name.clone(), u.password.clone()))
                 .collect();
-            config.loopback_users = self
-                .users
+            config.loopback_users = users
                 .iter()
                 .filter(|u| u.loopback_only || u.name == "guest")
                 .map(|u| u.name.clone())
@@ -478,11 +504,11 @@ mod tests {
         s.tls.cert = Some("c.pem".into());
         s.tls.key = Some("k.pem".into());
         s.limits.memory_high_watermark = Watermark::Bytes(1 << 30);
-        s.users.push(User {
+        s.users = Some(vec![User {
             name: "ops".into(),
             password: "secret".into(),
             loopback_only: true,
-        });
+        }]);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("eddy.toml");
         std::fs::write(&p, s.to_toml().unwrap()).unwrap();
@@ -533,7 +559,12 @@ mod tests {
         let p = dir.path().join("eddy.toml");
         for (text, key) in [
             ("[amqp]\nhearbeat = 10\n", "hearbeat"),
-            ("fsync = \"always\"\n", "fsync"),
+            // a key of the flat format is named with where it went
+            ("fsync = \"always\"\n", "`fsync` is now `[storage] fsync`"),
+            (
+                "amqp = \"127.0.0.1:5672\"\n",
+                "`amqp` is now `[amqp] listen`",
+            ),
             ("[amqq]\nlisten = \"127.0.0.1:1\"\n", "amqq"),
         ] {
             std::fs::write(&p, text).unwrap();
@@ -541,6 +572,23 @@ mod tests {
             assert!(e.contains(key), "{e}");
             assert!(e.contains(&p.display().to_string()), "{e}");
         }
+    }
+
+    #[test]
+    fn users_absent_is_guest_and_an_empty_list_is_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("eddy.toml");
+        std::fs::write(&p, "users = []\n").unwrap();
+        let s = Settings::load(Some(&p), &[]).unwrap();
+        assert!(s.broker().users.is_empty());
+        // and it prints as such, so the printed file means the same
+        std::fs::write(&p, s.to_toml().unwrap()).unwrap();
+        assert_eq!(Settings::load(Some(&p), &[]).unwrap().users, Some(vec![]));
+        let s = Settings::load(None, &[]).unwrap();
+        assert_eq!(
+            s.broker().users,
+            vec![("guest".to_owned(), "guest".to_owned())]
+        );
     }
 
     #[test]

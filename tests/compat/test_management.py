@@ -498,3 +498,19 @@ def test_channels_show_prefetch_unacked_consumers_and_modes(broker):
     p = chans[pub.channel_number]
     assert p["confirm"] is True and p["consumer_count"] == 0 and p["messages_unacknowledged"] == 0
     conn.close()
+
+
+def test_permissions_are_checked_before_the_body_is_read(broker):
+    # a management user who is no administrator sends a body that is not JSON: the answer is
+    # that it may not (403), not what is wrong with the body (400)
+    user = qname("mgr")
+    assert call(broker, "PUT", f"/api/users/{user}", {"password": "pw", "tags": "management"})[0] == 201
+    assert call(broker, "PUT", f"/api/permissions/%2F/{user}", {"configure": "^$", "write": "^$", "read": "^$"})[0] == 201
+    for method, path in [("PUT", "/api/users/someone"), ("PUT", f"/api/permissions/%2F/{user}"),
+                         ("POST", "/api/definitions"), ("PUT", "/api/topics/t-no"),
+                         ("PUT", "/api/jobs/j-no")]:
+        status, body = call(broker, method, path, b"{not json", user=user, password="pw")
+        assert status == 403, (method, path, status, body)
+    # an administrator sending the same is told what is wrong with the body
+    status, body = call(broker, "PUT", "/api/topics/t-bad-body", b"{not json")
+    assert status == 400 and "not JSON" in body["reason"], body

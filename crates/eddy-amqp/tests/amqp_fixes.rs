@@ -86,6 +86,18 @@ async fn exclusive_mismatch_on_redeclare_is_resource_locked() {
         assert_eq!(close.code, 405, "{name}: {close:?}");
         c.open_channel(1).await;
     }
+    // exclusive access is checked before the other properties: durable flipped too is 405
+    c.method(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            durable: true,
+            ..declare_queue("owned")
+        })),
+    )
+    .await;
+    let close = c.expect_channel_close(1).await;
+    assert_eq!(close.code, 405, "{close:?}");
+    c.open_channel(1).await;
     c.close().await;
     f.finish().await;
 }

@@ -528,16 +528,16 @@ impl VHost {
                 q.name, self.name
             ))
         };
+        if q.exclusive_owner.is_some() != d.exclusive {
+            // RabbitMQ checks exclusive access first (strict): 405, not an inequivalent arg
+            return Err(self.locked(q));
+        }
         if q.durable != d.durable {
             return Err(mismatch(
                 "durable",
                 bool_str(d.durable).into(),
                 bool_str(q.durable).into(),
             ));
-        }
-        if q.exclusive_owner.is_some() != d.exclusive {
-            // RabbitMQ checks exclusive access first (strict): 405, not an inequivalent arg
-            return Err(self.locked(q));
         }
         if q.auto_delete != d.auto_delete {
             return Err(mismatch(

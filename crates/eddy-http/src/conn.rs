@@ -35,7 +35,8 @@ pub(crate) async fn serve_connection(api: Arc<Api>, conn: eddy_net::Conn) {
                 Ok(Ok(b)) if !b.is_empty() => {}
                 _ => return,
             },
-            _ = shutdown.changed() => continue,
+            // a dropped sender is a shutdown too
+            r = shutdown.changed() => if r.is_err() { return } else { continue },
         }
         let bad = |status: u16, why: String| {
             api::ApiError {

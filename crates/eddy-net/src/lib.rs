@@ -82,7 +82,7 @@ pub struct Conn {
     /// Turns true when the server shuts down: the handler closes the connection its
     /// protocol's way and returns (within [`Limits::drain`]).
     pub shutdown: watch::Receiver<bool>,
-    /// The connection's span (`conn{proto, peer, id, user, vhost}`), already entered by the
+    /// The connection's span (`conn{proto, listener, peer, id, user, vhost}`), entered by the
     /// task that runs the handler. The handler records `id`, `user` and `vhost` when it knows
     /// them, and instruments the tasks it spawns with it (`.in_current_span()`), so every log
     /// line of the connection carries them.
@@ -101,7 +101,7 @@ impl Conn {
             peer,
             local,
             tls: false,
-            span: conn_span("memory", peer),
+            span: conn_span("memory", "memory", peer),
             shutdown,
         };
         (conn, client)
@@ -162,10 +162,11 @@ impl Listener {
     }
 }
 
-fn conn_span(proto: &str, peer: SocketAddr) -> tracing::Span {
+fn conn_span(proto: &'static str, listener: &str, peer: SocketAddr) -> tracing::Span {
     tracing::info_span!(
         "conn",
-        proto = %proto,
+        proto,
+        %listener,
         id = tracing::field::Empty,
         %peer,
         user = tracing::field::Empty,
@@ -219,6 +220,8 @@ pub async fn serve<H: Handler>(
         tokio::select! {
             r = tcp.accept() => match r {
                 Ok((stream, peer)) => {
+                    // connections that ended count no longer, reaped or not
+                    while conns.try_join_next().is_some() {}
                     if conns.len() >= limits.max_connections {
                         if let Some(skipped) = refused.ready() {
                             tracing::warn!(listener = %name, %peer, skipped, "{} connections open, the listener's cap: closing a new one", limits.max_connections);
@@ -230,7 +233,7 @@ pub async fn serve<H: Handler>(
                     }
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().unwrap_or(peer);
-                    let span = conn_span(&name, peer);
+                    let span = conn_span(handler.protocol(), &name, peer);
                     let shutdown = shutdown.clone();
                     let handler = handler.clone();
                     match &tls {

@@ -255,7 +255,9 @@ impl Conn {
         self.route(id, p).map_err(AmqpError::on_publish)
     }
 
-    fn route(&mut self, id: u16, p: CompletePublish) -> AResult<PublishOutcome> {
+    /// Route a complete message (mandatory ones that reach no queue come back); errors name
+    /// no method.
+    pub(super) fn route(&mut self, id: u16, p: CompletePublish) -> AResult<PublishOutcome> {
         let vhost = self.vhost();
         if let Err(e) = p.message.expiration_ms() {
             return Err(e.into());

@@ -43,7 +43,8 @@ impl Conn {
                 for op in std::mem::take(&mut committed.ops) {
                     match op {
                         TxOp::Publish(p) => {
-                            let outcome = self.do_publish(id, p).await?;
+                            // a held publish that fails names tx.commit, the method that sent it
+                            let outcome = self.route(id, p)?;
                             waits.extend(outcome.durable);
                         }
                         TxOp::Ack(tag, multiple) => self.settle(id, tag, multiple, Settle::Ack)?,

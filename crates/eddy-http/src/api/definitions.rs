@@ -4,11 +4,11 @@ use eddy_broker::exchange::Destination;
 use eddy_broker::{ExchangeDeclare, Permission, QueueDeclare};
 use serde_json::{json, Map, Value};
 
-use crate::api::json::{flag, from_table, string, to_table};
+use crate::api::json::{body, flag, from_table, string, to_table};
 use crate::api::topics::topic_config;
 use crate::api::users::{permissions, put_user, users};
 use crate::api::{vhost_of, ApiError, ApiResult, Caller};
-use crate::server::Response;
+use crate::server::{Request, Response};
 use crate::Api;
 
 /// RabbitMQ's definitions document (plus Eddy's topics).
@@ -204,8 +204,8 @@ pub(crate) fn export(c: &Caller<'_>) -> ApiResult {
 }
 
 /// `POST /api/definitions`.
-pub(crate) fn import(c: &Caller<'_>, b: &Value) -> ApiResult {
+pub(crate) fn import(c: &Caller<'_>, req: &Request) -> ApiResult {
     c.need_admin()?;
-    import_definitions(c.api, b)?;
+    import_definitions(c.api, &body(req)?)?;
     Ok(Response::empty(204))
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 use eddy_broker::{Access, TopicConfig};
 use serde_json::{json, Map, Value};
 
+use crate::api::json::body;
 use crate::api::{one, ApiError, ApiResult, Caller};
-use crate::server::Response;
+use crate::server::{Request, Response};
 use crate::Api;
 
 pub(crate) fn topics(c: &Caller<'_>) -> Result<Value, ApiError> {
@@ -123,8 +124,9 @@ pub(crate) fn topic(c: &Caller<'_>, name: &str) -> ApiResult {
 }
 
 /// `PUT /api/topics/{name}`: `{"partitions": N, "config": {...}}`.
-pub(crate) fn put_topic(c: &Caller<'_>, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn put_topic(c: &Caller<'_>, name: &str, req: &Request) -> ApiResult {
     c.check("/", Access::Configure, "topic", name)?;
+    let b = &body(req)?;
     let partitions = match b.get("partitions") {
         None | Some(Value::Null) => 1,
         Some(v) => v
@@ -148,8 +150,9 @@ pub(crate) fn delete_topic(c: &Caller<'_>, name: &str) -> ApiResult {
 
 /// `PUT /api/jobs/{name}`: a running stream job reports itself (eddy run does, every few
 /// seconds).
-pub(crate) fn put_job(c: &Caller<'_>, name: &str, b: Value) -> ApiResult {
+pub(crate) fn put_job(c: &Caller<'_>, name: &str, req: &Request) -> ApiResult {
     c.check("/", Access::Write, "job", name)?;
+    let b = body(req)?;
     if !b.is_object() {
         return Err(ApiError::bad("a job report is a JSON object"));
     }

@@ -3,9 +3,9 @@
 use eddy_broker::{Permission, User};
 use serde_json::{json, Value};
 
-use crate::api::json::string;
+use crate::api::json::{body, string};
 use crate::api::{one, vhost_of, ApiError, ApiResult, Caller};
-use crate::server::Response;
+use crate::server::{Request, Response};
 use crate::Api;
 
 pub(crate) fn vhosts(c: &Caller<'_>) -> Value {
@@ -141,9 +141,9 @@ pub(crate) fn user(c: &Caller<'_>, name: &str) -> ApiResult {
 }
 
 /// `PUT /api/users/{name}`.
-pub(crate) fn set_user(c: &Caller<'_>, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn set_user(c: &Caller<'_>, name: &str, req: &Request) -> ApiResult {
     c.need_admin()?;
-    put_user(c.api, name, b)
+    put_user(c.api, name, &body(req)?)
 }
 
 /// `DELETE /api/users/{name}`.
@@ -170,9 +170,10 @@ pub(crate) fn permission(c: &Caller<'_>, vh: &str, name: &str) -> ApiResult {
 }
 
 /// `PUT /api/permissions/{vhost}/{user}`: configure, write and read are all required.
-pub(crate) fn set_permission(c: &Caller<'_>, vh: &str, name: &str, b: &Value) -> ApiResult {
+pub(crate) fn set_permission(c: &Caller<'_>, vh: &str, name: &str, req: &Request) -> ApiResult {
     c.need_admin()?;
     vhost_of(c.api, vh)?;
+    let b = &body(req)?;
     let field = |f: &str| -> Result<String, ApiError> {
         string(b, f)?
             .map(str::to_owned)
