@@ -198,6 +198,13 @@ struct ServeArgs {
     /// twins); one more is closed at once
     #[arg(long, env = "EDDY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Most connections open at once on each listener from one client address
+    #[arg(long, env = "EDDY_MAX_CONNECTIONS_PER_ADDRESS")]
+    max_connections_per_address: Option<usize>,
+    /// File descriptors kept from AMQP and Kafka connections for logs, metadata and the
+    /// management listener (the process's limit is raised to its hard limit at start)
+    #[arg(long, env = "EDDY_DESCRIPTOR_RESERVE")]
+    descriptor_reserve: Option<usize>,
     /// Heartbeat interval proposed to AMQP clients, seconds; 0 disables
     #[arg(long, env = "EDDY_HEARTBEAT")]
     heartbeat: Option<u16>,
@@ -382,20 +389,32 @@ async fn serve(settings: settings::Settings) -> Result<()> {
     let kafka = eddy_kafka::Kafka::new(broker.clone(), kafka_cfg);
     let http = eddy_http::Http::new(api);
     let limits = settings.listener_limits();
+    // AMQP and Kafka connections draw from one descriptor budget; the management listener
+    // does not, so that operators get in while clients hold all the budget allows
+    let descriptors = eddy_net::Descriptors::of_process(settings.limits.descriptor_reserve);
+    tracing::info!(
+        budget = descriptors.limit(),
+        "file descriptors AMQP and Kafka connections may hold"
+    );
+    let client_limits = eddy_net::Limits {
+        descriptors: Some(descriptors),
+        ..limits.clone()
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for l in listeners {
-        let (limits, stopped) = (limits.clone(), stopped.clone());
+        let stopped = stopped.clone();
+        let clients = client_limits.clone();
         match l.name() {
-            "amqp" | "amqps" => servers.spawn(eddy_net::serve(l, amqp.clone(), limits, stopped)),
-            "kafka" => servers.spawn(eddy_net::serve(l, kafka.clone(), limits, stopped)),
+            "amqp" | "amqps" => servers.spawn(eddy_net::serve(l, amqp.clone(), clients, stopped)),
+            "kafka" => servers.spawn(eddy_net::serve(l, kafka.clone(), clients, stopped)),
             "kafka-tls" => {
                 // its clients are told to come back to it
                 let at = l.local_addr()?;
                 let k = kafka.advertising(at.ip().to_string(), at.port());
-                servers.spawn(eddy_net::serve(l, k, limits, stopped))
+                servers.spawn(eddy_net::serve(l, k, clients, stopped))
             }
-            _ => servers.spawn(eddy_net::serve(l, http.clone(), limits, stopped)),
+            _ => servers.spawn(eddy_net::serve(l, http.clone(), limits.clone(), stopped)),
         };
     }
     shutdown_signal().await;

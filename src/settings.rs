@@ -247,6 +247,12 @@ pub struct Limits {
     pub disk_free_limit: u64,
     /// Most connections open at once on each listener; one more is closed at once.
     pub max_connections: usize,
+    /// Most connections open at once on each listener from one client address.
+    pub max_connections_per_address: usize,
+    /// File descriptors kept from client connections (AMQP, Kafka) for the logs, metadata and
+    /// the management listener: the connections of those listeners together take at most the
+    /// process's limit (raised to its hard limit at start) less this.
+    pub descriptor_reserve: usize,
 }
 
 impl Default for Limits {
@@ -258,6 +264,8 @@ impl Default for Limits {
             ),
             disk_free_limit: eddy_broker::BrokerConfig::default().disk_free_limit,
             max_connections: net.max_connections,
+            max_connections_per_address: net.max_connections_per_address,
+            descriptor_reserve: 256,
         }
     }
 }
@@ -303,6 +311,11 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("memory_high_watermark", "limits.memory_high_watermark"),
     ("disk_free_limit", "limits.disk_free_limit"),
     ("max_connections", "limits.max_connections"),
+    (
+        "max_connections_per_address",
+        "limits.max_connections_per_address",
+    ),
+    ("descriptor_reserve", "limits.descriptor_reserve"),
 ];
 
 /// Where a key of the flat file format (before sections) went, if `key = value` is one: `amqp`,
@@ -406,8 +419,10 @@ impl Settings {
         if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
             bail!("tls.client_ca (--tls-client-ca) needs tls.cert and tls.key");
         }
-        if self.limits.max_connections == 0 {
-            bail!("limits.max_connections must be at least 1");
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_address == 0 {
+            bail!(
+                "limits.max_connections and limits.max_connections_per_address must be at least 1"
+            );
         }
         if let Some(a) = &self.kafka.advertised {
             let (_, port) = a
@@ -483,10 +498,11 @@ impl Settings {
         }
     }
 
-    /// What every listener applies.
+    /// What every listener applies (the descriptor budget is the caller's to add).
     pub fn listener_limits(&self) -> eddy_net::Limits {
         eddy_net::Limits {
             max_connections: self.limits.max_connections,
+            max_connections_per_address: self.limits.max_connections_per_address,
             ..eddy_net::Limits::default()
         }
     }

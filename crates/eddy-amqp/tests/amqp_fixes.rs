@@ -1,6 +1,7 @@
 //! Behaviour fixed while the front end was reshaped, each as RabbitMQ does it: a connection
 //! error waits for the client's close-ok; durable queues take any valid name, however long its
-//! file-safe form; an exclusive mismatch on redeclare is 405.
+//! file-safe form; an exclusive mismatch on redeclare is 405; the handshake has an absolute
+//! deadline, however slowly its bytes trickle in.
 
 #[macro_use]
 mod common;
@@ -99,5 +100,37 @@ async fn exclusive_mismatch_on_redeclare_is_resource_locked() {
     assert_eq!(close.code, 405, "{close:?}");
     c.open_channel(1).await;
     c.close().await;
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_trickled_byte_by_byte_is_cut_at_its_deadline() {
+    let mut f = Fixture::new();
+    let began = std::time::Instant::now();
+    let mut c = f.connect_raw_with_deadline(Duration::from_millis(600));
+    c.start().await;
+    // a start-ok that never ends: one byte every 100 ms kept a connection in its handshake
+    // forever when the timeout restarted on every read
+    let mut closed = false;
+    for _ in 0..100 {
+        if c.try_send_raw(&[1]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if tokio::time::timeout(Duration::from_millis(100), c.next_frame())
+            .await
+            .is_ok_and(|f| f.is_none())
+        {
+            closed = true;
+            break;
+        }
+    }
+    let took = began.elapsed();
+    assert!(closed, "still open after {took:?}");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    drop(c);
     f.finish().await;
 }

@@ -109,6 +109,8 @@ pub(crate) struct BrokerInner {
     connections: Arc<crate::connections::Connections>,
     started: Instant,
     users: crate::users::Users,
+    /// One broker per data directory, for as long as this one lives.
+    _lock: crate::lock::DirLock,
 }
 
 /// Handle to the broker (cheap to clone).
@@ -175,6 +177,8 @@ impl Broker {
                 config.data_dir.display()
             ))
         })?;
+        // before anything in it is read or written
+        let lock = crate::lock::DirLock::take(&config.data_dir)?;
         let users = crate::users::Users::open(
             &config.data_dir,
             &config.users,
@@ -198,6 +202,7 @@ impl Broker {
             connections: Default::default(),
             started: Instant::now(),
             users,
+            _lock: lock,
         });
         let broker = Broker(inner);
         let offsets_log = Log::open(

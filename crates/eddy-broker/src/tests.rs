@@ -284,3 +284,22 @@ fn compaction_never_deletes_a_record_whose_publish_is_in_flight() {
     stop.store(true, Ordering::Relaxed);
     ticker.join().unwrap();
 }
+
+#[test]
+fn a_data_directory_takes_one_broker_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), 1 << 20);
+    let e = Broker::open(BrokerConfig {
+        data_dir: dir.path().to_owned(),
+        ..BrokerConfig::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("in use by another eddy"), "{e}");
+    assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+    // released with the broker
+    b.shutdown();
+    drop(b);
+    let b = open(dir.path(), 1 << 20);
+    drop(b);
+}

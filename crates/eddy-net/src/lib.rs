@@ -32,8 +32,9 @@
 mod stream;
 mod tls;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,14 +47,24 @@ pub use tls::{tls_acceptor, TlsError};
 /// A TLS server configuration ready to accept connections (rustls, ring provider).
 pub use tokio_rustls::TlsAcceptor;
 
-/// The limits every listener applies, whatever its protocol.
+/// The limits every listener applies, whatever its protocol. A connection over a cap is
+/// accepted and closed at once (the handler may say why first: [`Handler::refuse`]).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Most connections open at once on one listener (TLS handshakes in progress count). One
-    /// more is accepted and closed at once (the handler may say why first: [`Handler::refuse`]).
+    /// Most connections open at once on one listener (TLS handshakes in progress count).
     pub max_connections: usize,
+    /// Most connections open at once on one listener from one client address.
+    pub max_connections_per_address: usize,
+    /// The process's descriptors that this listener's connections draw from, shared with the
+    /// other listeners given the same budget (None: not counted — the management listener, so
+    /// that operators get in while clients hold every descriptor the budget allows).
+    pub descriptors: Option<Arc<Descriptors>>,
     /// How long a client may take over its TLS handshake, from the accept.
     pub tls_handshake: Duration,
+    /// How long a client may take, from the accept, over its protocol's handshake (AMQP:
+    /// until connection.open-ok; HTTP: a request's head) — absolute, however the bytes trickle
+    /// in: [`Conn::handshake_deadline`].
+    pub handshake: Duration,
     /// On shutdown, how long connections get to finish (each protocol says goodbye its own
     /// way) before they are aborted.
     pub drain: Duration,
@@ -63,8 +74,137 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 4096,
+            max_connections_per_address: 1024,
+            descriptors: None,
             tls_handshake: Duration::from_secs(10),
+            // RabbitMQ's handshake_timeout
+            handshake: Duration::from_secs(10),
             drain: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Descriptors connections may hold, shared by the listeners that draw from it.
+#[derive(Debug)]
+pub struct Descriptors {
+    limit: usize,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+impl Descriptors {
+    /// A budget of `limit` connections.
+    pub fn new(limit: usize) -> Arc<Descriptors> {
+        Arc::new(Descriptors {
+            limit,
+            open: Default::default(),
+        })
+    }
+
+    /// The process's descriptor limit less `reserve` (for logs, metadata and the listeners
+    /// that draw from no budget), after raising the soft limit to the hard one as far as the
+    /// system allows.
+    pub fn of_process(reserve: usize) -> Arc<Descriptors> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a properly sized out-parameter.
+        let soft = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                1024
+            } else {
+                if lim.rlim_cur < lim.rlim_max {
+                    let raised = libc::rlimit {
+                        rlim_cur: lim.rlim_max,
+                        rlim_max: lim.rlim_max,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                        lim.rlim_cur = lim.rlim_max;
+                    }
+                }
+                lim.rlim_cur as usize
+            }
+        };
+        let limit = if soft > reserve * 2 {
+            soft - reserve
+        } else {
+            soft / 2
+        };
+        Descriptors::new(limit)
+    }
+
+    /// The budget.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Connections holding a descriptor of the budget now.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(self: &Arc<Self>) -> Option<Taken> {
+        use std::sync::atomic::Ordering;
+        let mut n = self.open.load(Ordering::Relaxed);
+        loop {
+            if n >= self.limit {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Taken(self.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+/// One connection's share of a [`Descriptors`] budget, given back on drop.
+struct Taken(Arc<Descriptors>);
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// One connection's place in its listener's count per address, given back on drop.
+struct AddressSlot {
+    counts: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
+    addr: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        counts: &Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
+        addr: IpAddr,
+        max: usize,
+    ) -> Option<AddressSlot> {
+        let mut c = counts.lock();
+        let n = c.entry(addr).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock();
+        if let Some(n) = c.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.addr);
+            }
         }
     }
 }
@@ -79,6 +219,10 @@ pub struct Conn {
     pub local: SocketAddr,
     /// Whether the stream is TLS.
     pub tls: bool,
+    /// When the protocol's handshake must be done by ([`Limits::handshake`] after the accept):
+    /// the handler closes a connection still in its handshake then, however slowly bytes
+    /// arrive.
+    pub handshake_deadline: Instant,
     /// Turns true when the server shuts down: the handler closes the connection its
     /// protocol's way and returns (within [`Limits::drain`]).
     pub shutdown: watch::Receiver<bool>,
@@ -101,6 +245,7 @@ impl Conn {
             peer,
             local,
             tls: false,
+            handshake_deadline: Instant::now() + Limits::default().handshake,
             span: conn_span("memory", "memory", peer),
             shutdown,
         };
@@ -214,6 +359,7 @@ pub async fn serve<H: Handler>(
 ) {
     let Listener { name, tcp, tls } = listener;
     let mut conns = tokio::task::JoinSet::new();
+    let per_address = Arc::new(parking_lot::Mutex::new(HashMap::new()));
     let mut refused = Throttled::new();
     let mut failed = Throttled::new();
     loop {
@@ -222,15 +368,42 @@ pub async fn serve<H: Handler>(
                 Ok((stream, peer)) => {
                     // connections that ended count no longer, reaped or not
                     while conns.try_join_next().is_some() {}
-                    if conns.len() >= limits.max_connections {
+                    let over = if conns.len() >= limits.max_connections {
+                        Some(format!("{} connections open, the listener's cap", limits.max_connections))
+                    } else {
+                        None
+                    };
+                    let slot = match over {
+                        Some(_) => None,
+                        None => AddressSlot::take(&per_address, peer.ip(), limits.max_connections_per_address),
+                    };
+                    let over = over.or_else(|| slot.is_none().then(|| format!("{} connections open from {}, the cap per address", limits.max_connections_per_address, peer.ip())));
+                    let taken = match (&over, &limits.descriptors) {
+                        (None, Some(d)) => match d.take() {
+                            Some(t) => Some(t),
+                            None => {
+                                drop(slot);
+                                if let Some(skipped) = refused.ready() {
+                                    tracing::warn!(listener = %name, %peer, skipped, "{} connections hold the descriptors the listeners may use: closing a new one", d.limit());
+                                }
+                                if tls.is_none() {
+                                    handler.refuse(&stream);
+                                }
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
+                    if let Some(why) = over {
                         if let Some(skipped) = refused.ready() {
-                            tracing::warn!(listener = %name, %peer, skipped, "{} connections open, the listener's cap: closing a new one", limits.max_connections);
+                            tracing::warn!(listener = %name, %peer, skipped, "{why}: closing a new one");
                         }
                         if tls.is_none() {
                             handler.refuse(&stream);
                         }
                         continue;
                     }
+                    let handshake_deadline = Instant::now() + limits.handshake;
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().unwrap_or(peer);
                     let span = conn_span(handler.protocol(), &name, peer);
@@ -238,16 +411,21 @@ pub async fn serve<H: Handler>(
                     let handler = handler.clone();
                     match &tls {
                         None => {
-                            let conn = Conn { stream: Stream::Tcp(stream), peer, local, tls: false, shutdown, span: span.clone() };
-                            conns.spawn(handler.handle(conn).instrument(span));
+                            let conn = Conn { stream: Stream::Tcp(stream), peer, local, tls: false, handshake_deadline, shutdown, span: span.clone() };
+                            conns.spawn(async move {
+                                // the connection's places in the counts go with it
+                                let _held = (slot, taken);
+                                handler.handle(conn).await
+                            }.instrument(span));
                         }
                         Some(acceptor) => {
                             let acceptor = acceptor.clone();
                             let deadline = limits.tls_handshake;
                             conns.spawn(async move {
+                                let _held = (slot, taken);
                                 match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                                     Ok(Ok(s)) => {
-                                        let conn = Conn { stream: Stream::Tls(Box::new(s)), peer, local, tls: true, shutdown, span: tracing::Span::current() };
+                                        let conn = Conn { stream: Stream::Tls(Box::new(s)), peer, local, tls: true, handshake_deadline, shutdown, span: tracing::Span::current() };
                                         handler.handle(conn).await
                                     }
                                     Ok(Err(e)) => tracing::warn!("TLS handshake failed: {e}"),

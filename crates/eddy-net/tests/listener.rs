@@ -235,3 +235,75 @@ async fn a_tls_client_that_never_finishes_its_handshake_is_closed_at_the_deadlin
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_more_than_its_share_of_a_listener() {
+    let limits = Limits {
+        max_connections_per_address: 2,
+        ..Limits::default()
+    };
+    let (addr, _handler, stop, server) = start(limits, false).await;
+    let mut held = vec![greeted(addr).await, greeted(addr).await];
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_some(&mut third).await, b"full");
+    assert_eq!(read_some(&mut third).await, b"");
+    // another address is counted apart (127.0.0.2 is loopback too on Linux)
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(addr).await.unwrap();
+    assert_eq!(read_some(&mut other).await, b"hi");
+    // a closed one frees its address's place
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if read_some(&mut s).await == b"hi" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the address's place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_sharing_a_descriptor_budget_leave_the_others_room() {
+    let budget = eddy_net::Descriptors::new(3);
+    let shared = Limits {
+        descriptors: Some(budget.clone()),
+        ..Limits::default()
+    };
+    let (a, _ha, stop_a, server_a) = start(shared.clone(), false).await;
+    let (b, _hb, stop_b, server_b) = start(shared, false).await;
+    // the management listener draws from no budget
+    let (admin, _hc, stop_c, server_c) = start(Limits::default(), false).await;
+    let _held = vec![greeted(a).await, greeted(a).await, greeted(b).await];
+    assert_eq!(budget.open(), 3);
+    for addr in [a, b] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_some(&mut s).await, b"full", "{addr}");
+    }
+    let mut ok = greeted(admin).await;
+    ok.write_all(b"still here").await.unwrap();
+    assert_eq!(read_some(&mut ok).await, b"still here");
+    drop(_held);
+    for (stop, server) in [(stop_a, server_a), (stop_b, server_b), (stop_c, server_c)] {
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        budget.open(),
+        0,
+        "every connection gave its descriptor back"
+    );
+}

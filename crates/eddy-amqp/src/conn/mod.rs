@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{parse_class, AMQPClass};
 use amq_protocol::types::FieldTable;
@@ -49,7 +49,16 @@ use state::{Conn, Phase};
 pub(crate) async fn handle(c: eddy_net::Conn, broker: Broker, cfg: Arc<AmqpConfig>) {
     let (rd, wr) = c.stream.into_split();
     handle_io(
-        rd, wr, c.peer, c.local, c.tls, broker, cfg, c.shutdown, c.span,
+        rd,
+        wr,
+        c.peer,
+        c.local,
+        c.tls,
+        c.handshake_deadline,
+        broker,
+        cfg,
+        c.shutdown,
+        c.span,
     )
     .await
 }
@@ -61,6 +70,7 @@ async fn handle_io(
     peer: SocketAddr,
     local: SocketAddr,
     tls: bool,
+    handshake_deadline: Instant,
     broker: Broker,
     cfg: Arc<AmqpConfig>,
     shutdown: watch::Receiver<bool>,
@@ -136,7 +146,8 @@ async fn handle_io(
             } else if conn.phase == Phase::Running {
                 Duration::from_secs(u64::MAX / 4)
             } else {
-                Duration::from_secs(30) // handshake must finish
+                // the handshake must be done by an absolute deadline, however slowly bytes come
+                handshake_deadline.saturating_duration_since(Instant::now())
             };
             if out.closed.load(Ordering::Relaxed) && conn.phase != Phase::Closing {
                 return Err("writing to the client failed".into());
@@ -166,7 +177,8 @@ async fn handle_io(
                     Ok(Ok(0)) => return Err("client closed the socket".into()),
                     Ok(Ok(n)) => counters.received(n),
                     Ok(Err(e)) => return Err(format!("read error: {e}")),
-                    Err(_) => return Err(format!("missed heartbeats from client, timeout: {}s", idle.as_secs())),
+                    Err(_) if conn.phase == Phase::Running => return Err(format!("missed heartbeats from client, timeout: {}s", idle.as_secs())),
+                    Err(_) => return Err("no AMQP handshake by its deadline (handshake_timeout)".into()),
                 },
                 _ = wake.notified() => conn.on_wake(),
                 _ = conn.alarms.changed() => conn.on_alarm(),

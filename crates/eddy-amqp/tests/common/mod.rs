@@ -99,6 +99,15 @@ impl Fixture {
         Client::new(io)
     }
 
+    /// A new in-memory connection whose handshake must be done within `within`.
+    pub fn connect_raw_with_deadline(&mut self, within: std::time::Duration) -> Client {
+        let (mut conn, io) = eddy_net::Conn::in_memory(self.shutdown.subscribe());
+        conn.handshake_deadline = std::time::Instant::now() + within;
+        self.handlers
+            .push(tokio::spawn(self.amqp.clone().handle(conn)));
+        Client::new(io)
+    }
+
     /// A connection opened on vhost `/` as guest, with channel 1 open.
     pub async fn connect(&mut self) -> Client {
         let mut c = self.connect_as("guest", "guest", "/").await;
@@ -166,6 +175,11 @@ impl Client {
     /// Write bytes as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.io.write_all(bytes).await.expect("write to the server");
+    }
+
+    /// Write bytes as they are; an error once the server has closed.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await
     }
 
     /// Write one frame.
