@@ -61,15 +61,17 @@ def test_durable_topology_survives_restart_transient_does_not(own_eddy):
 
 
 def test_memory_alarm_blocks_publishers(own_eddy):
-    s = own_eddy("--memory-high-watermark", "200000")
+    # the alarm compares the process's real memory (the allocator's count) with the
+    # watermark: 64 MB is well above an idle broker's and below what 80 MB of messages take
+    s = own_eddy("--memory-high-watermark", str(64 << 20))
     blocked = []
     conn = pika.BlockingConnection(params(s, blocked_connection_timeout=30))
     conn.add_on_connection_blocked_callback(lambda c, m: blocked.append(m.method.reason))
     ch = conn.channel()
     q = qname("mem")
     ch.queue_declare(q, auto_delete=False)
-    body = b"x" * 10000
-    for _ in range(40):  # 400 kB, twice the watermark
+    body = b"x" * (1 << 20)
+    for _ in range(40):  # 40 MB: not yet blocked, whatever the broker's own baseline
         ch.basic_publish("", q, body)
     deadline = time.monotonic() + 10
     while not blocked and time.monotonic() < deadline:
@@ -91,6 +93,41 @@ def test_memory_alarm_blocks_publishers(own_eddy):
     assert unblocked, "connection.unblocked was not sent"
     ch.basic_publish("", q, b"after")
     conn.close()
+
+
+def rss(proc):
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_memory_alarm_sees_the_real_memory_of_small_messages(own_eddy):
+    # small messages cost the process several times their size: an alarm that counted only
+    # message bytes let a 100 MB watermark grow to ~590 MB resident before it tripped
+    watermark = 100_000_000
+    s = own_eddy("--memory-high-watermark", str(watermark))
+    blocked = []
+    conn = pika.BlockingConnection(params(s, blocked_connection_timeout=60))
+    conn.add_on_connection_blocked_callback(lambda c, m: blocked.append(m.method.reason))
+    ch = conn.channel()
+    q = qname("small")
+    ch.queue_declare(q, auto_delete=False)
+    body = b"x" * 100
+    deadline = time.monotonic() + 120
+    sent = 0
+    while not blocked and time.monotonic() < deadline:
+        for _ in range(1000):
+            ch.basic_publish("", q, body)
+        sent += 1000
+        conn.process_data_events(time_limit=0)
+    assert blocked, f"{sent} messages of 100 bytes did not raise the alarm"
+    resident = rss(s.proc)
+    assert resident < 2 * watermark, f"{resident / 1e6:.0f} MB resident when the alarm tripped after {sent} messages"
+    print(f"alarm after {sent} messages of 100 B at {resident / 1e6:.0f} MB resident (watermark {watermark / 1e6:.0f} MB)")
+    # the blocked connection is left to the server's shutdown (pika cannot close it while
+    # blocked)
 
 
 def test_dead_peer_is_detected_and_its_messages_requeued(own_eddy):
@@ -211,7 +248,7 @@ def test_disk_alarm_blocks_publishers(own_eddy):
 
 
 def test_uncommitted_transactions_count_toward_the_memory_alarm(own_eddy):
-    s = own_eddy("--memory-high-watermark", "200000")
+    s = own_eddy("--memory-high-watermark", str(64 << 20))
     blocked = []
     conn = pika.BlockingConnection(params(s, blocked_connection_timeout=30))
     conn.add_on_connection_blocked_callback(lambda c, m: blocked.append(m.method.reason))
@@ -219,12 +256,12 @@ def test_uncommitted_transactions_count_toward_the_memory_alarm(own_eddy):
     q = qname("tx-mem")
     ch.queue_declare(q)
     ch.tx_select()
-    body = b"x" * 10000
-    deadline = time.monotonic() + 10
+    body = b"x" * (1 << 20)
+    deadline = time.monotonic() + 20
     sent = 0
     while not blocked and time.monotonic() < deadline:
         ch.basic_publish("", q, body)  # never committed
         sent += 1
         conn.process_data_events(time_limit=0.01)
-    assert blocked, f"{sent} uncommitted publishes of 10 kB did not raise the alarm"
-    assert sent < 60
+    assert blocked, f"{sent} uncommitted publishes of 1 MB did not raise the alarm"
+    assert sent < 100

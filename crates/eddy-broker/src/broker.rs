@@ -365,6 +365,8 @@ impl Broker {
             let mut last_disk = Instant::now() - Duration::from_secs(10);
             let mut disk_alarm = false;
             let mut last_retention = Instant::now();
+            let mut last_memory = Instant::now() - Duration::from_secs(1);
+            let mut real_memory = 0i64;
             loop {
                 tick.tick().await;
                 let Some(inner) = inner.upgrade() else { break };
@@ -396,7 +398,14 @@ impl Broker {
                         disk_alarm = free < b.0.config.disk_free_limit;
                     }
                 }
-                let mem_alarm = b.memory_used() > b.0.config.memory_high_watermark as i64;
+                // the process's real memory, read four times a second, or the message estimate,
+                // whichever is more (the estimate reacts between readings)
+                if now.duration_since(last_memory) >= Duration::from_millis(250) {
+                    last_memory = now;
+                    real_memory = crate::memory::allocated().unwrap_or(0) as i64;
+                }
+                let used = b.memory_used().max(real_memory);
+                let mem_alarm = used > b.0.config.memory_high_watermark as i64;
                 let new = Alarms {
                     memory: mem_alarm,
                     disk: disk_alarm,
@@ -407,7 +416,8 @@ impl Broker {
                             tracing::warn!(
                                 memory = new.memory,
                                 disk = new.disk,
-                                used = b.memory_used(),
+                                messages = b.memory_used(),
+                                allocated = real_memory,
                                 "resource alarm raised: publishers are blocked until it clears"
                             );
                         } else {

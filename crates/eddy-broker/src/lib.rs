@@ -22,6 +22,7 @@ pub mod connections;
 pub mod error;
 pub mod exchange;
 mod lock;
+pub mod memory;
 pub mod message;
 mod metadata;
 pub mod offsets;
