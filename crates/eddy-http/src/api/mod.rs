@@ -183,6 +183,20 @@ impl Caller<'_> {
     }
 }
 
+/// Longest queue or exchange name, in bytes (AMQP's short string).
+pub(crate) const MAX_NAME: usize = 255;
+
+/// A queue or exchange name AMQP can carry: at most [`MAX_NAME`] bytes.
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    if name.len() > MAX_NAME {
+        return Err(ApiError::bad(format!(
+            "{kind} name is {} bytes; at most {MAX_NAME} are allowed",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Path segments, percent-decoded.
 pub(crate) fn segments(path: &str) -> Result<Vec<String>, ApiError> {
     path.trim_start_matches('/')

@@ -1,0 +1,72 @@
+//! What the HTTP front end refuses from careless or hostile clients, each tested in process
+//! over an in-memory connection: queue names over 255 bytes and bodies that are no JSON
+//! object (400).
+
+mod common;
+
+use common::*;
+
+// ---------------------------------------------------------------- clear errors
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_names_and_bodies_that_are_no_object_are_400() {
+    let f = Fixture::new();
+    let long = "q".repeat(256);
+    for (path, body) in [
+        (format!("/api/queues/%2F/{long}"), "{}"),
+        (format!("/api/exchanges/%2F/{long}"), r#"{"type":"direct"}"#),
+    ] {
+        let r = f.call(&json_request("PUT", &path, body)).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.reason().contains("255"), "{}", r.text());
+    }
+    assert!(f.broker.vhost("/").unwrap().queue(&long).is_none());
+    // 255 bytes of a multi-byte name are fine, 256 are not
+    let fits = "é".repeat(127) + "q";
+    let enc = |s: &str| s.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    let r = f
+        .call(&json_request(
+            "PUT",
+            &format!("/api/queues/%2F/{}", enc(&fits)),
+            "{}",
+        ))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = f
+        .call(&json_request(
+            "PUT",
+            &format!("/api/queues/%2F/{}", enc(&"é".repeat(128))),
+            "{}",
+        ))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // a definitions import names its queues in the body
+    let r = f
+        .call(&json_request(
+            "POST",
+            "/api/definitions",
+            &format!(r#"{{"queues":[{{"name":"{long}","vhost":"/"}}]}}"#),
+        ))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(f.broker.vhost("/").unwrap().queue(&long).is_none());
+    // JSON that is not an object
+    for body in ["[1, 2]", "\"durable\"", "null", "42", "true"] {
+        for (method, path) in [
+            ("PUT", "/api/queues/%2F/shaped"),
+            ("POST", "/api/definitions"),
+            ("PUT", "/api/users/shaped"),
+            ("POST", "/api/exchanges/%2F/amq.default/publish"),
+        ] {
+            let r = f.call(&json_request(method, path, body)).await;
+            assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.text());
+            assert!(
+                r.reason().contains("must be a JSON object"),
+                "{method} {path} {body}: {}",
+                r.text()
+            );
+        }
+    }
+    assert!(f.broker.vhost("/").unwrap().queue("shaped").is_none());
+    assert!(f.broker.users().get("shaped").is_none());
+}
