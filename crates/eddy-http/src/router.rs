@@ -33,14 +33,17 @@ pub(crate) async fn route(api: &Arc<Api>, req: Request) -> Response {
         ("GET" | "HEAD", "/style.css") => Response::new(200, "text/css; charset=utf-8", STYLE),
         ("GET" | "HEAD", "/favicon.ico") => Response::empty(204),
         ("GET" | "HEAD", "/metrics") => {
-            // the metrics name every vhost, queue, topic and group: scrapers log in (Basic,
-            // any management tag), as to the rest of the API
-            match handlers::authenticate(api, &req) {
-                Ok(user) => tracing::Span::current().record("user", user.name.as_str()),
+            // the metrics name vhosts, queues, topics and groups: scrapers log in (Basic, any
+            // management tag), as to the rest of the API, and see in them what the API shows
+            let user = match handlers::authenticate(api, &req) {
+                Ok(user) => {
+                    tracing::Span::current().record("user", user.name.as_str());
+                    user
+                }
                 Err(e) => return e.response(),
             };
             let api = api.clone();
-            match tokio::task::spawn_blocking(move || metrics::render(&api)).await {
+            match tokio::task::spawn_blocking(move || metrics::render(&api, &user)).await {
                 Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
                 Err(_) => ApiError {
                     status: 500,

@@ -1,6 +1,6 @@
 //! What the HTTP front end refuses from careless or hostile clients, each tested in process
 //! over an in-memory connection: queue names over 255 bytes and bodies that are no JSON
-//! object (400).
+//! object (400); and that `/metrics` shows a management user only what the API shows it.
 
 mod common;
 
@@ -69,4 +69,83 @@ async fn long_names_and_bodies_that_are_no_object_are_400() {
     }
     assert!(f.broker.vhost("/").unwrap().queue("shaped").is_none());
     assert!(f.broker.users().get("shaped").is_none());
+}
+
+// ---------------------------------------------------------------- who sees what
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_a_user_what_the_api_shows_it() {
+    let f = Fixture::new();
+    let declare = |vhost: &str, name: &str| {
+        f.broker
+            .vhost(vhost)
+            .unwrap()
+            .declare_queue(
+                eddy_broker::QueueDeclare {
+                    name: name.into(),
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+    };
+    f.broker.declare_vhost("secret").unwrap();
+    f.broker.declare_vhost("mine").unwrap();
+    declare("secret", "secret-q");
+    declare("/", "default-q");
+    declare("mine", "mine-q");
+    f.broker
+        .create_topic("hidden-topic", 1, Default::default())
+        .unwrap();
+    // a management user with permissions in `mine` only
+    f.add_user("mgr", "pw", &["management"], Some("mine"));
+    let as_mgr = format!("Authorization: {}\r\n", basic("mgr", "pw"));
+    let api = f.call(&request("GET", "/api/queues", &as_mgr, "")).await;
+    let names: Vec<String> = api
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["mine-q"]);
+    let r = f.call(&request("GET", "/metrics", &as_mgr, "")).await;
+    assert_eq!(r.status, 200);
+    let m = r.text();
+    assert!(m.contains(r#"queue="mine-q""#), "{m}");
+    for hidden in [
+        "secret-q",
+        "default-q",
+        "secret",
+        "hidden-topic",
+        "eddy_uptime_seconds",
+        "eddy_memory_used_bytes",
+    ] {
+        assert!(
+            !m.contains(hidden),
+            "{hidden} in a management user's metrics:\n{m}"
+        );
+    }
+    // a monitoring user (and an administrator) sees everything
+    f.add_user("mon", "pw", &["monitoring"], None);
+    for (user, pw) in [("mon", "pw"), ("guest", "guest")] {
+        let r = f
+            .call(&request(
+                "GET",
+                "/metrics",
+                &format!("Authorization: {}\r\n", basic(user, pw)),
+                "",
+            ))
+            .await;
+        let m = r.text();
+        for shown in [
+            r#"queue="secret-q""#,
+            r#"queue="default-q""#,
+            r#"queue="mine-q""#,
+            r#"topic="hidden-topic""#,
+            "eddy_uptime_seconds",
+        ] {
+            assert!(m.contains(shown), "{user}: no {shown}");
+        }
+    }
 }
