@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::api::{self, Api};
 use crate::router::route;
-use crate::server::{self, read_body, read_request, write_response, ReadError};
+use crate::server::{self, read_body, read_request, write_response, ReadError, Request};
 
 /// How long a keep-alive connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(120);
@@ -80,9 +80,7 @@ pub(crate) async fn serve_connection(api: Arc<Api>, conn: eddy_net::Conn) {
             }
             Ok(Ok(())) => {}
         }
-        let close = req
-            .header("connection")
-            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        let close = req.must_close || asks_close(&req);
         let head = req.method == "HEAD";
         let resp = route(&api, req).await;
         let written =
@@ -96,4 +94,10 @@ pub(crate) async fn serve_connection(api: Arc<Api>, conn: eddy_net::Conn) {
             return;
         }
     }
+}
+
+/// Whether the client asked for the connection to close after this request.
+fn asks_close(req: &Request) -> bool {
+    req.header("connection")
+        .is_some_and(|c| c.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
 }

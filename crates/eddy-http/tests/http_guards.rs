@@ -1,10 +1,54 @@
 //! What the HTTP front end refuses from careless or hostile clients, each tested in process
-//! over an in-memory connection: queue names over 255 bytes and bodies that are no JSON
-//! object (400); and that `/metrics` shows a management user only what the API shows it.
+//! over an in-memory connection: framing with both `Content-Length` and `Transfer-Encoding`
+//! (the connection closes after the response), queue names over 255 bytes and bodies that are
+//! no JSON object (400); and that `/metrics` shows a management user only what the API shows
+//! it.
 
 mod common;
 
 use common::*;
+
+// ---------------------------------------------------------------- framing
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_length_with_transfer_encoding_closes_after_the_response() {
+    let f = Fixture::new();
+    let mut c = f.connect();
+    // Transfer-Encoding decides the body (RFC 9112 6.1): the 2 chunked bytes, not 50; what
+    // follows in the same write is not taken as another request
+    c.send(
+        format!(
+            "PUT /api/vhosts/smuggled HTTP/1.1\r\nHost: h\r\nAuthorization: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 50\r\n\
+             Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n\
+             GET /api/overview HTTP/1.1\r\nHost: h\r\n\r\n",
+            basic("guest", "guest")
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c.response().await.expect("a response");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    c.expect_closed().await;
+    // a Transfer-Encoding that does not end in chunked leaves the length unknown: 400
+    let mut c = f.connect();
+    c.send(
+        b"POST /api/definitions HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await.expect("a response");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.reason().contains("Transfer-Encoding"), "{}", r.text());
+    c.expect_closed().await;
+    // two different Content-Lengths: 400
+    let mut c = f.connect();
+    c.send(b"PUT /api/vhosts/x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}")
+        .await;
+    let r = c.response().await.expect("a response");
+    assert_eq!(r.status, 400, "{}", r.text());
+    c.expect_closed().await;
+}
 
 // ---------------------------------------------------------------- clear errors
 
