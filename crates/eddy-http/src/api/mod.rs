@@ -6,7 +6,9 @@
 //! everything; `monitoring` users see every vhost; `management` users see the vhosts they have
 //! permissions in. Declaring, deleting, publishing, getting and purging go through the same
 //! configure/write/read permission checks as AMQP. Users, vhosts, permissions and definitions
-//! imports are for administrators.
+//! imports are for administrators. A request body is a JSON object sent as
+//! `Content-Type: application/json`; a request that changes something and names a foreign
+//! `Origin` is refused (the router's `admit`, before the body is read).
 
 pub mod definitions;
 pub mod json;
@@ -135,6 +137,45 @@ pub fn authenticate(api: &Api, req: &Request) -> Result<User, ApiError> {
             Err(unauthorized(&format!("Login failed: {e}")))
         }
     }
+}
+
+/// Whether a `Content-Type` is JSON's (`application/json`, parameters such as `charset`
+/// allowed).
+pub(crate) fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether an `Origin` is the server the request was sent to: its host and port are the
+/// request's `Host` (or `X-Forwarded-Host`, which a proxy in front sets and a foreign page
+/// cannot), default ports left out. The scheme is not compared, so a proxy that ends TLS in
+/// front of the plain listener keeps working. `null` (a sandboxed or local page) is foreign.
+pub(crate) fn same_origin(origin: &str, req: &Request) -> bool {
+    let Some((scheme, authority)) = origin.trim().split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let norm = |a: &str| {
+        let a = a.trim().to_ascii_lowercase();
+        match a.strip_suffix(default_port) {
+            Some(host) => host.to_owned(),
+            None => a,
+        }
+    };
+    let origin = norm(authority);
+    if origin.is_empty() || origin.contains('/') {
+        return false;
+    }
+    [req.header("host"), req.header("x-forwarded-host")]
+        .into_iter()
+        .flatten()
+        .any(|h| norm(h.split(',').next().unwrap_or_default()) == origin)
 }
 
 /// Who is asking, and what they may see.
