@@ -28,6 +28,7 @@ fn console_file(path: &str) -> Option<(&'static str, &'static str)> {
         "/" | "/index.html" => ("text/html; charset=utf-8", INDEX),
         "/app.js" => ("application/javascript; charset=utf-8", APP_JS),
         "/style.css" => ("text/css; charset=utf-8", STYLE),
+        // no icon: an empty body is answered 204
         "/favicon.ico" => ("", ""),
         _ => return None,
     })
