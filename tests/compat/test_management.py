@@ -431,6 +431,7 @@ def test_review_findings_stay_fixed(own_eddy):
     auth = base64.b64encode(b"guest:guest").decode()
     with socket.create_connection(("127.0.0.1", s.http_port)) as sock:
         sock.sendall(f"POST /api/definitions HTTP/1.1\r\nAuthorization: Basic {auth}\r\n"
+                     "Content-Type: application/json\r\n"
                      "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nfffffffffffffffe\r\n".encode())
         assert sock.recv(100).startswith(b"HTTP/1.1 413")
     assert call(s, "GET", "/api/overview")[0] == 200
@@ -514,3 +515,80 @@ def test_permissions_are_checked_before_the_body_is_read(broker):
     # an administrator sending the same is told what is wrong with the body
     status, body = call(broker, "PUT", "/api/topics/t-bad-body", b"{not json")
     assert status == 400 and "not JSON" in body["reason"], body
+
+
+def test_cross_site_careless_and_blank_password_requests_are_refused(broker):
+    """What a page on another site can make a browser send (text/plain, a foreign Origin) is
+    refused before it changes anything, as is curl's form-typed -d; a body to /metrics is
+    refused unread; the console cannot be framed; a blank password logs in neither over HTTP
+    nor AMQP (the API still takes one, as RabbitMQ's); /metrics shows a management user only
+    its vhosts."""
+    import socket
+    import subprocess
+    evil = json.dumps({"users": [{"name": "csrf-admin", "password": "pw", "tags": "administrator"}]}).encode()
+
+    def post(headers, body=evil, path="/api/definitions"):
+        req = urllib.request.Request(broker.http + path, data=body, method="POST")
+        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+        for k, v in headers.items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    status, text = post({"Content-Type": "text/plain"})
+    assert status == 415 and b"application/json" in text, text
+    status, text = post({"Content-Type": "application/json", "Origin": "http://evil.example"})
+    assert status == 403 and b"cross-origin" in text, text
+    assert call(broker, "GET", "/api/users/csrf-admin")[0] == 404
+    # the console's own origin is let through
+    status, text = post({"Content-Type": "application/json", "Origin": broker.http},
+                        body=json.dumps({"vhosts": [{"name": "same-origin-vh"}]}).encode())
+    assert status == 204, text
+    # curl: -d alone sends a form type; with the JSON header it works
+    url = broker.http + "/api/vhosts/" + qname("curlvh")
+    def curl(*args):
+        r = subprocess.run(["curl", "-sS", "-u", "guest:guest", "-o", "/dev/null", "-w", "%{http_code}", *args],
+                           capture_output=True, text=True, timeout=30)
+        return r.stdout
+    assert curl("-X", "PUT", "-d", "{}", url) == "415"
+    assert curl("-X", "PUT", "-H", "Content-Type: application/json", "-d", "{}", url) == "201"
+    assert curl("-X", "DELETE", url) == "204"
+    # a body to /metrics is refused before any of it is read
+    with socket.create_connection(("127.0.0.1", broker.http_port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nContent-Length: 67108864\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 401")
+    auth = base64.b64encode(b"guest:guest").decode()
+    with socket.create_connection(("127.0.0.1", broker.http_port), timeout=10) as sock:
+        sock.sendall(f"GET /metrics HTTP/1.1\r\nAuthorization: Basic {auth}\r\n"
+                     "Content-Length: 67108864\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    # the console's page may not be framed
+    with urllib.request.urlopen(broker.http + "/", timeout=30) as r:
+        assert r.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    # blank passwords: accepted by the API, refused at every login
+    blank = qname("blank")
+    assert call(broker, "PUT", f"/api/users/{blank}", {"password": "", "tags": "administrator"})[0] == 201
+    assert call(broker, "PUT", f"/api/permissions/%2F/{blank}", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+    status, e = call(broker, "GET", "/api/overview", user=blank, password="")
+    assert status == 401 and "blank password" in e["reason"], e
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        amqp(broker, blank, "")
+    # (librdkafka will not send a blank password: the Kafka side is tested in process)
+    # /metrics: a management user sees the queues of its vhosts only
+    vh, mgr = qname("mgrvh"), qname("mgr")
+    assert call(broker, "PUT", f"/api/vhosts/{vh}")[0] == 201
+    assert call(broker, "PUT", f"/api/users/{mgr}", {"password": "pw", "tags": "management"})[0] == 201
+    assert call(broker, "PUT", f"/api/permissions/{vh}/{mgr}", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+    assert call(broker, "PUT", f"/api/queues/{vh}/mine", {}, user=mgr, password="pw")[0] == 201
+    other = qname("notmine")
+    assert call(broker, "PUT", f"/api/queues/%2F/{other}", {})[0] == 201
+    status, text = call(broker, "GET", "/metrics", user=mgr, password="pw", raw=True)
+    assert status == 200
+    queues = {(s.labels["vhost"], s.labels["queue"])
+              for f in text_string_to_metric_families(text.decode()) if f.name == "eddy_queue_messages_ready"
+              for s in f.samples}
+    assert queues == {(vh, "mine")}, queues

@@ -1018,6 +1018,11 @@ type HandshakeCase = (&'static str, Until, u16, &'static str, (u16, u16));
 async fn handshake_errors_close_the_connection() {
     let mut f = Fixture::new();
     f.broker.add_vhost("elsewhere");
+    // a user may be given a blank password; logging in with it is refused (RabbitMQ's rule)
+    f.broker
+        .users()
+        .put("blank", Some(""), None, vec![])
+        .unwrap();
     let amqplain = |login: &str, password: &str| {
         // a field table's content, without its length
         let t = table(&[("LOGIN", long_str(login)), ("PASSWORD", long_str(password))]);
@@ -1050,6 +1055,13 @@ async fn handshake_errors_close_the_connection() {
             Until::StartOk("PLAIN", b"\0nobody\0guest".to_vec()),
             403,
             "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN: invalid credentials for user 'nobody'",
+            (10, 11),
+        ),
+        (
+            "blank password",
+            Until::StartOk("PLAIN", b"\0blank\0".to_vec()),
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN: user 'blank' attempted to log in with a blank password, which is prohibited",
             (10, 11),
         ),
         (

@@ -798,7 +798,15 @@ impl VHostParent for BrokerInner {
             )));
         }
         let id = *uuid_v4();
-        let topic = self.open_topic(name, id, partitions, config)?;
+        let topic = match self.open_topic(name, id, partitions, config) {
+            Ok(t) => t,
+            Err(e) => {
+                // no topic of this name exists: what the failed attempt left on disk (up to
+                // one directory per partition) goes
+                let _ = std::fs::remove_dir_all(topic_dir(&self.config.data_dir, name));
+                return Err(e);
+            }
+        };
         self.topics.write().insert(name.to_owned(), topic.clone());
         drop(lifecycle);
         self.save_metadata();

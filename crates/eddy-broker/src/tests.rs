@@ -303,3 +303,28 @@ fn a_data_directory_takes_one_broker_at_a_time() {
     let b = open(dir.path(), 1 << 20);
     drop(b);
 }
+
+/// A topic creation that fails part-way (here a partition's directory cannot be made) leaves
+/// none of the partition directories it made behind, and the name can be created afterwards.
+#[test]
+fn a_failed_topic_creation_leaves_no_partition_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path(), 1 << 20);
+    let topic_dir = dir.path().join("topics").join("half");
+    std::fs::create_dir_all(&topic_dir).unwrap();
+    // partition 70 of 100 cannot have its directory: a file is in the way
+    std::fs::write(topic_dir.join("70"), b"in the way").unwrap();
+    assert!(b
+        .create_topic("half", 100, crate::TopicConfig::default())
+        .is_err());
+    assert!(b.topic("half").is_none());
+    assert!(
+        !topic_dir.exists(),
+        "left behind: {} entries",
+        std::fs::read_dir(&topic_dir).map_or(0, |d| d.count())
+    );
+    let t = b
+        .create_topic("half", 100, crate::TopicConfig::default())
+        .unwrap();
+    assert_eq!(t.partition_count(), 100);
+}

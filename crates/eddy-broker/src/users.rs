@@ -213,6 +213,12 @@ impl Users {
         initial: &[(String, String)],
         loopback_only: Vec<String>,
     ) -> Result<Users> {
+        for (n, _) in initial.iter().filter(|(_, p)| p.is_empty()) {
+            tracing::warn!(
+                user = n.as_str(),
+                "configured user has a blank password: it cannot log in (blank passwords are refused)"
+            );
+        }
         let path = data_dir.join("users.json");
         let stored: Stored = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -319,8 +325,15 @@ impl Users {
         .map_err(|e| BrokerError::Internal(format!("cannot write users.json: {e}")))
     }
 
-    /// Check a password login. Loopback-only users (`guest`) are refused from elsewhere.
+    /// Check a password login. A blank password is refused whatever is stored (RabbitMQ's
+    /// internal backend does the same); loopback-only users (`guest`) are refused from
+    /// elsewhere.
     pub fn authenticate(&self, user: &str, password: &str, from_loopback: bool) -> Result<User> {
+        if password.is_empty() {
+            return Err(BrokerError::AccessRefused(format!(
+                "user '{user}' attempted to log in with a blank password, which is prohibited"
+            )));
+        }
         let found = self.inner.read().users.get(user).cloned();
         let Some(u) = found.filter(|u| check_password(&u.password_hash, password)) else {
             return Err(BrokerError::AccessRefused(format!(
@@ -552,6 +565,24 @@ mod tests {
         assert!(!check_password(&h, "s3creT"));
         assert!(!check_password("not base64!", "x"));
         assert_ne!(hash_password("s3cret"), h, "salted");
+    }
+
+    #[test]
+    fn a_blank_password_never_logs_in() {
+        let dir = tempfile::tempdir().unwrap();
+        // as RabbitMQ: a user may be given a blank password (over the API or in the
+        // configuration), but logging in with it is refused
+        let users = Users::open(dir.path(), &[("blank".into(), String::new())], vec![]).unwrap();
+        users
+            .put("empty", Some(""), None, vec!["administrator".into()])
+            .unwrap();
+        for name in ["blank", "empty", "nobody"] {
+            let e = users.authenticate(name, "", true).unwrap_err();
+            assert!(e.to_string().contains("blank password"), "{name}: {e}");
+        }
+        users.put("empty", Some("pw"), None, vec![]).unwrap();
+        assert!(users.authenticate("empty", "pw", true).is_ok());
+        assert!(users.authenticate("empty", "", true).is_err());
     }
 
     #[test]

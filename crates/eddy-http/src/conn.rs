@@ -1,6 +1,7 @@
 //! One HTTP/1.1 connection: requests read with bounds and deadlines (keep-alive, chunked
-//! bodies, `Expect: 100-continue`), credentials checked before a body is read, responses
-//! written in order.
+//! bodies, `Expect: 100-continue`), each admitted on its head before a body is read
+//! (credentials, a body only where one is expected and only JSON, no foreign origin on a
+//! change), responses written in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::api::{self, Api};
-use crate::router::route;
-use crate::server::{self, read_body, read_request, write_response, ReadError};
+use crate::router;
+use crate::server::{self, read_body, read_request, write_response, ReadError, Request};
 
 /// How long a keep-alive connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(120);
@@ -54,14 +55,26 @@ pub(crate) async fn serve_connection(api: Arc<Api>, conn: eddy_net::Conn) {
             }
             Ok(Ok(Some(r))) => r,
         };
-        // credentials are checked before a body is read: no one without them makes the
-        // server hold a large body
-        if req.path.starts_with("/api") && req.body_framing != server::Framing::Length(0) {
-            if let Err(e) = api::authenticate(&api, &req) {
-                let _ = write_response(&mut wr, &e.response(), false, true).await;
-                return;
+        // credentials, where a body may come, its type and the origin are checked before a
+        // body is read: no one without a login makes the server hold a body, and no path that
+        // takes none reads one
+        let has_body = req.body_framing != server::Framing::Length(0);
+        let user = match router::admit(&api, &req) {
+            Ok(user) => user,
+            Err(refusal) => {
+                // an unread body would be taken for the next request
+                let close = has_body || req.must_close || asks_close(&req);
+                let head = req.method == "HEAD";
+                let written =
+                    tokio::time::timeout(TRANSFER, write_response(&mut wr, &refusal, head, close))
+                        .await;
+                if close || !matches!(written, Ok(Ok(()))) {
+                    let _ = tokio::time::timeout(TRANSFER, wr.shutdown()).await;
+                    return;
+                }
+                continue;
             }
-        }
+        };
         if req
             .header("expect")
             .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
@@ -80,11 +93,9 @@ pub(crate) async fn serve_connection(api: Arc<Api>, conn: eddy_net::Conn) {
             }
             Ok(Ok(())) => {}
         }
-        let close = req
-            .header("connection")
-            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        let close = req.must_close || asks_close(&req);
         let head = req.method == "HEAD";
-        let resp = route(&api, req).await;
+        let resp = router::route(&api, req, user).await;
         let written =
             tokio::time::timeout(TRANSFER, write_response(&mut wr, &resp, head, close)).await;
         if !matches!(written, Ok(Ok(()))) {
@@ -96,4 +107,10 @@ pub(crate) async fn serve_connection(api: Arc<Api>, conn: eddy_net::Conn) {
             return;
         }
     }
+}
+
+/// Whether the client asked for the connection to close after this request.
+fn asks_close(req: &Request) -> bool {
+    req.header("connection")
+        .is_some_and(|c| c.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
 }

@@ -1,11 +1,16 @@
 //! `/metrics` in Prometheus' text exposition format (version 0.0.4).
+//!
+//! A scraper sees what the API shows the same user: queues of the vhosts it may see, topics
+//! and groups if it may see `/`, the connections and channels it may list; the node's own
+//! figures (bytes, fsyncs, memory, disk, alarms, uptime) only with the monitoring or
+//! administrator tag, as `/api/nodes`.
 
 use std::fmt::Write;
 use std::time::Instant;
 
-use eddy_broker::{QueueCounts, FSYNC_BUCKETS};
+use eddy_broker::{QueueCounts, User, FSYNC_BUCKETS};
 
-use crate::api::Api;
+use crate::api::{Api, Caller};
 use crate::stats::{Queueing, Reading, QUEUEING_WINDOW};
 
 /// Escape a label value.
@@ -79,14 +84,15 @@ struct Q {
     queueing: Option<Queueing>,
 }
 
-/// The whole exposition.
-pub fn render(api: &Api) -> String {
+/// The exposition `user` may see.
+pub fn render(api: &Api, user: &User) -> String {
+    let c = &Caller { user, api };
     let b = &api.broker;
     let mut o = Out {
         text: String::with_capacity(16 * 1024),
     };
     let mut qs = Vec::new();
-    for v in b.vhosts() {
+    for v in b.vhosts().into_iter().filter(|v| c.sees(&v.name)) {
         for q in v.queues() {
             let counts = q.counts();
             let now = Reading {
@@ -223,9 +229,10 @@ pub fn render(api: &Api) -> String {
         &|q| q.queueing.map(|x| x.drain_secs.unwrap_or(f64::INFINITY)),
     );
 
-    // topics and groups
+    // topics and groups (Kafka's live in vhost `/`)
+    let kafka = c.sees("/");
     let mut parts = Vec::new();
-    for t in b.topics() {
+    for t in b.topics().into_iter().filter(|_| kafka) {
         for (i, p) in t.partitions().iter().enumerate() {
             parts.push((
                 t.name.clone(),
@@ -254,7 +261,7 @@ pub fn render(api: &Api) -> String {
         |p| Some(p.3 as f64),
     );
     let mut groups = Vec::new();
-    for g in b.offsets().group_names() {
+    for g in b.offsets().group_names().into_iter().filter(|_| kafka) {
         for (t, p, c) in b.offsets().group(&g) {
             let end = b
                 .topic(&t)
@@ -287,9 +294,12 @@ pub fn render(api: &Api) -> String {
         |g| g.4.map(|end| end.saturating_sub(g.3.max(0) as u64) as f64),
     );
 
-    // connections
-    let conns = b.connections();
-    let (recv, sent, opened) = b.connection_totals();
+    // connections (a management user's own, as the API lists them)
+    let conns: Vec<_> = b
+        .connections()
+        .into_iter()
+        .filter(|x| c.sees_all() || x.user() == c.user.name)
+        .collect();
     o.family("eddy_connections", "gauge", "Open connections by protocol.");
     for proto in ["AMQP 0-9-1", "Kafka"] {
         let n = conns.iter().filter(|c| c.protocol == proto).count();
@@ -301,6 +311,10 @@ pub fn render(api: &Api) -> String {
         &[],
         conns.iter().map(|c| c.channels().len()).sum::<usize>() as f64,
     );
+    if !c.sees_all() {
+        return o.text;
+    }
+    let (recv, sent, opened) = b.connection_totals();
     o.family(
         "eddy_connections_opened_total",
         "counter",

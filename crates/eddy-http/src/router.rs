@@ -1,6 +1,8 @@
 //! Which handler answers which request: the console's files, `/metrics`, and every `/api`
 //! path (RabbitMQ's management paths plus Eddy's topics, groups and jobs). The handlers live
-//! in `api/`, one file per family; this file only matches paths and methods.
+//! in `api/`, one file per family; this file only matches paths and methods, and admits a
+//! request before its body is read ([`admit`]: login, where a body may come and in what
+//! type, from which origin).
 
 use std::sync::Arc;
 
@@ -14,80 +16,166 @@ use crate::api::{
     ApiError, ApiResult, Caller,
 };
 use crate::metrics;
-use crate::server::{Request, Response};
+use crate::server::{Framing, Request, Response};
 
 const INDEX: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE: &str = include_str!("../assets/style.css");
 
-/// Answer one request: the console's files, `/metrics`, or an `/api` path.
-pub(crate) async fn route(api: &Arc<Api>, req: Request) -> Response {
+/// The console's files (served without a login).
+fn console_file(path: &str) -> Option<(&'static str, &'static str)> {
+    Some(match path {
+        "/" | "/index.html" => ("text/html; charset=utf-8", INDEX),
+        "/app.js" => ("application/javascript; charset=utf-8", APP_JS),
+        "/style.css" => ("text/css; charset=utf-8", STYLE),
+        // no icon: an empty body is answered 204
+        "/favicon.ico" => ("", ""),
+        _ => return None,
+    })
+}
+
+fn is_api(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+/// `/metrics` and every `/api` path need a login; the console's files and a 404 do not.
+fn needs_login(path: &str) -> bool {
+    is_api(path) || path == "/metrics"
+}
+
+/// Only `/api`'s PUT and POST take a body.
+fn takes_body(method: &str, path: &str) -> bool {
+    is_api(path) && matches!(method, "PUT" | "POST")
+}
+
+/// What is checked once a request's head has arrived, before its body is read: the login
+/// (`/metrics`, `/api`), that a body comes only where one is expected (so no path reads one
+/// before a login), that it is JSON (`Content-Type: application/json`, 415 otherwise), and
+/// that a request that changes something comes from no other origin than this server's (a
+/// browser sends cached Basic credentials with a foreign page's request too). The logged-in
+/// user, if the path needs one; a refusal to send otherwise.
+pub(crate) fn admit(api: &Api, req: &Request) -> Result<Option<User>, Response> {
+    let user = if needs_login(&req.path) {
+        match handlers::authenticate(api, req) {
+            Ok(u) => {
+                tracing::Span::current().record("user", u.name.as_str());
+                Some(u)
+            }
+            Err(e) => {
+                let mut r = e.response();
+                if req.header("x-requested-with").is_some() {
+                    // a page's own login form asks: no browser password pop-up
+                    r.headers.retain(|(n, _)| *n != "WWW-Authenticate");
+                }
+                return Err(r);
+            }
+        }
+    } else {
+        None
+    };
+    let (method, path) = (req.method.as_str(), req.path.as_str());
+    let has_body = req.body_framing != Framing::Length(0);
+    if has_body && !takes_body(method, path) {
+        return Err(ApiError::bad(format!("{method} {path} takes no request body")).response());
+    }
+    if takes_body(method, path) && (has_body || req.header("content-type").is_some()) {
+        let ct = req.header("content-type");
+        if !ct.is_some_and(handlers::is_json) {
+            return Err(ApiError::new(
+                415,
+                "unsupported_media_type",
+                format!(
+                    "a request body must be JSON sent as Content-Type: application/json, not {}",
+                    ct.map_or("no Content-Type".to_owned(), |c| format!("{c:?}"))
+                ),
+            )
+            .response());
+        }
+    }
+    if !matches!(method, "GET" | "HEAD" | "OPTIONS") {
+        if let Some(origin) = req.header("origin") {
+            if !handlers::same_origin(origin, req) {
+                return Err(ApiError::forbidden(format!(
+                    "cross-origin request refused: Origin {origin:?} is not this server ({:?})",
+                    req.header("host").unwrap_or_default()
+                ))
+                .response());
+            }
+        }
+    }
+    Ok(user)
+}
+
+/// Sent with every response: no page may frame the console or an answer, and no browser
+/// guesses a type other than the one given. The console's page may load only its own script,
+/// style and API.
+fn harden(mut r: Response, page: bool) -> Response {
+    let csp = if page {
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    } else {
+        "default-src 'none'; frame-ancestors 'none'"
+    };
+    r.headers.push(("Content-Security-Policy", csp.into()));
+    r.headers.push(("X-Frame-Options", "DENY".into()));
+    r.headers.push(("X-Content-Type-Options", "nosniff".into()));
+    r
+}
+
+/// Answer one request that [`admit`] let through (`user`: whom it logged in): the console's
+/// files, `/metrics`, or an `/api` path.
+pub(crate) async fn route(api: &Arc<Api>, req: Request, user: Option<User>) -> Response {
+    let page = matches!(req.path.as_str(), "/" | "/index.html");
+    harden(dispatch(api, req, user).await, page)
+}
+
+async fn dispatch(api: &Arc<Api>, req: Request, user: Option<User>) -> Response {
     let path = req.path.as_str();
-    match (req.method.as_str(), path) {
-        ("GET" | "HEAD", "/" | "/index.html") => {
-            Response::new(200, "text/html; charset=utf-8", INDEX)
-        }
-        ("GET" | "HEAD", "/app.js") => {
-            Response::new(200, "application/javascript; charset=utf-8", APP_JS)
-        }
-        ("GET" | "HEAD", "/style.css") => Response::new(200, "text/css; charset=utf-8", STYLE),
-        ("GET" | "HEAD", "/favicon.ico") => Response::empty(204),
-        ("GET" | "HEAD", "/metrics") => {
-            // the metrics name every vhost, queue, topic and group: scrapers log in (Basic,
-            // any management tag), as to the rest of the API
-            match handlers::authenticate(api, &req) {
-                Ok(user) => tracing::Span::current().record("user", user.name.as_str()),
-                Err(e) => return e.response(),
-            };
-            let api = api.clone();
-            match tokio::task::spawn_blocking(move || metrics::render(&api)).await {
-                Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
-                Err(_) => ApiError {
-                    status: 500,
-                    error: "internal_error",
-                    reason: "rendering the metrics failed".into(),
-                }
-                .response(),
+    let get = matches!(req.method.as_str(), "GET" | "HEAD");
+    if let (true, Some((content_type, body))) = (get, console_file(path)) {
+        return if body.is_empty() {
+            Response::empty(204)
+        } else {
+            Response::new(200, content_type, body)
+        };
+    }
+    if !(is_api(path) || (get && path == "/metrics")) {
+        return ApiError::not_found(format!("no such page: {path}")).response();
+    }
+    let Some(user) = user else {
+        // admit logs in on these paths
+        return ApiError::new(401, "not_authorised", "Login failed: credentials required")
+            .response();
+    };
+    let api = api.clone();
+    let span = tracing::Span::current();
+    if path == "/metrics" {
+        // the metrics name vhosts, queues, topics and groups: each user sees in them what the
+        // API shows it
+        return match tokio::task::spawn_blocking(move || metrics::render(&api, &user)).await {
+            Ok(text) => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", text),
+            Err(_) => ApiError {
+                status: 500,
+                error: "internal_error",
+                reason: "rendering the metrics failed".into(),
             }
-        }
-        _ if path == "/api" || path.starts_with("/api/") => {
-            let user = match handlers::authenticate(api, &req) {
-                Ok(u) => u,
-                Err(e) => {
-                    let mut r = e.response();
-                    if req.header("x-requested-with").is_some() {
-                        // a page's own login form asks: no browser password pop-up
-                        r.headers.retain(|(n, _)| *n != "WWW-Authenticate");
-                    }
-                    return r;
-                }
-            };
-            let span = tracing::Span::current();
-            span.record("user", user.name.as_str());
-            let api = api.clone();
-            let mut req = req;
-            if req.method == "HEAD" {
-                req.method = "GET".into();
-            }
-            // the handler's log lines carry the connection's span too
-            let r =
-                tokio::task::spawn_blocking(move || span.in_scope(|| self::api(&api, &req, &user)))
-                    .await;
-            match r {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => e.response(),
-                Err(_) => ApiError {
-                    status: 500,
-                    error: "internal_error",
-                    reason: "the request failed inside the server (see its log)".into(),
-                }
-                .response(),
-            }
-        }
-        _ => ApiError {
-            status: 404,
-            error: "not_found",
-            reason: format!("no such page: {path}"),
+            .response(),
+        };
+    }
+    let mut req = req;
+    if req.method == "HEAD" {
+        req.method = "GET".into();
+    }
+    // the handler's log lines carry the connection's span too
+    let r =
+        tokio::task::spawn_blocking(move || span.in_scope(|| self::api(&api, &req, &user))).await;
+    match r {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => e.response(),
+        Err(_) => ApiError {
+            status: 500,
+            error: "internal_error",
+            reason: "the request failed inside the server (see its log)".into(),
         }
         .response(),
     }

@@ -2,8 +2,11 @@
 //!
 //! Requests are read with bounds on everything (request line and headers together at most
 //! [`MAX_HEAD`] bytes and [`MAX_HEADERS`] lines; bodies, by `Content-Length` or chunked, at
-//! most [`MAX_BODY`]); keep-alive is the default for HTTP/1.1. It runs over any byte stream, so
-//! TLS is a wrapper around the socket, not a second server.
+//! most [`MAX_BODY`]); keep-alive is the default for HTTP/1.1. Framing follows RFC 9112: a
+//! `Transfer-Encoding` not ending in `chunked`, or two different `Content-Length`s, is a 400;
+//! with both `Content-Length` and `Transfer-Encoding`, the latter frames the body and the
+//! connection closes after the response. It runs over any byte stream, so TLS is a wrapper
+//! around the socket, not a second server.
 
 use std::net::SocketAddr;
 
@@ -36,6 +39,9 @@ pub struct Request {
     pub peer: SocketAddr,
     /// How the body (read separately) is delimited.
     pub body_framing: Framing,
+    /// The connection closes after the response whatever the client asked: the request had
+    /// both `Content-Length` and `Transfer-Encoding` (RFC 9112 6.1).
+    pub must_close: bool,
 }
 
 impl Request {
@@ -118,6 +124,7 @@ fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         414 => "URI Too Long",
+        415 => "Unsupported Media Type",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -246,18 +253,41 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         let v = percent_decode(v, true).map_err(|e| ReadError::Bad(400, e))?;
         q.push((k, v));
     }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+    // RFC 9112 6.1 and 6.3: a Transfer-Encoding whose last coding is not chunked leaves the
+    // body's length unknown (400, then close); with Content-Length as well, Transfer-Encoding
+    // decides, and the connection closes after the response (a smuggling attempt, perhaps)
+    let last_coding = headers
+        .iter()
+        .filter(|(n, _)| n == "transfer-encoding")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .rfind(|c| !c.is_empty());
+    let chunked = match last_coding {
+        None => false,
+        Some(last) if last.eq_ignore_ascii_case("chunked") => true,
+        Some(_) => {
+            return Err(ReadError::Bad(
+                400,
+                "Transfer-Encoding does not end in chunked: the body's length is unknown".into(),
+            ))
+        }
     };
-    let chunked = header("transfer-encoding").is_some_and(|t| {
-        t.rsplit(',')
-            .next()
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-    });
-    let length = match header("content-length") {
+    let mut lengths = headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.as_str());
+    let first_length = lengths.next();
+    if let Some(other) = lengths.find(|l| Some(*l) != first_length) {
+        return Err(ReadError::Bad(
+            400,
+            format!(
+                "Content-Length given twice ({:?} and {other:?})",
+                first_length.unwrap_or_default()
+            ),
+        ));
+    }
+    let must_close = chunked && first_length.is_some();
+    let length = match first_length {
         _ if chunked => None,
         None => None,
         Some(len) => {
@@ -277,6 +307,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         headers,
         body: Vec::new(),
         peer,
+        must_close,
         body_framing: if chunked {
             Framing::Chunked
         } else {

@@ -1338,8 +1338,11 @@ async fn sasl_mechanisms_other_than_plain_are_unsupported() {
 async fn a_failed_sasl_login_is_answered_then_the_connection_closes() {
     let f = Fixture::new();
     f.add_user("alice", "right", Some((".*", ".*", ".*")));
+    // a user may be given a blank password; logging in with it is refused (RabbitMQ's rule)
+    f.add_user("blank", "", Some((".*", ".*", ".*")));
     for (what, auth) in [
         ("a wrong password", plain("alice", "wrong")),
+        ("a blank password", plain("blank", "")),
         ("an unknown user", plain("mallory", "right")),
         ("no separators", Bytes::from_static(b"alice right")),
         ("one separator", Bytes::from_static(b"alice\0right")),

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::api::json::{body, flag, from_table, string, to_table};
 use crate::api::topics::topic_config;
 use crate::api::users::{permissions, put_user, users};
-use crate::api::{vhost_of, ApiError, ApiResult, Caller};
+use crate::api::{check_name, vhost_of, ApiError, ApiResult, Caller};
 use crate::server::{Request, Response};
 use crate::Api;
 
@@ -147,8 +147,10 @@ pub fn import_definitions(api: &Api, d: &Value) -> Result<(), ApiError> {
     for e in list(d, "exchanges")? {
         let vh = req_str(e, "vhost", "an exchange")?;
         let v = vhost_of(api, vh)?;
+        let name = req_str(e, "name", "an exchange")?;
+        check_name("an exchange", name)?;
         v.declare_exchange(ExchangeDeclare {
-            name: req_str(e, "name", "an exchange")?.to_owned(),
+            name: name.to_owned(),
             kind: req_str(e, "type", "an exchange")?.to_owned(),
             passive: false,
             durable: flag(e, "durable", true)?,
@@ -160,9 +162,11 @@ pub fn import_definitions(api: &Api, d: &Value) -> Result<(), ApiError> {
     for q in list(d, "queues")? {
         let vh = req_str(q, "vhost", "a queue")?;
         let v = vhost_of(api, vh)?;
+        let name = req_str(q, "name", "a queue")?;
+        check_name("a queue", name)?;
         v.declare_queue(
             QueueDeclare {
-                name: req_str(q, "name", "a queue")?.to_owned(),
+                name: name.to_owned(),
                 server_named: false,
                 passive: false,
                 durable: flag(q, "durable", true)?,

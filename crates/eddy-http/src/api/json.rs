@@ -7,12 +7,27 @@ use serde_json::{json, Map, Value};
 use crate::api::ApiError;
 use crate::server::Request;
 
+/// A request's body: a JSON object (none at all reads as `{}`); anything else is a 400.
 pub(crate) fn body(req: &Request) -> Result<Value, ApiError> {
     if req.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&req.body)
-        .map_err(|e| ApiError::bad(format!("the request body is not JSON: {e}")))
+    let v: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::bad(format!("the request body is not JSON: {e}")))?;
+    if !v.is_object() {
+        let kind = match v {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        };
+        return Err(ApiError::bad(format!(
+            "the request body must be a JSON object, not {kind}"
+        )));
+    }
+    Ok(v)
 }
 
 /// JSON → an AMQP field value (integers as long-long, other numbers as double).

@@ -6,7 +6,9 @@
 //! everything; `monitoring` users see every vhost; `management` users see the vhosts they have
 //! permissions in. Declaring, deleting, publishing, getting and purging go through the same
 //! configure/write/read permission checks as AMQP. Users, vhosts, permissions and definitions
-//! imports are for administrators.
+//! imports are for administrators. A request body is a JSON object sent as
+//! `Content-Type: application/json`; a request that changes something and names a foreign
+//! `Origin` is refused (the router's `admit`, before the body is read).
 
 pub mod definitions;
 pub mod json;
@@ -137,6 +139,45 @@ pub fn authenticate(api: &Api, req: &Request) -> Result<User, ApiError> {
     }
 }
 
+/// Whether a `Content-Type` is JSON's (`application/json`, parameters such as `charset`
+/// allowed).
+pub(crate) fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether an `Origin` is the server the request was sent to: its host and port are the
+/// request's `Host` (or `X-Forwarded-Host`, which a proxy in front sets and a foreign page
+/// cannot), default ports left out. The scheme is not compared, so a proxy that ends TLS in
+/// front of the plain listener keeps working. `null` (a sandboxed or local page) is foreign.
+pub(crate) fn same_origin(origin: &str, req: &Request) -> bool {
+    let Some((scheme, authority)) = origin.trim().split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let norm = |a: &str| {
+        let a = a.trim().to_ascii_lowercase();
+        match a.strip_suffix(default_port) {
+            Some(host) => host.to_owned(),
+            None => a,
+        }
+    };
+    let origin = norm(authority);
+    if origin.is_empty() || origin.contains('/') {
+        return false;
+    }
+    [req.header("host"), req.header("x-forwarded-host")]
+        .into_iter()
+        .flatten()
+        .any(|h| norm(h.split(',').next().unwrap_or_default()) == origin)
+}
+
 /// Who is asking, and what they may see.
 pub(crate) struct Caller<'a> {
     pub(crate) user: &'a User,
@@ -181,6 +222,20 @@ impl Caller<'_> {
             .check(&self.user.name, vhost, access, kind, name)
             .map_err(ApiError::from)
     }
+}
+
+/// Longest queue or exchange name, in bytes (AMQP's short string).
+pub(crate) const MAX_NAME: usize = 255;
+
+/// A queue or exchange name AMQP can carry: at most [`MAX_NAME`] bytes.
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    if name.len() > MAX_NAME {
+        return Err(ApiError::bad(format!(
+            "{kind} name is {} bytes; at most {MAX_NAME} are allowed",
+            name.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Path segments, percent-decoded.

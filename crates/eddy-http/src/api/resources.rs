@@ -9,7 +9,7 @@ use eddy_broker::{Access, ExchangeDeclare, QueueDeclare};
 use serde_json::{json, Value};
 
 use crate::api::json::{flag, from_table, string, to_table};
-use crate::api::{one, some, vhost_of, window, ApiError, ApiResult, Caller};
+use crate::api::{check_name, one, some, vhost_of, window, ApiError, ApiResult, Caller};
 use crate::server::{Request, Response};
 use crate::stats::{message_stats, Queueing, Reading, RATE_WINDOW};
 
@@ -68,6 +68,7 @@ pub(crate) fn queues(
 
 pub(crate) fn declare_queue(c: &Caller<'_>, vh: &str, name: &str, b: &Value) -> ApiResult {
     c.check(vh, Access::Configure, "queue", name)?;
+    check_name("a queue", name)?;
     let v = vhost_of(c.api, vh)?;
     let existed = v.queue(name).is_some();
     let mut arguments = to_table(b.get("arguments").unwrap_or(&Value::Null))?;
@@ -117,6 +118,7 @@ pub(crate) fn exchanges(c: &Caller<'_>, vhost: Option<&str>) -> Result<Value, Ap
 
 pub(crate) fn declare_exchange(c: &Caller<'_>, vh: &str, name: &str, b: &Value) -> ApiResult {
     c.check(vh, Access::Configure, "exchange", name)?;
+    check_name("an exchange", name)?;
     let v = vhost_of(c.api, vh)?;
     let existed = v.exchange(name).is_some();
     let arguments = to_table(b.get("arguments").unwrap_or(&Value::Null))?;
