@@ -21,6 +21,16 @@ pub(crate) fn publish(c: &Caller<'_>, vh: &str, exchange: &str, b: &Value) -> Ap
     };
     c.check(vh, Access::Write, "exchange", exchange)?;
     let v = vhost_of(c.api, vh)?;
+    // a resource alarm holds every publisher: this one is told instead of kept waiting
+    let alarms = *c.api.broker.alarms().borrow();
+    if alarms.blocked() {
+        let what = if alarms.memory { "memory" } else { "disk" };
+        return Err(ApiError::new(
+            503,
+            "resource_alarm",
+            format!("publishing is blocked while the {what} alarm is raised"),
+        ));
+    }
     let routing_key = string(b, "routing_key")?.unwrap_or("").to_owned();
     let payload = string(b, "payload")?.unwrap_or("");
     let body = match string(b, "payload_encoding")?.unwrap_or("string") {

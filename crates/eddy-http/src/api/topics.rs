@@ -93,6 +93,10 @@ pub(crate) fn topic_config(v: Option<&Value>) -> Result<TopicConfig, ApiError> {
 
 /// Reports older than this are dropped (the job stopped).
 pub(crate) const JOB_STALE: Duration = Duration::from_secs(60);
+/// Largest job report kept (a report is a few hundred bytes of figures).
+pub(crate) const MAX_JOB_REPORT: usize = 64 << 10;
+/// Most jobs whose latest reports are kept at once.
+pub(crate) const MAX_JOBS: usize = 1024;
 
 pub(crate) fn jobs(api: &Api) -> Value {
     let mut jobs = api.jobs.lock();
@@ -152,10 +156,29 @@ pub(crate) fn delete_topic(c: &Caller<'_>, name: &str) -> ApiResult {
 /// seconds).
 pub(crate) fn put_job(c: &Caller<'_>, name: &str, req: &Request) -> ApiResult {
     c.check("/", Access::Write, "job", name)?;
+    // reports are held in memory: bounded in size and number, and dropped once stale
+    if req.body.len() > MAX_JOB_REPORT {
+        return Err(ApiError::new(
+            413,
+            "payload_too_large",
+            format!(
+                "a job report is at most {MAX_JOB_REPORT} bytes, not {}",
+                req.body.len()
+            ),
+        ));
+    }
     let b = body(req)?;
-    c.api
-        .jobs
-        .lock()
-        .insert(name.to_string(), (std::time::Instant::now(), b));
+    let mut jobs = c.api.jobs.lock();
+    jobs.retain(|_, (at, _)| at.elapsed() < JOB_STALE);
+    if jobs.len() >= MAX_JOBS && !jobs.contains_key(name) {
+        return Err(ApiError::new(
+            503,
+            "too_many_jobs",
+            format!(
+                "{MAX_JOBS} jobs report already; a job's report goes once it is {JOB_STALE:?} old"
+            ),
+        ));
+    }
+    jobs.insert(name.to_string(), (std::time::Instant::now(), b));
     Ok(Response::empty(204))
 }

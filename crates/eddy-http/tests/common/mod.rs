@@ -30,13 +30,19 @@ pub struct Fixture {
 impl Fixture {
     /// guest/guest, an administrator (the connections come from 127.0.0.1).
     pub fn new() -> Fixture {
+        Fixture::with(|_| {})
+    }
+
+    /// As [`Fixture::new`], with the broker's configuration changed by `tune`.
+    pub fn with(tune: impl FnOnce(&mut BrokerConfig)) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
-        let broker = Broker::open(BrokerConfig {
+        let mut config = BrokerConfig {
             data_dir: dir.path().to_owned(),
             fsync: FsyncPolicy::Never,
             ..Default::default()
-        })
-        .expect("broker opens");
+        };
+        tune(&mut config);
+        let broker = Broker::open(config).expect("broker opens");
         let api = Arc::new(Api {
             broker: broker.clone(),
             history: Default::default(),
