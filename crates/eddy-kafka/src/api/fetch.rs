@@ -14,24 +14,84 @@ use kafka_protocol::messages::*;
 use crate::records::patch_for_fetch;
 
 use super::{code, Handler, MAX_FETCH_BYTES};
+use crate::budget::Held;
+
+/// The most a response to `r` may hold (what is set aside to build it): its record bytes
+/// (the request's and the broker's bounds; a first batch larger than them is counted when the
+/// response is settled), and room for the partitions' fields.
+fn fetch_bound(r: &FetchRequest) -> usize {
+    let budget = if r.max_bytes > 0 {
+        (r.max_bytes as usize).min(MAX_FETCH_BYTES)
+    } else {
+        MAX_FETCH_BYTES
+    };
+    let (mut partitions, mut per_partition, mut names) = (0usize, 0usize, 0usize);
+    for t in &r.topics {
+        names += t.topic.0.len() + 32;
+        for p in &t.partitions {
+            partitions += 1;
+            per_partition = per_partition.saturating_add(p.partition_max_bytes.max(0) as usize);
+        }
+    }
+    budget
+        .min(per_partition)
+        .saturating_add(names)
+        .saturating_add(partitions * 64)
+        .saturating_add(64)
+}
 
 impl Handler {
-    pub(super) async fn fetch(&self, r: FetchRequest, version: i16) -> FetchResponse {
+    /// Answer a fetch once it has what it waits for (`min_bytes`, or its wait is over), with
+    /// the response bytes it holds. It waits for the records without holding any: room for
+    /// the most the response may hold is taken only to build it (and the rest given back at
+    /// once by the caller), so a client that does not read gets no more fetches built.
+    /// None: the connection is closing.
+    pub(super) async fn fetch(
+        &self,
+        r: FetchRequest,
+        version: i16,
+    ) -> Option<(FetchResponse, Held)> {
         let wait = Duration::from_millis(r.max_wait_ms.clamp(0, 60_000) as u64);
         let deadline = Instant::now() + wait;
         let mut appends = self.broker.appends();
+        let most = fetch_bound(&r);
         loop {
             appends.borrow_and_update();
-            let (resp, bytes, errors) = self.fetch_once(&r, version);
-            let done = errors || bytes >= r.min_bytes.max(0) as usize || Instant::now() >= deadline;
-            if done {
-                return resp;
+            // min_bytes 0 does not wait, whatever max_wait says
+            let due = Instant::now() >= deadline || r.min_bytes <= 0;
+            if due || self.fetch_ready(&r) {
+                let held = self.budget.take(most, true).await?;
+                let (resp, bytes, errors) = self.fetch_once(&r, version);
+                if errors || bytes >= r.min_bytes.max(0) as usize || due {
+                    return Some((resp, held));
+                }
             }
             tokio::select! {
                 _ = appends.changed() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
+    }
+
+    /// Whether a pass would find records or an error to report (so it is worth building).
+    fn fetch_ready(&self, r: &FetchRequest) -> bool {
+        r.topics.iter().any(|t| {
+            let name = t.topic.0.as_str();
+            if !self.allowed(eddy_broker::Access::Read, "topic", name) {
+                return true;
+            }
+            let topic = self.broker.topic(name);
+            t.partitions.iter().any(|p| {
+                match topic.as_ref().and_then(|t| t.partition(p.partition)) {
+                    None => true,
+                    // past the end is an error; before the end there are records
+                    Some(part) => {
+                        p.fetch_offset < part.start_offset() as i64
+                            || p.fetch_offset != part.end_offset() as i64
+                    }
+                }
+            })
+        })
     }
 
     /// One pass over the requested partitions: (response, record bytes, any error).
