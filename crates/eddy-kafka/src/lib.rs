@@ -4,7 +4,9 @@
 //! Shaping decision: record batches are stored exactly as producers send them (compressed or
 //! not) and served back byte for byte, with only the broker-owned base offset patched in (the
 //! batch CRC does not cover it). A connection handles its requests one at a time, in order, as
-//! a Kafka broker does; long-polling fetches wait on the broker's append signal.
+//! a Kafka broker does; long-polling fetches wait on the broker's append signal. What a
+//! connection may make the broker hold is bounded: its requests (their size, and the time they
+//! take to arrive), the responses it has not read (`budget`), and how long it may stay idle.
 
 mod api;
 mod budget;

@@ -1,7 +1,8 @@
 //! The storage format of topic partitions: Kafka's record batch (message format v2), the format
 //! Kafka producers send and consumers read, kept byte for byte. The broker decodes batches only
-//! where it must look inside — delivering a topic to AMQP stream consumers, compaction — and
-//! encodes (uncompressed) batches for messages that arrive by other protocols.
+//! where it must look inside — delivering a topic to AMQP stream consumers, compaction, the
+//! `amqp.user-id` header of a produce ([`for_each_header`]) — and encodes (uncompressed)
+//! batches for messages that arrive by other protocols.
 //!
 //! Shaping decision: this crate alone knows the layout of a batch. Module `batch` has the byte
 //! table of the header, the typed view every reader and writer of header fields goes through
