@@ -148,17 +148,34 @@ impl Handler {
                 if (from as u64) < end && (budget > 0 || total == 0) {
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget).max(1);
                     match part.read(from as u64, limit) {
-                        Ok(batches) => {
+                        Ok(mut batches) => {
                             // nothing above the high watermark this response reports
-                            for mut b in batches.into_iter().filter(|b| b.base_offset < end) {
-                                // whole batches only, but the first one even if it is larger
-                                // than the limits, so a consumer always makes progress
-                                if !records.is_empty() && records.len() + b.payload.len() > limit {
+                            batches.retain(|b| b.base_offset < end);
+                            // whole batches only, but the first one even if it is larger
+                            // than the limits, so a consumer always makes progress
+                            let (mut n, mut len) = (0, 0);
+                            for b in &batches {
+                                if n > 0 && len + b.payload.len() > limit {
                                     break;
                                 }
-                                patch_for_fetch(&mut b.payload, b.base_offset);
-                                records.extend_from_slice(&b.payload);
+                                n += 1;
+                                len += b.payload.len();
                             }
+                            batches.truncate(n);
+                            for b in &mut batches {
+                                patch_for_fetch(&mut b.payload, b.base_offset);
+                            }
+                            // one batch is sent as read; more are put together once, exactly
+                            // sized (what the response holds is what it is counted for)
+                            records = if batches.len() == 1 {
+                                batches.swap_remove(0).payload
+                            } else {
+                                let mut all = Vec::with_capacity(len);
+                                for b in &batches {
+                                    all.extend_from_slice(&b.payload);
+                                }
+                                all
+                            };
                         }
                         Err(e) => {
                             pd.error_code = code(&e);
