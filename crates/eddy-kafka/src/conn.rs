@@ -427,19 +427,26 @@ async fn write_pending<W: AsyncWrite + Unpin>(
     stall: Option<Duration>,
     activity: &Activity,
 ) -> std::io::Result<()> {
-    let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(1 + 2 * p.shared.len());
-    let mut at = 0;
-    for (pos, b) in &p.shared {
-        if *pos > at {
-            parts.push(IoSlice::new(&p.out[at..*pos]));
+    // most writes are one buffer: no list of parts to allocate
+    let mut one = [IoSlice::new(&p.out)];
+    let mut many: Vec<IoSlice<'_>>;
+    let mut parts: &mut [IoSlice<'_>] = if p.shared.is_empty() {
+        &mut one
+    } else {
+        many = Vec::with_capacity(1 + 2 * p.shared.len());
+        let mut at = 0;
+        for (pos, b) in &p.shared {
+            if *pos > at {
+                many.push(IoSlice::new(&p.out[at..*pos]));
+            }
+            many.push(IoSlice::new(b));
+            at = *pos;
         }
-        parts.push(IoSlice::new(b));
-        at = *pos;
-    }
-    if p.out.len() > at {
-        parts.push(IoSlice::new(&p.out[at..]));
-    }
-    let mut parts = &mut parts[..];
+        if p.out.len() > at {
+            many.push(IoSlice::new(&p.out[at..]));
+        }
+        &mut many
+    };
     while !parts.is_empty() {
         let write = wr.write_vectored(parts);
         let n = match stall {
