@@ -181,6 +181,10 @@ struct ServeArgs {
     /// unknown topic); 0 turns automatic creation off
     #[arg(long, env = "EDDY_KAFKA_AUTO_CREATE_PARTITIONS")]
     kafka_auto_create_partitions: Option<usize>,
+    /// Close a Kafka connection that sends no request and takes no response byte for this
+    /// long (ms); 0 never closes one
+    #[arg(long, env = "EDDY_KAFKA_IDLE_TIMEOUT_MS")]
+    kafka_idle_timeout_ms: Option<u64>,
     /// When writes are fsynced; a publisher confirm is sent only after it
     #[arg(long, env = "EDDY_FSYNC", value_enum)]
     fsync: Option<settings::Fsync>,

@@ -78,6 +78,9 @@ pub struct Kafka {
     /// Partitions of a topic created when a client names an unknown one; 0: no automatic
     /// creation.
     pub auto_create_partitions: usize,
+    /// Close a connection that sends no request and takes no response byte for this long,
+    /// milliseconds (Kafka's `connections.max.idle.ms`); 0: never.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Kafka {
@@ -92,6 +95,7 @@ impl Default for Kafka {
             } else {
                 0
             },
+            idle_timeout_ms: d.idle_timeout.as_millis() as u64,
         }
     }
 }
@@ -303,6 +307,7 @@ pub const FLAGS: &[(&str, &str)] = &[
         "kafka_auto_create_partitions",
         "kafka.auto_create_partitions",
     ),
+    ("kafka_idle_timeout_ms", "kafka.idle_timeout_ms"),
     ("http", "http.listen"),
     ("https", "http.tls_listen"),
     ("tls_cert", "tls.cert"),
@@ -494,6 +499,7 @@ impl Settings {
             advertised_port: port,
             auto_create_topics: self.kafka.auto_create_partitions > 0,
             default_partitions: self.kafka.auto_create_partitions.max(1),
+            idle_timeout: Duration::from_millis(self.kafka.idle_timeout_ms),
             ..eddy_kafka::KafkaConfig::default()
         }
     }
@@ -567,6 +573,12 @@ mod tests {
         assert_eq!(s.limits.memory_high_watermark, Watermark::Percent(25));
         let s = Settings::load(None, &[("memory_high_watermark", "1000".into())]).unwrap();
         assert_eq!(s.limits.memory_high_watermark, Watermark::Bytes(1000));
+        // the Kafka idle timeout reaches the front end's configuration
+        let s = Settings::load(None, &[("kafka_idle_timeout_ms", "1500".into())]).unwrap();
+        let k = s.kafka(([127, 0, 0, 1], 9092).into());
+        assert_eq!(k.idle_timeout, Duration::from_millis(1500));
+        let d = Settings::default().kafka(([127, 0, 0, 1], 9092).into());
+        assert_eq!(d.idle_timeout, Duration::from_secs(600));
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! Shaping decision: record batches are stored exactly as producers send them (compressed or
 //! not) and served back byte for byte, with only the broker-owned base offset patched in (the
 //! batch CRC does not cover it). A connection handles its requests one at a time, in order, as
-//! a Kafka broker does; long-polling fetches wait on the broker's append signal.
+//! a Kafka broker does; long-polling fetches wait on the broker's append signal. What a
+//! connection may make the broker hold is bounded: its requests (their size, and the time they
+//! take to arrive), the responses it has not read (`budget`), and how long it may stay idle.
 
 mod api;
+mod budget;
 mod conn;
 mod groups;
 mod producers;
@@ -35,6 +38,17 @@ pub struct KafkaConfig {
     pub default_partitions: usize,
     /// Cluster id reported in Metadata.
     pub cluster_id: String,
+    /// A connection that sends no request and takes no response byte for this long is
+    /// closed (Kafka's `connections.max.idle.ms`); zero: never.
+    pub idle_timeout: Duration,
+    /// How long a request may take to arrive in full once its size is read.
+    pub request_timeout: Duration,
+    /// Most response bytes prepared for one connection and not yet written: past it the
+    /// connection's requests wait unread (a fetch is built only when there is room).
+    pub max_buffered_per_connection: usize,
+    /// Most fetch-response bytes prepared and not yet written for all Kafka connections
+    /// together (other answers count against their connection's bound only).
+    pub max_buffered: usize,
 }
 
 impl Default for KafkaConfig {
@@ -47,6 +61,10 @@ impl Default for KafkaConfig {
             auto_create_topics: true,
             default_partitions: 1,
             cluster_id: "eddy".into(),
+            idle_timeout: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(30),
+            max_buffered_per_connection: 64 << 20,
+            max_buffered: 512 << 20,
         }
     }
 }
@@ -67,6 +85,7 @@ impl Kafka {
         let shared = Arc::new(api::Shared {
             producers: Arc::new(producers::Producers::new()),
             groups: Arc::new(groups::Groups::default()),
+            buffered: budget::Global::new(config.max_buffered),
         });
         let groups = Arc::downgrade(&shared.groups);
         tokio::spawn(async move {

@@ -1,7 +1,8 @@
 //! The storage format of topic partitions: Kafka's record batch (message format v2), the format
 //! Kafka producers send and consumers read, kept byte for byte. The broker decodes batches only
-//! where it must look inside — delivering a topic to AMQP stream consumers, compaction — and
-//! encodes (uncompressed) batches for messages that arrive by other protocols.
+//! where it must look inside — delivering a topic to AMQP stream consumers, compaction, the
+//! `amqp.user-id` header of a produce ([`for_each_header`]) — and encodes (uncompressed)
+//! batches for messages that arrive by other protocols.
 //!
 //! Shaping decision: this crate alone knows the layout of a batch. Module `batch` has the byte
 //! table of the header, the typed view every reader and writer of header fields goes through
@@ -128,6 +129,71 @@ pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, Recor
         });
     }
     Ok(out)
+}
+
+/// Call `f` with the value of every header named `key` in the batch's records (a compressed
+/// batch is decompressed first). A batch whose (decompressed) bytes do not hold `key` at all
+/// is not walked: the common case costs one substring scan and no allocation (none at all
+/// for an uncompressed batch). Err: the records cannot be read.
+pub fn for_each_header(
+    batch: &[u8],
+    key: &[u8],
+    mut f: impl FnMut(Option<&[u8]>),
+) -> Result<(), RecordError> {
+    let Some(h) = BatchHeader::new(batch) else {
+        return Err(malformed(format!("{} bytes", batch.len())));
+    };
+    let decompressed;
+    let body: &[u8] = match h.compression() {
+        0 => &batch[HEADER..],
+        c => {
+            decompressed = decompress(c, &batch[HEADER..])?;
+            &decompressed
+        }
+    };
+    if key.is_empty() || memchr::memmem::find(body, key).is_none() {
+        return Ok(());
+    }
+    fn varint(b: &mut &[u8]) -> Result<i64, RecordError> {
+        get_varint(b).map_err(|e| malformed(e.to_string()))
+    }
+    // length-prefixed bytes (-1: None)
+    fn field<'a>(b: &mut &'a [u8]) -> Result<Option<&'a [u8]>, RecordError> {
+        let len = varint(b)?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= b.len())
+            .ok_or_else(|| malformed("field runs past its record"))?;
+        let (v, rest) = b.split_at(len);
+        *b = rest;
+        Ok(Some(v))
+    }
+    let mut rest = body;
+    for _ in 0..h.record_count().max(0) {
+        let len = usize::try_from(varint(&mut rest)?)
+            .ok()
+            .filter(|l| *l <= rest.len())
+            .ok_or_else(|| malformed("record runs past the batch"))?;
+        let (rec, after) = rest.split_at(len);
+        rest = after;
+        let mut rec = rec.get(1..).ok_or_else(|| malformed("empty record"))?; // attributes
+        varint(&mut rec)?; // timestamp delta
+        varint(&mut rec)?; // offset delta
+        field(&mut rec)?; // key
+        field(&mut rec)?; // value
+        let headers = varint(&mut rec)?;
+        for _ in 0..headers.max(0) {
+            let name = field(&mut rec)?.ok_or_else(|| malformed("null header key"))?;
+            let value = field(&mut rec)?;
+            if name == key {
+                f(value);
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Cursor<'a> {
@@ -391,6 +457,37 @@ mod tests {
                 ("n".into(), None),
             ],
         }
+    }
+
+    #[test]
+    fn headers_are_found_by_name_in_plain_and_compressed_batches() {
+        let mut r = rec(0, Some("k"), Some("v"));
+        r.headers = vec![
+            ("amqp.user-id".into(), Some(Bytes::from_static(b"mallory"))),
+            ("other".into(), Some(Bytes::from_static(b"amqp.user-id"))),
+            ("amqp.user-id".into(), None),
+        ];
+        let plain = encode_batch(&[rec(0, None, Some("x")), r.clone()]);
+        let found = |b: &[u8]| {
+            let mut v = Vec::new();
+            for_each_header(b, b"amqp.user-id", |x| v.push(x.map(<[u8]>::to_vec))).unwrap();
+            v
+        };
+        let want = vec![Some(b"mallory".to_vec()), None];
+        assert_eq!(found(&plain), want);
+        assert!(found(&encode_batch(&[rec(0, None, Some("x"))])).is_empty());
+        // the same records gzip-compressed
+        let mut gz = plain[..HEADER].to_vec();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &plain[HEADER..]).unwrap();
+        gz.extend(enc.finish().unwrap());
+        let mut h = BatchHeader::new(&mut gz).unwrap();
+        h.set_attributes(1);
+        assert_eq!(found(&gz), want);
+        // records that cannot be read are an error, not a pass
+        let mut cut = plain.clone();
+        cut.truncate(cut.len() - 3);
+        assert!(for_each_header(&cut, b"amqp.user-id", |_| {}).is_err());
     }
 
     #[test]

@@ -14,24 +14,84 @@ use kafka_protocol::messages::*;
 use crate::records::patch_for_fetch;
 
 use super::{code, Handler, MAX_FETCH_BYTES};
+use crate::budget::Held;
+
+/// The most a response to `r` may hold (what is set aside to build it): its record bytes
+/// (the request's and the broker's bounds; a first batch larger than them is counted when the
+/// response is settled), and room for the partitions' fields.
+fn fetch_bound(r: &FetchRequest) -> usize {
+    let budget = if r.max_bytes > 0 {
+        (r.max_bytes as usize).min(MAX_FETCH_BYTES)
+    } else {
+        MAX_FETCH_BYTES
+    };
+    let (mut partitions, mut per_partition, mut names) = (0usize, 0usize, 0usize);
+    for t in &r.topics {
+        names += t.topic.0.len() + 32;
+        for p in &t.partitions {
+            partitions += 1;
+            per_partition = per_partition.saturating_add(p.partition_max_bytes.max(0) as usize);
+        }
+    }
+    budget
+        .min(per_partition)
+        .saturating_add(names)
+        .saturating_add(partitions * 64)
+        .saturating_add(64)
+}
 
 impl Handler {
-    pub(super) async fn fetch(&self, r: FetchRequest, version: i16) -> FetchResponse {
+    /// Answer a fetch once it has what it waits for (`min_bytes`, or its wait is over), with
+    /// the response bytes it holds. It waits for the records without holding any: room for
+    /// the most the response may hold is taken only to build it (and the rest given back at
+    /// once by the caller), so a client that does not read gets no more fetches built.
+    /// None: the connection is closing.
+    pub(super) async fn fetch(
+        &self,
+        r: FetchRequest,
+        version: i16,
+    ) -> Option<(FetchResponse, Held)> {
         let wait = Duration::from_millis(r.max_wait_ms.clamp(0, 60_000) as u64);
         let deadline = Instant::now() + wait;
         let mut appends = self.broker.appends();
+        let most = fetch_bound(&r);
         loop {
             appends.borrow_and_update();
-            let (resp, bytes, errors) = self.fetch_once(&r, version);
-            let done = errors || bytes >= r.min_bytes.max(0) as usize || Instant::now() >= deadline;
-            if done {
-                return resp;
+            // min_bytes 0 does not wait, whatever max_wait says
+            let due = Instant::now() >= deadline || r.min_bytes <= 0;
+            if due || self.fetch_ready(&r) {
+                let held = self.budget.take(most, true).await?;
+                let (resp, bytes, errors) = self.fetch_once(&r, version);
+                if errors || bytes >= r.min_bytes.max(0) as usize || due {
+                    return Some((resp, held));
+                }
             }
             tokio::select! {
                 _ = appends.changed() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
+    }
+
+    /// Whether a pass would find records or an error to report (so it is worth building).
+    fn fetch_ready(&self, r: &FetchRequest) -> bool {
+        r.topics.iter().any(|t| {
+            let name = t.topic.0.as_str();
+            if !self.allowed(eddy_broker::Access::Read, "topic", name) {
+                return true;
+            }
+            let topic = self.broker.topic(name);
+            t.partitions.iter().any(|p| {
+                match topic.as_ref().and_then(|t| t.partition(p.partition)) {
+                    None => true,
+                    // past the end is an error; before the end there are records
+                    Some(part) => {
+                        p.fetch_offset < part.start_offset() as i64
+                            || p.fetch_offset != part.end_offset() as i64
+                    }
+                }
+            })
+        })
     }
 
     /// One pass over the requested partitions: (response, record bytes, any error).
@@ -88,17 +148,34 @@ impl Handler {
                 if (from as u64) < end && (budget > 0 || total == 0) {
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget).max(1);
                     match part.read(from as u64, limit) {
-                        Ok(batches) => {
+                        Ok(mut batches) => {
                             // nothing above the high watermark this response reports
-                            for mut b in batches.into_iter().filter(|b| b.base_offset < end) {
-                                // whole batches only, but the first one even if it is larger
-                                // than the limits, so a consumer always makes progress
-                                if !records.is_empty() && records.len() + b.payload.len() > limit {
+                            batches.retain(|b| b.base_offset < end);
+                            // whole batches only, but the first one even if it is larger
+                            // than the limits, so a consumer always makes progress
+                            let (mut n, mut len) = (0, 0);
+                            for b in &batches {
+                                if n > 0 && len + b.payload.len() > limit {
                                     break;
                                 }
-                                patch_for_fetch(&mut b.payload, b.base_offset);
-                                records.extend_from_slice(&b.payload);
+                                n += 1;
+                                len += b.payload.len();
                             }
+                            batches.truncate(n);
+                            for b in &mut batches {
+                                patch_for_fetch(&mut b.payload, b.base_offset);
+                            }
+                            // one batch is sent as read; more are put together once, exactly
+                            // sized (what the response holds is what it is counted for)
+                            records = if batches.len() == 1 {
+                                batches.swap_remove(0).payload
+                            } else {
+                                let mut all = Vec::with_capacity(len);
+                                for b in &batches {
+                                    all.extend_from_slice(&b.payload);
+                                }
+                                all
+                            };
                         }
                         Err(e) => {
                             pd.error_code = code(&e);

@@ -20,6 +20,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
+use crate::budget::{Budget, Global, Held};
 use crate::groups::Groups;
 use crate::producers::Producers;
 use crate::KafkaConfig;
@@ -56,6 +57,9 @@ const APIS: &[(ApiKey, i16, i16)] = &[
 
 /// Most record bytes in one fetch response (Kafka's default `fetch.max.bytes`).
 pub(super) const MAX_FETCH_BYTES: usize = 55 << 20;
+/// Largest request while a SASL login is expected or under way (Kafka's
+/// `sasl.server.max.receive.size`).
+pub(crate) const MAX_SASL_REQUEST_BYTES: usize = 512 << 10;
 /// Longest offset-commit metadata (Kafka's `offset.metadata.max.bytes`).
 pub(super) const MAX_COMMIT_METADATA: usize = 4096;
 
@@ -124,6 +128,8 @@ pub(crate) enum Answer {
     Nothing,
     /// No answer, and the connection closes: an acks=0 produce failed (the reason).
     Close(String),
+    /// No answer: the connection is closing (its writer is gone).
+    Closing,
 }
 
 /// A response, and the logs it may only be sent after (acks=all, offset commits).
@@ -132,6 +138,8 @@ pub(crate) struct Reply {
     pub(crate) waits: Vec<(Arc<Log>, u64)>,
     /// Close the connection after this response (failed SASL login).
     pub(crate) close: bool,
+    /// The response bytes set aside for it before it was built (a fetch).
+    pub(crate) held: Option<Held>,
 }
 
 impl From<ResponseKind> for Reply {
@@ -140,6 +148,7 @@ impl From<ResponseKind> for Reply {
             response,
             waits: Vec::new(),
             close: false,
+            held: None,
         }
     }
 }
@@ -192,12 +201,16 @@ pub(crate) struct Handler {
     granted: parking_lot::Mutex<Vec<(eddy_broker::Access, &'static str, String)>>,
     /// The connection's span (the SASL user is recorded in it).
     pub(crate) span: tracing::Span,
+    /// The bounds on the response bytes it holds.
+    pub(crate) budget: Budget,
 }
 
 /// What every connection shares.
 pub(crate) struct Shared {
     pub(crate) producers: Arc<Producers>,
     pub(crate) groups: Arc<Groups>,
+    /// The bound on response bytes held for all connections together.
+    pub(crate) buffered: Global,
 }
 
 impl Handler {
@@ -207,9 +220,11 @@ impl Handler {
         shared: &Shared,
         peer: std::net::SocketAddr,
     ) -> Self {
+        let budget = Budget::new(&shared.buffered, cfg.max_buffered_per_connection);
         Handler {
             broker,
             cfg,
+            budget,
             producers: shared.producers.clone(),
             groups: shared.groups.clone(),
             peer: format!("/{}", peer.ip()),
@@ -235,6 +250,19 @@ impl Handler {
             .clone()
     }
 
+    /// Who this connection acts as: its SASL user, else [`Handler::anonymous_user`].
+    pub(crate) fn principal(&self) -> Option<String> {
+        self.user.lock().clone().or_else(|| self.anonymous_user())
+    }
+
+    /// Whether a SASL login is expected or under way: no user logged in, and either a
+    /// SaslHandshake was made or the client may not act without a login. Requests are then
+    /// bounded by [`MAX_SASL_REQUEST_BYTES`] (Kafka's `sasl.server.max.receive.size`).
+    pub(crate) fn login_pending(&self) -> bool {
+        self.user.lock().is_none()
+            && (self.sasl_mechanism.lock().is_some() || self.anonymous_user().is_none())
+    }
+
     /// Whether the topic may be listed to this connection (it may read, write or configure it).
     fn may_see(&self, topic: &str) -> bool {
         use eddy_broker::Access::{Configure, Read, Write};
@@ -254,8 +282,7 @@ impl Handler {
         {
             return true;
         }
-        let user = self.user.lock().clone().or_else(|| self.anonymous_user());
-        let ok = user.is_some_and(|u| {
+        let ok = self.principal().is_some_and(|u| {
             self.broker
                 .users()
                 .check(&u, "/", access, kind, name)
@@ -305,6 +332,7 @@ impl Handler {
                     response: ResponseKind::Produce(resp),
                     waits,
                     close: false,
+                    held: None,
                 }
             }
             RequestKind::OffsetCommit(r) => {
@@ -313,8 +341,18 @@ impl Handler {
                     response: ResponseKind::OffsetCommit(resp),
                     waits,
                     close: false,
+                    held: None,
                 }
             }
+            RequestKind::Fetch(r) => match self.fetch(r, version).await {
+                Some((resp, held)) => Reply {
+                    response: ResponseKind::Fetch(resp),
+                    waits: Vec::new(),
+                    close: false,
+                    held: Some(held),
+                },
+                None => return Answer::Closing,
+            },
             RequestKind::SaslAuthenticate(r) => {
                 let resp = self.sasl_authenticate(r);
                 let close = resp.error_code != 0;
@@ -322,6 +360,7 @@ impl Handler {
                     response: ResponseKind::SaslAuthenticate(resp),
                     waits: Vec::new(),
                     close,
+                    held: None,
                 }
             }
             other => match self.answer(other, version, client_id).await {
@@ -341,7 +380,6 @@ impl Handler {
         Some(match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(self.api_versions()),
             RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version)),
-            RequestKind::Fetch(r) => ResponseKind::Fetch(self.fetch(r, version).await),
             RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(self.list_offsets(r, version)),
             RequestKind::CreateTopics(r) => {
                 ResponseKind::CreateTopics(self.create_topics(r, version))

@@ -9,7 +9,10 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::*;
 
 use crate::producers::Outcome;
-use crate::records::split_batches;
+use crate::records::{for_each_header, split_batches, BatchInfo};
+
+/// The record header AMQP consumers of a stream queue get as the message's `user_id`.
+const USER_ID_HEADER: &str = "amqp.user-id";
 
 use super::{str_bytes, Handler};
 
@@ -67,6 +70,12 @@ impl Handler {
                     tr.partition_responses.push(pr);
                     continue;
                 }
+                if let Err((c, msg)) = self.check_user_id(&batches) {
+                    pr.error_code = c;
+                    pr.error_message = message(&msg);
+                    tr.partition_responses.push(pr);
+                    continue;
+                }
                 match self.producers.append(&partition, &batches) {
                     Err((c, msg)) => {
                         if c == ResponseError::KafkaStorageError.code() {
@@ -105,6 +114,36 @@ impl Handler {
         }
         // acks=all: the answer waits until these are durable under the fsync policy
         (resp, waits)
+    }
+
+    /// A record's `amqp.user-id` header is the `user_id` AMQP consumers of a stream queue get,
+    /// which they trust as AMQP publishes are refused one naming another user: so is a
+    /// produce whose records name another user than the connection's (INVALID_RECORD); a
+    /// batch that holds the header's name in records that cannot be read is CORRUPT_MESSAGE. Refused rather than dropped: the
+    /// batch is stored as sent (dropping a header means rewriting it), and the producer
+    /// learns why, as an AMQP publisher does.
+    fn check_user_id(&self, batches: &[(&[u8], BatchInfo)]) -> Result<(), (i16, String)> {
+        let mut principal: Option<Option<String>> = None;
+        let mut foreign: Option<String> = None;
+        for (batch, _) in batches {
+            for_each_header(batch, USER_ID_HEADER.as_bytes(), |v| {
+                let user = principal.get_or_insert_with(|| self.principal());
+                if foreign.is_none() && (v.is_none() || v != user.as_deref().map(str::as_bytes)) {
+                    foreign = Some(String::from_utf8_lossy(v.unwrap_or_default()).into_owned());
+                }
+            })
+            .map_err(|e| (ResponseError::CorruptMessage.code(), e.to_string()))?;
+            if let Some(named) = foreign {
+                let user = principal.flatten().unwrap_or_default();
+                return Err((
+                    ResponseError::InvalidRecord.code(),
+                    format!(
+                        "header {USER_ID_HEADER} '{named}' is not the user of this connection ('{user}'): a record may not claim another user"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn init_producer_id(

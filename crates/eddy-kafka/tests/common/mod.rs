@@ -157,6 +157,14 @@ impl Client {
         self.corr
     }
 
+    /// Write bytes; false once the server has closed the connection.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
+        tokio::time::timeout(DEADLINE, self.io.write_all(bytes))
+            .await
+            .expect("the server takes the request within the deadline")
+            .is_ok()
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         tokio::time::timeout(DEADLINE, self.io.write_all(bytes))
             .await
