@@ -146,6 +146,7 @@ async fn handle_io(
     // fires once the connection may have been idle for the idle timeout (then checked)
     let idle_check = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(86_400 * 365)));
     tokio::pin!(idle_check);
+    let mut first = true;
     let result: Result<(), String> = async {
         loop {
             let mut size = [0u8; 4];
@@ -177,16 +178,34 @@ async fn handle_io(
             // while a SASL login is expected, requests are small (Kafka's
             // `sasl.server.max.receive.size`): nothing large is held for a client that has
             // not logged in
-            let max = if handler.login_pending() {
+            // and a connection's first request is small too: clients open with ApiVersions,
+            // Metadata or SaslHandshake, so nothing large is held for one that never spoke
+            let max = if handler.login_pending() || first {
                 cfg.max_request_bytes.min(api::MAX_SASL_REQUEST_BYTES)
             } else {
                 cfg.max_request_bytes
             };
+            first = false;
             let len = usize::try_from(size)
                 .ok()
                 .filter(|n| (8..=max).contains(n))
                 .ok_or_else(|| ConnError::Size(size, max).to_string())?;
-            let body = tokio::time::timeout(cfg.request_timeout, read_body(&mut rd, len))
+            // a large request takes its bytes from the bound over all connections first
+            // (waiting, unread, while others are received), within its deadline
+            let receive = async {
+                let _room = if len > LARGE_REQUEST {
+                    // (a request larger than the whole bound takes all of it)
+                    let room = u32::try_from(len.min(cfg.max_receiving)).unwrap_or(u32::MAX);
+                    match shared.receiving.clone().acquire_many_owned(room).await {
+                        Ok(p) => Some(p),
+                        Err(_) => return Err(std::io::ErrorKind::Other.into()),
+                    }
+                } else {
+                    None
+                };
+                read_body(&mut rd, len).await
+            };
+            let body = tokio::time::timeout(cfg.request_timeout, receive)
                 .await
                 .map_err(|_| {
                     format!(
@@ -240,6 +259,9 @@ async fn handle_io(
         writer.abort();
     }
 }
+
+/// Requests larger than this take room from the bound on bytes being received.
+const LARGE_REQUEST: usize = 1 << 20;
 
 /// A request body of `len` bytes, its buffer grown as the bytes arrive (not sized by what
 /// the client announced).

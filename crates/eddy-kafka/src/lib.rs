@@ -49,6 +49,9 @@ pub struct KafkaConfig {
     /// Most fetch-response bytes prepared and not yet written for all Kafka connections
     /// together (other answers count against their connection's bound only).
     pub max_buffered: usize,
+    /// Most bytes of requests being received at once over all Kafka connections, counted
+    /// for requests over 1 MiB: past it a large request waits before its body is read.
+    pub max_receiving: usize,
 }
 
 impl Default for KafkaConfig {
@@ -65,6 +68,7 @@ impl Default for KafkaConfig {
             request_timeout: Duration::from_secs(30),
             max_buffered_per_connection: 64 << 20,
             max_buffered: 512 << 20,
+            max_receiving: 256 << 20,
         }
     }
 }
@@ -86,6 +90,7 @@ impl Kafka {
             producers: Arc::new(producers::Producers::new()),
             groups: Arc::new(groups::Groups::default()),
             buffered: budget::Global::new(config.max_buffered),
+            receiving: Arc::new(tokio::sync::Semaphore::new(config.max_receiving)),
         });
         let groups = Arc::downgrade(&shared.groups);
         tokio::spawn(async move {

@@ -209,6 +209,12 @@ async fn a_large_request_before_a_sasl_login_closes_the_connection() {
 async fn a_client_acting_as_guest_without_sasl_may_send_large_requests() {
     let f = Fixture::new();
     let mut c = f.connect();
+    // its first request is small (ApiVersions, Metadata: what every client opens with); a
+    // first request over 512 KiB closes the connection, so a client that never spoke holds
+    // nothing large
+    let mut opener = f.connect();
+    opener.send_raw(&announce(600 << 10)).await;
+    opener.expect_closed().await;
     assert_eq!(c.create_topic("t", 1).await, 0);
     let value = vec![1u8; 600 << 10];
     assert_eq!(
@@ -355,4 +361,30 @@ async fn a_record_may_not_claim_another_user_in_amqp_user_id() {
     let p = a.produce(1, "t", 0, Bytes::from(bad)).await;
     assert_eq!(p.error_code, CORRUPT_MESSAGE);
     assert_eq!(a.list_offset("t", 0, -1).await.1, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_alarm_holds_producers() {
+    // any process holds more than a byte: the memory alarm is raised at the first reading
+    let f = Fixture::with_broker(KafkaConfig::default(), |b| b.memory_high_watermark = 1);
+    let mut c = f.connect();
+    assert_eq!(c.create_topic("held", 1).await, 0);
+    let housekeeping = f.broker.spawn_housekeeping();
+    let mut alarms = f.broker.alarms();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alarms.borrow_and_update().blocked() {
+        assert!(Instant::now() < deadline, "no alarm");
+        let _ = tokio::time::timeout(Duration::from_millis(100), alarms.changed()).await;
+    }
+    // the produce is not answered, and nothing is appended, while the alarm lasts (before,
+    // produce ignored the disk alarm and filled a disk)
+    let held = tokio::time::timeout(
+        Duration::from_millis(700),
+        c.produce(1, "held", 0, batch(1, &[b"x"])),
+    )
+    .await;
+    assert!(held.is_err(), "answered during the alarm: {held:?}");
+    let mut other = f.connect();
+    assert_eq!(other.list_offset("held", 0, -1).await.1, 0);
+    housekeeping.abort();
 }

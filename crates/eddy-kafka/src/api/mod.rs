@@ -211,6 +211,8 @@ pub(crate) struct Shared {
     pub(crate) groups: Arc<Groups>,
     /// The bound on response bytes held for all connections together.
     pub(crate) buffered: Global,
+    /// The bound on bytes of large requests being received, over all connections.
+    pub(crate) receiving: Arc<tokio::sync::Semaphore>,
 }
 
 impl Handler {
@@ -253,6 +255,26 @@ impl Handler {
     /// Who this connection acts as: its SASL user, else [`Handler::anonymous_user`].
     pub(crate) fn principal(&self) -> Option<String> {
         self.user.lock().clone().or_else(|| self.anonymous_user())
+    }
+
+    /// Wait while a memory or disk alarm is raised.
+    async fn wait_unblocked(&self) {
+        let mut alarms = self.broker.alarms();
+        let mut told = false;
+        loop {
+            let a = *alarms.borrow_and_update();
+            if !a.blocked() {
+                return;
+            }
+            if !told {
+                told = true;
+                let what = if a.memory { "memory" } else { "disk" };
+                tracing::warn!("producer held: the {what} alarm is raised");
+            }
+            if alarms.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Whether a SASL login is expected or under way: no user logged in, and either a
@@ -312,6 +334,9 @@ impl Handler {
             .unwrap_or_default();
         let reply: Reply = match request {
             RequestKind::Produce(r) => {
+                // a resource alarm holds producers as it holds AMQP publishers: the request
+                // waits (and the connection's next ones unread) until it clears
+                self.wait_unblocked().await;
                 let acks = r.acks;
                 let (resp, waits) = self.produce(r, version);
                 if acks == 0 {

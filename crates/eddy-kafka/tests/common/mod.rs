@@ -46,12 +46,18 @@ impl Fixture {
 
     /// Must be called inside a tokio runtime (the front end starts its group sweep).
     pub fn with(config: KafkaConfig) -> Fixture {
+        Fixture::with_broker(config, |_| {})
+    }
+
+    /// As [`Fixture::with`], with the broker's configuration changed by `tune`.
+    pub fn with_broker(config: KafkaConfig, tune: impl FnOnce(&mut BrokerConfig)) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
-        let broker = Broker::open(BrokerConfig {
+        let mut broker_config = BrokerConfig {
             data_dir: dir.path().to_owned(),
             ..Default::default()
-        })
-        .expect("broker opens");
+        };
+        tune(&mut broker_config);
+        let broker = Broker::open(broker_config).expect("broker opens");
         let kafka = Kafka::new(broker.clone(), config);
         let (shutdown, _) = watch::channel(false);
         Fixture {
