@@ -461,3 +461,23 @@ pub async fn serve<H: Handler>(
         while conns.join_next().await.is_some() {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_warnings_are_logged_at_most_once_a_second() {
+        let mut t = Throttled::new();
+        assert_eq!(t.ready(), Some(0));
+        // a storm of accept errors (EMFILE every 50 ms, or faster): one line a second
+        let logged = (0..1000).filter(|_| t.ready().is_some()).count();
+        assert_eq!(logged, 0);
+        t.last = Some(Instant::now() - Duration::from_secs(1));
+        assert_eq!(
+            t.ready(),
+            Some(1000),
+            "the next line says how many were left out"
+        );
+    }
+}
