@@ -12,14 +12,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use common::Server;
+use bytes::Bytes;
+use common::{kafka_request, rss, Server};
 use eddy_records::BatchBuilder;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 
 /// Most resident memory the broker may reach under any one attack.
 const MAX_RSS: u64 = 256 << 20;
@@ -27,16 +27,6 @@ const MAX_RSS: u64 = 256 << 20;
 const MAX_FDS: usize = 1200;
 /// Longest a fresh client may wait for its first answer, under any attack.
 const MAX_ANSWER: Duration = Duration::from_secs(2);
-
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
 
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -67,21 +57,6 @@ fn connect_from_another_address(port: u16) -> TcpStream {
     })
 }
 
-fn kafka_frame<R: Encodable>(key: ApiKey, version: i16, corr: i32, req: &R) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_i32(0);
-    let mut h = RequestHeader::default();
-    h.request_api_key = key as i16;
-    h.request_api_version = version;
-    h.correlation_id = corr;
-    h.encode(&mut out, key.request_header_version(version))
-        .unwrap();
-    req.encode(&mut out, version).unwrap();
-    let len = (out.len() - 4) as i32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    out.to_vec()
-}
-
 fn read_frame(s: &mut TcpStream) -> Vec<u8> {
     let mut size = [0u8; 4];
     s.read_exact(&mut size).unwrap();
@@ -99,7 +74,7 @@ fn answer_time(s: &Server) -> Duration {
     let n = a.read(&mut buf).unwrap();
     assert!(n > 7 && buf[0] == 1, "AMQP answered {:?}", &buf[..n]);
     let mut k = probe_connect(s.kafka_port);
-    k.write_all(&kafka_frame(
+    k.write_all(&kafka_request(
         ApiKey::ApiVersions,
         0,
         1,
@@ -183,7 +158,7 @@ fn topic_with_data(port: u16, topic: &str, megabytes: usize) {
     let mut r = CreateTopicsRequest::default();
     r.topics = vec![t];
     r.timeout_ms = 10_000;
-    c.write_all(&kafka_frame(ApiKey::CreateTopics, 5, 1, &r))
+    c.write_all(&kafka_request(ApiKey::CreateTopics, 5, 1, &r))
         .unwrap();
     read_frame(&mut c);
     let value = vec![7u8; 1 << 20];
@@ -199,7 +174,7 @@ fn topic_with_data(port: u16, topic: &str, megabytes: usize) {
         p.acks = 1;
         p.timeout_ms = 10_000;
         p.topic_data = vec![td];
-        c.write_all(&kafka_frame(ApiKey::Produce, 7, 2 + i as i32, &p))
+        c.write_all(&kafka_request(ApiKey::Produce, 7, 2 + i as i32, &p))
             .unwrap();
         read_frame(&mut c);
     }
@@ -294,7 +269,7 @@ fn a_hostile_client_cannot_take_the_broker_down() {
         let mut c = TcpStream::connect(("127.0.0.1", s.kafka_port)).unwrap();
         c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
         for corr in 0..200 {
-            if c.write_all(&kafka_frame(ApiKey::Fetch, 11, corr, &fetch_all("hoard")))
+            if c.write_all(&kafka_request(ApiKey::Fetch, 11, corr, &fetch_all("hoard")))
                 .is_err()
             {
                 break; // the broker stopped reading: what the bound is for

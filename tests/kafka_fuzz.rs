@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use common::Server;
+use bytes::Bytes;
+use common::{kafka_request, Server};
 use eddy_records::BatchBuilder;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -19,23 +19,7 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Encodable, StrBytes};
-
-fn request<R: Encodable>(key: ApiKey, version: i16, corr: i32, req: &R) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_i32(0);
-    let mut h = RequestHeader::default();
-    h.request_api_key = key as i16;
-    h.request_api_version = version;
-    h.correlation_id = corr;
-    h.client_id = Some(StrBytes::from_static_str("fuzz"));
-    h.encode(&mut out, key.request_header_version(version))
-        .unwrap();
-    req.encode(&mut out, version).unwrap();
-    let len = (out.len() - 4) as i32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    out.to_vec()
-}
+use kafka_protocol::protocol::StrBytes;
 
 fn batch() -> Bytes {
     let mut b = BatchBuilder::new();
@@ -48,13 +32,13 @@ fn topic() -> TopicName {
 }
 
 fn session() -> Vec<Vec<u8>> {
-    let mut out = vec![request(
+    let mut out = vec![kafka_request(
         ApiKey::ApiVersions,
         3,
         1,
         &ApiVersionsRequest::default(),
     )];
-    out.push(request(
+    out.push(kafka_request(
         ApiKey::Metadata,
         12,
         2,
@@ -66,7 +50,7 @@ fn session() -> Vec<Vec<u8>> {
     ct.replication_factor = 1;
     let mut c = CreateTopicsRequest::default();
     c.topics = vec![ct];
-    out.push(request(ApiKey::CreateTopics, 5, 3, &c));
+    out.push(kafka_request(ApiKey::CreateTopics, 5, 3, &c));
     let mut pd = PartitionProduceData::default();
     pd.records = Some(batch());
     let mut td = TopicProduceData::default();
@@ -76,8 +60,8 @@ fn session() -> Vec<Vec<u8>> {
     p.acks = -1;
     p.timeout_ms = 1000;
     p.topic_data = vec![td];
-    out.push(request(ApiKey::Produce, 7, 4, &p));
-    out.push(request(ApiKey::Produce, 9, 5, &p));
+    out.push(kafka_request(ApiKey::Produce, 7, 4, &p));
+    out.push(kafka_request(ApiKey::Produce, 9, 5, &p));
     let mut fp = FetchPartition::default();
     fp.partition_max_bytes = 1 << 20;
     let mut ft = FetchTopic::default();
@@ -88,7 +72,7 @@ fn session() -> Vec<Vec<u8>> {
     f.max_wait_ms = 10;
     f.max_bytes = 1 << 20;
     f.topics = vec![ft];
-    out.push(request(ApiKey::Fetch, 11, 6, &f));
+    out.push(kafka_request(ApiKey::Fetch, 11, 6, &f));
     let mut lp = ListOffsetsPartition::default();
     lp.timestamp = -2;
     let mut lt = ListOffsetsTopic::default();
@@ -97,8 +81,8 @@ fn session() -> Vec<Vec<u8>> {
     let mut l = ListOffsetsRequest::default();
     l.replica_id = BrokerId(-1);
     l.topics = vec![lt];
-    out.push(request(ApiKey::ListOffsets, 5, 7, &l));
-    out.push(request(
+    out.push(kafka_request(ApiKey::ListOffsets, 5, 7, &l));
+    out.push(kafka_request(
         ApiKey::InitProducerId,
         4,
         8,
@@ -106,7 +90,7 @@ fn session() -> Vec<Vec<u8>> {
     ));
     let mut fc = FindCoordinatorRequest::default();
     fc.key = StrBytes::from_static_str("g");
-    out.push(request(ApiKey::FindCoordinator, 3, 9, &fc));
+    out.push(kafka_request(ApiKey::FindCoordinator, 3, 9, &fc));
     let mut jp = JoinGroupRequestProtocol::default();
     jp.name = StrBytes::from_static_str("range");
     jp.metadata = Bytes::from_static(&[0, 1, 0, 0, 0, 1, 0, 2, b'f', b'z', 0, 0, 0, 0]);
@@ -117,14 +101,14 @@ fn session() -> Vec<Vec<u8>> {
     j.member_id = StrBytes::from_static_str("");
     j.protocol_type = StrBytes::from_static_str("consumer");
     j.protocols = vec![jp];
-    out.push(request(ApiKey::JoinGroup, 5, 10, &j));
-    out.push(request(
+    out.push(kafka_request(ApiKey::JoinGroup, 5, 10, &j));
+    out.push(kafka_request(
         ApiKey::OffsetFetch,
         6,
         11,
         &OffsetFetchRequest::default(),
     ));
-    out.push(request(
+    out.push(kafka_request(
         ApiKey::DescribeConfigs,
         1,
         12,

@@ -8,30 +8,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use common::Server;
+use bytes::Bytes;
+use common::{kafka_request, rss, Server};
 use eddy_records::BatchBuilder;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Encodable, StrBytes};
-
-fn request<R: Encodable>(key: ApiKey, version: i16, corr: i32, req: &R) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_i32(0);
-    let mut h = RequestHeader::default();
-    h.request_api_key = key as i16;
-    h.request_api_version = version;
-    h.correlation_id = corr;
-    h.client_id = Some(StrBytes::from_static_str("memory"));
-    h.encode(&mut out, key.request_header_version(version))
-        .unwrap();
-    req.encode(&mut out, version).unwrap();
-    let len = (out.len() - 4) as i32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    out.to_vec()
-}
+use kafka_protocol::protocol::StrBytes;
 
 /// Send a request and read the one response (its body after the size).
 fn call(t: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
@@ -53,14 +37,6 @@ fn topic() -> TopicName {
     TopicName(StrBytes::from_static_str("big"))
 }
 
-/// The server's resident memory, bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[test]
 fn pipelined_fetches_never_read_keep_the_broker_small() {
     let server = Server::start(&[]);
@@ -73,7 +49,7 @@ fn pipelined_fetches_never_read_keep_the_broker_small() {
     let mut c = CreateTopicsRequest::default();
     c.topics = vec![ct];
     c.timeout_ms = 5_000;
-    call(&mut admin, &request(ApiKey::CreateTopics, 5, 1, &c));
+    call(&mut admin, &kafka_request(ApiKey::CreateTopics, 5, 1, &c));
     // 8 MiB in the partition, in 1 MiB batches: every fetch below answers all of it
     for i in 0..8 {
         let mut b = BatchBuilder::new();
@@ -87,7 +63,7 @@ fn pipelined_fetches_never_read_keep_the_broker_small() {
         p.acks = 1;
         p.timeout_ms = 5_000;
         p.topic_data = vec![td];
-        call(&mut admin, &request(ApiKey::Produce, 9, 2 + i, &p));
+        call(&mut admin, &kafka_request(ApiKey::Produce, 9, 2 + i, &p));
     }
     std::thread::sleep(Duration::from_millis(500));
     let before = rss(pid);
@@ -104,7 +80,7 @@ fn pipelined_fetches_never_read_keep_the_broker_small() {
     f.min_bytes = 1;
     f.topics = vec![ft];
     let fetches: Vec<u8> = (0..200)
-        .flat_map(|i| request(ApiKey::Fetch, 12, 100 + i, &f))
+        .flat_map(|i| kafka_request(ApiKey::Fetch, 12, 100 + i, &f))
         .collect();
     let hogs: Vec<TcpStream> = (0..2)
         .map(|_| {
@@ -138,10 +114,10 @@ fn pipelined_fetches_never_read_keep_the_broker_small() {
     let mut other = connect(server.kafka_port);
     let r = call(
         &mut other,
-        &request(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default()),
+        &kafka_request(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default()),
     );
     assert_eq!(i32::from_be_bytes(r[..4].try_into().unwrap()), 1);
-    let r = call(&mut other, &request(ApiKey::Fetch, 12, 2, &f));
+    let r = call(&mut other, &kafka_request(ApiKey::Fetch, 12, 2, &f));
     assert!(r.len() > 8 << 20);
     drop(hogs);
 }

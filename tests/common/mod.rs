@@ -1,4 +1,5 @@
-//! Start a real `eddy serve` on a free loopback port in a temp dir, and stop it.
+//! Start a real `eddy serve` on a free loopback port in a temp dir, and stop it; and what
+//! the tests that talk to it share (a Kafka request's bytes, the server's resident memory).
 
 #![allow(dead_code)]
 
@@ -139,4 +140,38 @@ pub fn wait_listening(port: u16, timeout: Duration, log: &Path) {
         "eddy did not listen on {port}; log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// A Kafka request's bytes: size, header (client id `eddy-test`), body.
+pub fn kafka_request<R: kafka_protocol::protocol::Encodable>(
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    corr: i32,
+    req: &R,
+) -> Vec<u8> {
+    use bytes::BufMut;
+    use kafka_protocol::protocol::Encodable;
+    let mut out = bytes::BytesMut::new();
+    out.put_i32(0);
+    let mut h = kafka_protocol::messages::RequestHeader::default();
+    h.request_api_key = key as i16;
+    h.request_api_version = version;
+    h.correlation_id = corr;
+    h.client_id = Some(kafka_protocol::protocol::StrBytes::from_static_str(
+        "eddy-test",
+    ));
+    h.encode(&mut out, key.request_header_version(version))
+        .unwrap();
+    req.encode(&mut out, version).unwrap();
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out.to_vec()
+}
+
+/// A process's resident memory, bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
 }
