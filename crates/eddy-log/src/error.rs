@@ -38,6 +38,29 @@ pub enum LogError {
         /// The limit.
         limit: usize,
     },
+    /// [`Log::truncate`](crate::Log::truncate) was given an offset where no stored batch
+    /// starts (inside a batch, below the start offset, in a gap, or beyond the next offset).
+    #[error("cannot truncate the log at offset {offset} (next offset {next_offset}): {reason}")]
+    BadTruncateOffset {
+        /// The offset asked for.
+        offset: u64,
+        /// The log's next offset.
+        next_offset: u64,
+        /// Why it is not a batch boundary.
+        reason: String,
+    },
+    /// Offsets a [`Log::wait_durable`](crate::Log::wait_durable) waited for were removed by
+    /// [`Log::truncate`](crate::Log::truncate) before the wait saw them durable.
+    #[error(
+        "the log was truncated at offset {from} while waiting for offsets below {end} to become \
+         durable"
+    )]
+    Truncated {
+        /// Where the log was cut (the lowest cut, when several happened during the wait).
+        from: u64,
+        /// The end offset waited for.
+        end: u64,
+    },
 }
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> LogError {

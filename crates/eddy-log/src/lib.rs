@@ -9,8 +9,11 @@
 //! Files import downward only (`lib.rs` declares and re-exports; nothing imports it):
 //!
 //! - `log.rs`: [`Log`] — open, append, roll, durability waits, close; `log/read.rs` reads
-//!   batches back and finds timestamps, `log/retention.rs` deletes whole segments and rewrites
-//!   sealed ones (compaction). One type, several files.
+//!   batches back (or only their headers and payload prefixes, [`Log::scan_headers`]) and finds
+//!   timestamps, `log/retention.rs` deletes whole segments and rewrites sealed ones
+//!   (compaction), `log/truncate.rs` removes a suffix from a batch on ([`Log::truncate`], a Raft
+//!   follower dropping a diverged, uncommitted suffix: the only operation that moves the next
+//!   and durable offsets back). One type, several files.
 //! - `recovery.rs`: what [`Log::open`] checks and repairs ([`RecoveryReport`]).
 //! - `segment.rs`: the on-disk format (batch header, segment names, index sidecar; the byte
 //!   tables are its module doc) and the code that encodes, decodes and scans it.

@@ -1,8 +1,11 @@
-//! [`Log`]: one log in one directory — open, append, roll, durability, close. Reading is in
-//! `log/read.rs`, deleting and rewriting segments in `log/retention.rs`.
+//! [`Log`]: one log in one directory — open, append, roll, durability, close. Reading (whole
+//! batches, or only headers) is in `log/read.rs`, deleting and rewriting segments in
+//! `log/retention.rs`, removing a suffix of batches ([`Log::truncate`], for a Raft follower) in
+//! `log/truncate.rs`.
 
 pub(crate) mod read;
 pub(crate) mod retention;
+pub(crate) mod truncate;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -20,7 +23,7 @@ use crate::segment::{
     encode_header, index_entry, open_rw, segment_path, sync_dir, write_index, Segment, HEADER,
     MAX_BATCH_BYTES,
 };
-use crate::syncer::{Durable, FsyncPolicy, SyncTarget, Syncer};
+use crate::syncer::{Cuts, Durable, FsyncPolicy, SyncTarget, Syncer};
 
 /// Segment settings.
 #[derive(Clone, Debug)]
@@ -97,6 +100,7 @@ impl Log {
         let (durable, _) = watch::channel(Durable {
             offset: next_offset,
             failed: false,
+            epoch: 0,
         });
         let sync = Arc::new(SyncTarget {
             active: Mutex::new(active.file.clone()),
@@ -104,6 +108,8 @@ impl Log {
             written_end: AtomicU64::new(next_offset),
             durable,
             failed: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            cuts: Mutex::new(Cuts::default()),
         });
         Ok(Arc::new(Log {
             dir: dir.to_owned(),
@@ -189,14 +195,14 @@ impl Log {
         }
         inner.next_offset = base + count as u64;
         let end = inner.next_offset;
-        drop(inner);
-        // fetch_max: a concurrent appender that stores after us must not move the end back, or
-        // the syncer could publish less than we wait for and never be woken again
+        // under the lock, so that a truncation (which holds it) is never followed by a late store
+        // of an end it removed
         self.sync.written_end.fetch_max(end, Ordering::AcqRel);
+        let epoch = self.sync.epoch();
+        drop(inner);
         if self.syncer.policy() == FsyncPolicy::Never {
-            self.sync
-                .durable
-                .send_modify(|d| d.offset = d.offset.max(end));
+            // nothing, if a truncation came in between
+            self.sync.publish(epoch, end);
         } else {
             self.syncer.mark(&self.sync);
         }
@@ -261,16 +267,36 @@ impl Log {
     }
 
     /// Resolves once every offset below `end_offset` is durable.
+    ///
+    /// Fails with [`LogError::Truncated`] when a [`Log::truncate`] made after this call (and
+    /// before the wait saw the offsets durable) removed any offset below `end_offset`: offsets
+    /// appended again after a truncation are other data, and a wait for the removed ones never
+    /// resolves on them. A truncation that kept every offset below `end_offset` resolves it (it
+    /// makes everything it keeps durable).
     pub fn wait_durable(
         &self,
         end_offset: u64,
     ) -> impl std::future::Future<Output = Result<(), LogError>> + Send + 'static {
         let mut rx = self.sync.durable.subscribe();
+        let epoch = rx.borrow().epoch;
+        // weak: a wait must not keep the watch alive after the log is dropped
+        let sync = Arc::downgrade(&self.sync);
         async move {
-            let d = rx
-                .wait_for(|d| d.failed || d.offset >= end_offset)
+            let d = *rx
+                .wait_for(|d| d.failed || d.epoch != epoch || d.offset >= end_offset)
                 .await
                 .map_err(|_| LogError::Closed)?;
+            if d.epoch != epoch {
+                let sync = sync.upgrade().ok_or(LogError::Closed)?;
+                let lowest = sync.cuts.lock().lowest_since(epoch);
+                if let Some(from) = lowest.filter(|&from| from < end_offset) {
+                    return Err(LogError::Truncated {
+                        from,
+                        end: end_offset,
+                    });
+                }
+                // every truncation since kept `..end_offset` and made it durable
+            }
             if d.offset >= end_offset {
                 Ok(())
             } else {
@@ -279,7 +305,6 @@ impl Log {
         }
     }
 
-    /// Batches from the one containing `from_offset` on, up to about `max_bytes` of payload
     /// Bytes stored.
     pub fn size_bytes(&self) -> u64 {
         self.inner.lock().segments.iter().map(|s| s.size).sum()
@@ -338,10 +363,9 @@ impl Log {
         let a = inner.segments.last().expect("active segment");
         a.file.sync_data().map_err(|e| io_err(&a.path, e))?;
         let end = inner.next_offset;
+        let epoch = self.sync.epoch();
         drop(inner);
-        self.sync
-            .durable
-            .send_modify(|d| d.offset = d.offset.max(end));
+        self.sync.publish(epoch, end);
         Ok(())
     }
 

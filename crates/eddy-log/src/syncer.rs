@@ -6,6 +6,13 @@
 //! ([`Log::wait_durable`](crate::Log::wait_durable) watches it). Rolling a segment fsyncs the
 //! sealed file itself, so the thread only ever syncs active files. A failed fsync stops the log
 //! for good ([`LogError::Failed`](crate::LogError::Failed)).
+//!
+//! [`Log::truncate`](crate::Log::truncate) is the only thing that moves the durable offset
+//! down. Each truncation starts a new *epoch* (`Durable::epoch`); an fsync pass, or an
+//! append's publication made outside the log's lock, that began in an earlier epoch publishes
+//! nothing, so an offset written before a truncation is never published as durable after it.
+//! The offset every recent truncation cut the log at is kept (`Cuts`), so that a durability
+//! wait spanning a truncation can tell whether the offsets it waits for were removed.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,6 +39,49 @@ pub enum FsyncPolicy {
 pub(crate) struct Durable {
     pub(crate) offset: u64,
     pub(crate) failed: bool,
+    /// Truncations so far: bumped (with `offset` set down) by each
+    /// [`Log::truncate`](crate::Log::truncate).
+    pub(crate) epoch: u64,
+}
+
+/// How many truncations [`Cuts`] remembers; a wait that began more truncations ago than this
+/// fails as if its offsets had been removed.
+const CUTS_KEPT: usize = 1024;
+
+/// The start offsets of the most recent truncations: `from[i]` is the offset truncation number
+/// `first_epoch + i` cut the log at (truncation `e` moved the epoch from `e - 1` to `e`).
+#[derive(Default)]
+pub(crate) struct Cuts {
+    first_epoch: u64,
+    from: std::collections::VecDeque<u64>,
+}
+
+impl Cuts {
+    /// Remember that truncation number `epoch` cut the log at `from`.
+    pub(crate) fn push(&mut self, epoch: u64, from: u64) {
+        if self.from.is_empty() {
+            self.first_epoch = epoch;
+        }
+        self.from.push_back(from);
+        if self.from.len() > CUTS_KEPT {
+            self.from.pop_front();
+            self.first_epoch += 1;
+        }
+    }
+
+    /// The lowest offset cut by the truncations after epoch `since` (`None`: none happened);
+    /// `Some(0)` when some of them are no longer remembered.
+    pub(crate) fn lowest_since(&self, since: u64) -> Option<u64> {
+        let newest = self.first_epoch + self.from.len() as u64;
+        if self.from.is_empty() || newest <= since {
+            return None;
+        }
+        if since + 1 < self.first_epoch {
+            return Some(0);
+        }
+        let skip = (since + 1 - self.first_epoch) as usize;
+        self.from.iter().skip(skip).copied().min()
+    }
 }
 
 /// What the syncer needs of a log.
@@ -41,6 +91,32 @@ pub(crate) struct SyncTarget {
     pub(crate) written_end: AtomicU64,
     pub(crate) durable: watch::Sender<Durable>,
     pub(crate) failed: AtomicBool,
+    /// `durable`'s epoch, readable without the watch's lock; set (before `durable`) under the
+    /// log's lock by a truncation.
+    pub(crate) epoch: AtomicU64,
+    /// Where recent truncations cut the log (pushed under the log's lock before `durable`'s
+    /// epoch moves).
+    pub(crate) cuts: Mutex<Cuts>,
+}
+
+impl SyncTarget {
+    /// The truncation epoch now.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Raise the durable offset to `end`, unless a truncation happened since `epoch` was read
+    /// (the offset written before it may since have been removed).
+    pub(crate) fn publish(&self, epoch: u64, end: u64) {
+        self.durable.send_if_modified(|d| {
+            if d.epoch == epoch && end > d.offset {
+                d.offset = end;
+                true
+            } else {
+                false
+            }
+        });
+    }
 }
 
 /// Group-commit service shared by many logs: one background thread fsyncs dirty logs.
@@ -175,6 +251,8 @@ impl Syncer {
         if t.failed.load(Ordering::Acquire) {
             return;
         }
+        // read the epoch first: a truncation after it makes this pass publish nothing
+        let epoch = t.epoch();
         // read the end first, then the file: a roll in between fsyncs the old file itself
         let end = t.written_end.load(Ordering::Acquire);
         let file = t.active.lock().clone();
@@ -192,13 +270,7 @@ impl Syncer {
             .sum_nanos
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         match synced {
-            Ok(()) => {
-                t.durable.send_modify(|d| {
-                    if end > d.offset {
-                        d.offset = end
-                    }
-                });
-            }
+            Ok(()) => t.publish(epoch, end),
             Err(e) => {
                 tracing::error!(path = %t.active_path.lock().display(), "fsync failed, log stops accepting writes: {e}");
                 t.failed.store(true, Ordering::Release);

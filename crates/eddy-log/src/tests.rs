@@ -940,3 +940,427 @@ fn rewrite_sealed_replaces_payloads_in_place() {
     check(&log);
     assert_eq!(log.append(1, 0, b"more").unwrap(), 80);
 }
+
+// ---------------------------------------------------------------------------------------------
+// truncation (a Raft follower dropping a diverged suffix), one-batch reads, header scans
+
+/// Append `n` batches of record counts 1..=3 and payload lengths from `len`, remembering them.
+fn append_many(log: &Log, from: usize, n: usize, len: impl Fn(usize) -> usize) -> Vec<Written> {
+    (from..from + n)
+        .map(|i| append_tracked(log, i, len(i), (i % 3 + 1) as u32))
+        .collect()
+}
+
+fn recs(written: &[Written]) -> Vec<Rec> {
+    written.iter().map(rec_of_written).collect()
+}
+
+/// What the log's in-memory segments say: (base, next, size, index entries), and that every
+/// index entry points at a batch inside its segment.
+fn segment_state(log: &Log) -> Vec<(u64, u64, u64, usize)> {
+    let inner = log.inner.lock();
+    for s in &inner.segments {
+        for e in &s.index {
+            assert!((e.pos as u64) < s.size.max(1) && s.base + (e.rel as u64) < s.next.max(1));
+        }
+    }
+    inner
+        .segments
+        .iter()
+        .map(|s| (s.base, s.next, s.size, s.index.len()))
+        .collect()
+}
+
+#[test]
+fn truncate_in_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncer = Syncer::new(FsyncPolicy::Never);
+    let log = Log::open(dir.path(), cfg(1 << 20), syncer.clone()).unwrap();
+    let written = append_many(&log, 0, 30, |i| 20 + i * 7);
+    assert_eq!(log.segment_count(), 1);
+    let cut = &written[17];
+    log.truncate(cut.off).unwrap();
+    assert_eq!(log.next_offset(), cut.off);
+    assert_eq!(log.durable_offset(), cut.off);
+    assert_eq!(read_all(&log), recs(&written[..17]));
+    let path = segment_path(dir.path(), 0);
+    assert_eq!(fs::metadata(&path).unwrap().len(), written[16].end_pos);
+    assert_eq!(log.size_bytes(), written[16].end_pos);
+    // the time index forgot the cut batches' timestamps
+    assert_eq!(log.offset_for_timestamp(17).unwrap(), None);
+    assert_eq!(log.offset_for_timestamp(16).unwrap(), Some(written[16].off));
+    // appends continue at the cut
+    let again = append_many(&log, 100, 5, |_| 50);
+    assert_eq!(again[0].off, cut.off);
+    let mut expected = recs(&written[..17]);
+    expected.extend(recs(&again));
+    assert_eq!(read_all(&log), expected);
+    // truncating the whole log
+    log.truncate(0).unwrap();
+    assert_eq!((log.next_offset(), log.size_bytes()), (0, 0));
+    assert!(read_all(&log).is_empty());
+    assert_eq!(log.append(1, 5, b"first").unwrap(), 0);
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), cfg(1 << 20), syncer).unwrap();
+    assert!(log.recovery_report().is_clean());
+    assert_eq!(read_all(&log), vec![(0, 1, 5, b"first".to_vec())]);
+}
+
+#[test]
+fn truncate_across_segments_into_a_sealed_one_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncer = Syncer::new(FsyncPolicy::Never);
+    let log = Log::open(dir.path(), cfg(1024), syncer.clone()).unwrap();
+    let written = append_many(&log, 0, 60, |i| 40 + (i * 13) % 150);
+    let bases: Vec<u64> = segment_state(&log).iter().map(|s| s.0).collect();
+    assert!(bases.len() >= 6, "{bases:?}");
+    // a batch in the middle of the third segment (sealed, with a sidecar)
+    let seg = bases[2];
+    let in_seg: Vec<usize> = (0..written.len())
+        .filter(|&i| written[i].seg_base == seg)
+        .collect();
+    assert!(in_seg.len() >= 3);
+    let k = in_seg[in_seg.len() / 2];
+    let sidecar = segment_path(dir.path(), seg).with_extension("index");
+    assert!(sidecar.exists(), "sealed segment has a sidecar");
+    log.truncate(written[k].off).unwrap();
+    assert_eq!(log.next_offset(), written[k].off);
+    assert_eq!(log.durable_offset(), written[k].off);
+    assert_eq!(log.segment_count(), 3);
+    assert_eq!(log.sealed_end(), seg);
+    assert!(!sidecar.exists(), "the cut segment's sidecar is gone");
+    let files: Vec<u64> = segment_files(dir.path()).iter().map(|f| f.0).collect();
+    assert_eq!(files, bases[..3].to_vec());
+    for b in &bases[3..] {
+        assert!(!segment_path(dir.path(), *b)
+            .with_extension("index")
+            .exists());
+    }
+    let state = segment_state(&log);
+    assert_eq!(
+        state[2],
+        (seg, written[k].off, written[k - 1].end_pos, state[2].3)
+    );
+    assert_eq!(read_all(&log), recs(&written[..k]));
+    // a read from a removed offset finds nothing; one-batch reads still work
+    assert!(log.read(written[k].off, 1).unwrap().is_empty());
+    assert_eq!(
+        rec_of_batch(&log.read(written[k - 1].off, 1).unwrap()[0]),
+        rec_of_written(&written[k - 1])
+    );
+    // append past several rolls again, then cut exactly at a segment's base
+    let again = append_many(&log, 1000, 40, |i| 60 + i % 90);
+    assert_eq!(again[0].off, written[k].off);
+    let mut expected = recs(&written[..k]);
+    expected.extend(recs(&again));
+    assert_eq!(read_all(&log), expected);
+    let bases2: Vec<u64> = segment_state(&log).iter().map(|s| s.0).collect();
+    let at_base = bases2[bases2.len() - 2];
+    let j = again.iter().position(|w| w.off == at_base).unwrap();
+    log.truncate(at_base).unwrap();
+    assert_eq!(log.segment_count(), bases2.len() - 1);
+    assert_eq!(log.segment_state_last_size(), 0);
+    expected.truncate(k + j);
+    assert_eq!(read_all(&log), expected);
+    let tail = append_many(&log, 2000, 3, |_| 10);
+    assert_eq!(tail[0].off, at_base);
+    expected.extend(recs(&tail));
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), cfg(1024), syncer.clone()).unwrap();
+    assert!(
+        log.recovery_report().is_clean(),
+        "{:?}",
+        log.recovery_report()
+    );
+    assert!(log.recovery_report().gaps.is_empty());
+    assert_eq!(read_all(&log), expected);
+    assert_eq!(log.next_offset(), tail[2].end());
+    // the reopened log also truncates into a segment sealed before the reopen
+    let first = &written[3];
+    log.truncate(first.off).unwrap();
+    assert_eq!(read_all(&log), recs(&written[..3]));
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), cfg(1024), syncer).unwrap();
+    assert!(log.recovery_report().is_clean());
+    assert_eq!(read_all(&log), recs(&written[..3]));
+}
+
+impl Log {
+    fn segment_state_last_size(&self) -> u64 {
+        self.inner.lock().segments.last().unwrap().size
+    }
+}
+
+#[test]
+fn truncate_refuses_offsets_that_are_not_batch_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), cfg(1024), Syncer::new(FsyncPolicy::Never)).unwrap();
+    let written = append_many(&log, 0, 40, |_| 100);
+    let before = (read_all(&log), segment_state(&log), log.next_offset());
+    let multi = written.iter().find(|w| w.count == 3).unwrap();
+    let next = log.next_offset();
+    for bad in [multi.off + 1, multi.off + 2, next + 1, u64::MAX] {
+        let e = log.truncate(bad).unwrap_err();
+        assert!(
+            matches!(e, LogError::BadTruncateOffset { offset, next_offset, .. }
+                if offset == bad && next_offset == next),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains("cannot truncate"), "{e}");
+    }
+    // the next offset: nothing happens
+    log.truncate(next).unwrap();
+    assert_eq!(
+        (read_all(&log), segment_state(&log), log.next_offset()),
+        before
+    );
+    // below the start offset
+    log.delete_before(written[20].off).unwrap();
+    let start = log.start_offset();
+    assert!(start > 0);
+    let e = log.truncate(start - 1).unwrap_err();
+    assert!(
+        e.to_string().contains("below the log's start offset"),
+        "{e}"
+    );
+    let e = log.truncate(0).unwrap_err();
+    assert!(matches!(e, LogError::BadTruncateOffset { .. }), "{e}");
+    assert_eq!(log.next_offset(), next);
+    // the start offset itself is a batch start
+    log.truncate(start).unwrap();
+    assert_eq!(log.next_offset(), start);
+    assert!(read_all(&log).is_empty());
+    assert_eq!(log.append(1, 0, b"x").unwrap(), start);
+    log.close().unwrap();
+    assert!(matches!(log.truncate(start), Err(LogError::Closed)));
+}
+
+/// Under real fsync policies: durability after a truncation, waits for removed offsets fail,
+/// waits for kept ones resolve, and appends after it become durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_keeps_durability_coherent() {
+    let within = |f| tokio::time::timeout(Duration::from_secs(20), f);
+    for policy in [
+        FsyncPolicy::Always,
+        FsyncPolicy::Batch(Duration::from_millis(1)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let syncer = Syncer::new(policy);
+        let log = Log::open(dir.path(), cfg(1024), syncer.clone()).unwrap();
+        let written = append_many(&log, 0, 30, |_| 90);
+        within(log.wait_durable(written[29].end()))
+            .await
+            .unwrap()
+            .unwrap();
+        log.truncate(written[12].off).unwrap();
+        assert_eq!(log.durable_offset(), written[12].off);
+        let again = append_many(&log, 100, 10, |_| 90);
+        assert_eq!(again[0].off, written[12].off);
+        within(log.wait_durable(again[9].end()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.durable_offset(), again[9].end());
+        assert_eq!(log.durable_offset(), log.next_offset());
+        log.close().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), cfg(1024), syncer.clone()).unwrap();
+        let mut expected = recs(&written[..12]);
+        expected.extend(recs(&again));
+        assert_eq!(read_all(&log), expected);
+        syncer.shutdown();
+    }
+
+    // a slow group commit, so that waits are pending when the log is truncated
+    let dir = tempfile::tempdir().unwrap();
+    let syncer = Syncer::new(FsyncPolicy::Batch(Duration::from_millis(300)));
+    let log = Log::open(dir.path(), cfg(1 << 20), syncer.clone()).unwrap();
+    let written = append_many(&log, 0, 10, |_| 10);
+    let kept = log.wait_durable(written[4].end());
+    let removed = log.wait_durable(written[9].end());
+    let cut = written[6].off;
+    log.truncate(cut).unwrap();
+    within(kept).await.unwrap().unwrap();
+    match within(removed).await.unwrap() {
+        Err(LogError::Truncated { from, end }) => {
+            assert_eq!((from, end), (cut, written[9].end()))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(log.durable_offset(), cut);
+    // the syncer's pass for the writes before the truncation publishes nothing beyond it
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(log.durable_offset(), cut);
+    let off = log.append(1, 0, b"new").unwrap();
+    assert_eq!(off, cut);
+    within(log.wait_durable(off + 1)).await.unwrap().unwrap();
+    assert_eq!(log.durable_offset(), off + 1);
+    syncer.shutdown();
+}
+
+#[test]
+fn read_of_one_byte_returns_exactly_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), cfg(512), Syncer::new(FsyncPolicy::Never)).unwrap();
+    // empty payloads too: they count as one byte
+    let written = append_many(
+        &log,
+        0,
+        60,
+        |i| if i.is_multiple_of(4) { 0 } else { 1 + i * 5 },
+    );
+    for w in &written {
+        for off in w.off..w.end() {
+            for max in [0, 1] {
+                let got = log.read(off, max).unwrap();
+                assert_eq!(got.len(), 1, "offset {off}, max_bytes {max}");
+                assert_eq!(rec_of_batch(&got[0]), rec_of_written(w));
+            }
+        }
+    }
+    assert!(log.read(log.next_offset(), 1).unwrap().is_empty());
+    // two empty batches need two bytes
+    assert_eq!(log.read(0, 2).unwrap().len(), 2);
+}
+
+#[test]
+fn scan_headers_visits_every_batch_with_its_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), cfg(4096), Syncer::new(FsyncPolicy::Never)).unwrap();
+    // small batches across many segments, and some larger than the scan's 1 MiB buffer
+    let big = |i: usize| match i {
+        20 => (1 << 20) + 123,
+        21 => 3 << 20,
+        _ if i.is_multiple_of(9) => 0,
+        _ => (i * 37) % 700,
+    };
+    let written = append_many(&log, 0, 80, big);
+    assert!(log.segment_count() > 5);
+    for prefix in [0usize, 1, 16, 500, (1 << 20) - HEADER, 2 << 20, usize::MAX] {
+        for from in [
+            0,
+            1,
+            written[20].off + 1,
+            written[22].off,
+            log.next_offset(),
+        ] {
+            let mut seen = Vec::new();
+            log.scan_headers(from, prefix, |base, count, p| {
+                seen.push((base, count, p.to_vec()))
+            })
+            .unwrap();
+            let expected: Vec<(u64, u32, Vec<u8>)> = written
+                .iter()
+                .filter(|w| w.end() > from)
+                .map(|w| {
+                    let n = w.payload.len().min(prefix);
+                    (w.off, w.count, w.payload[..n].to_vec())
+                })
+                .collect();
+            assert_eq!(seen.len(), expected.len(), "prefix {prefix}, from {from}");
+            assert!(seen == expected, "prefix {prefix}, from {from}");
+        }
+    }
+    // after a truncation and a deletion at the front
+    log.truncate(written[50].off).unwrap();
+    log.delete_before(written[30].off).unwrap();
+    let start = log.start_offset();
+    let mut seen = Vec::new();
+    log.scan_headers(0, 4, |base, count, p| seen.push((base, count, p.to_vec())))
+        .unwrap();
+    let expected: Vec<(u64, u32, Vec<u8>)> = written[..50]
+        .iter()
+        .filter(|w| w.off >= start)
+        .map(|w| (w.off, w.count, w.payload[..w.payload.len().min(4)].to_vec()))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Random appends, truncations (at batch starts, the next offset, or invalid offsets) and
+    /// reopens against a model: reads, header scans and offsets agree with it throughout, and
+    /// after a final reopen.
+    #[test]
+    fn truncate_matches_a_model(
+        ops in proptest::collection::vec((0u8..10, 0usize..400, 1u32..4, 0.0f64..1.0), 1..80),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let syncer = Syncer::new(FsyncPolicy::Never);
+        let mut log = Log::open(dir.path(), cfg(1024), syncer.clone()).unwrap();
+        let mut model: Vec<Rec> = Vec::new();
+        let next = |m: &[Rec]| m.last().map_or(0, |r| r.0 + r.1 as u64);
+        for (i, &(op, len, count, pick)) in ops.iter().enumerate() {
+            match op {
+                0..=5 => {
+                    let p = payload(i as u64, len);
+                    let off = log.append(count, i as i64, &p).unwrap();
+                    prop_assert_eq!(off, next(&model));
+                    model.push((off, count, i as i64, p));
+                }
+                6 | 7 => {
+                    let k = ((model.len() + 1) as f64 * pick) as usize;
+                    let k = k.min(model.len());
+                    let at = model.get(k).map_or(next(&model), |r| r.0);
+                    log.truncate(at).unwrap();
+                    model.truncate(k);
+                }
+                8 => {
+                    // inside a batch, or beyond the end: refused, nothing changes
+                    let bad = model
+                        .iter()
+                        .find(|r| r.1 > 1)
+                        .map_or(next(&model) + 1, |r| r.0 + 1);
+                    prop_assert!(log.truncate(bad).is_err());
+                }
+                _ => {
+                    log.close().unwrap();
+                    drop(log);
+                    log = Log::open(dir.path(), cfg(1024), syncer.clone()).unwrap();
+                    prop_assert!(log.recovery_report().is_clean(), "{:?}", log.recovery_report());
+                }
+            }
+            prop_assert_eq!(log.next_offset(), next(&model));
+            prop_assert_eq!(log.durable_offset(), next(&model));
+        }
+        prop_assert_eq!(&read_all(&log), &model);
+        let mut scanned = Vec::new();
+        log.scan_headers(0, 8, |b, c, p| scanned.push((b, c, p.to_vec()))).unwrap();
+        let expected: Vec<(u64, u32, Vec<u8>)> =
+            model.iter().map(|r| (r.0, r.1, r.3[..r.3.len().min(8)].to_vec())).collect();
+        prop_assert_eq!(scanned, expected);
+        log.close().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), cfg(1024), syncer).unwrap();
+        prop_assert!(log.recovery_report().is_clean(), "{:?}", log.recovery_report());
+        prop_assert!(log.recovery_report().gaps.is_empty());
+        prop_assert_eq!(&read_all(&log), &model);
+        prop_assert_eq!(log.next_offset(), next(&model));
+    }
+}
+
+#[test]
+fn cuts_remember_the_lowest_truncation_since_an_epoch() {
+    use crate::syncer::Cuts;
+    let mut c = Cuts::default();
+    assert_eq!(c.lowest_since(0), None);
+    c.push(1, 50);
+    c.push(2, 70);
+    c.push(3, 40);
+    assert_eq!(c.lowest_since(0), Some(40));
+    assert_eq!(c.lowest_since(2), Some(40));
+    c.push(4, 90);
+    assert_eq!(c.lowest_since(3), Some(90));
+    assert_eq!(c.lowest_since(4), None);
+    for e in 5..2000 {
+        c.push(e, 1000 + e);
+    }
+    // forgotten truncations count as having removed everything
+    assert_eq!(c.lowest_since(3), Some(0));
+    assert_eq!(c.lowest_since(1990), Some(1991 + 1000));
+    assert_eq!(c.lowest_since(1999), None);
+}
