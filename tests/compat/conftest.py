@@ -171,3 +171,6 @@ def pytest_runtest_makereport(item, call):
             s = item.funcargs.get(name)
             if s is not None and s.log_tail():
                 rep.sections.append(("eddy log (tail)", s.log_tail()))
+        clusters = item.funcargs.get("clusters")
+        if clusters is not None:
+            rep.sections.append(("eddy cluster logs (tail)", clusters.log_tails()))
