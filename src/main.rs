@@ -222,6 +222,20 @@ struct ServeArgs {
     /// on quiet queues too
     #[arg(long, env = "EDDY_SEGMENT_MS")]
     segment_ms: Option<u64>,
+    /// This node's id in a cluster (with --cluster-listen and --cluster-peers)
+    #[arg(long, env = "EDDY_NODE_ID")]
+    node_id: Option<u64>,
+    /// Inter-node listener address of this cluster node, HOST:PORT
+    #[arg(long, env = "EDDY_CLUSTER_LISTEN")]
+    cluster_listen: Option<String>,
+    /// Every member of the cluster, this node too: ID@HOST:PORT,… (the addresses this node
+    /// dials the others at)
+    #[arg(long, env = "EDDY_CLUSTER_PEERS")]
+    cluster_peers: Option<String>,
+    /// Replicas of a new topic's partitions when a client does not say [default: min(3,
+    /// nodes)]
+    #[arg(long, env = "EDDY_DEFAULT_REPLICATION_FACTOR")]
+    default_replication_factor: Option<usize>,
 }
 
 /// The serve subcommand with each flag's help followed by its default and its key in the
@@ -273,7 +287,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -359,7 +373,27 @@ async fn serve(settings: settings::Settings) -> Result<()> {
     let amqp_listener = bind("amqp", settings.amqp.listen, None).await?;
     let kafka_listener = bind("kafka", settings.kafka.listen, None).await?;
     let http_listener = bind("http", settings.http.listen, None).await?;
-    let kafka_cfg = settings.kafka(kafka_listener.local_addr()?);
+    let mut kafka_cfg = settings.kafka(kafka_listener.local_addr()?);
+    let info = eddy_cluster::NodeInfo {
+        kafka: Some(format!(
+            "{}:{}",
+            kafka_cfg.advertised_host, kafka_cfg.advertised_port
+        )),
+        amqp: Some(amqp_listener.local_addr()?.to_string()),
+        http: Some(http_listener.local_addr()?.to_string()),
+        ..Default::default()
+    };
+    let cluster = match settings.cluster_config(info)? {
+        None => None,
+        Some(cfg) => {
+            tracing::info!(node = cfg.node_id, listen = %cfg.listen, peers = cfg.peers.len(), "joining the cluster");
+            kafka_cfg.node_id = cfg.node_id as i32;
+            let c = eddy_cluster::Cluster::start(cfg, broker.clone(), broker.syncer())
+                .await
+                .context("starting the cluster node")?;
+            Some(c)
+        }
+    };
     let mut listeners = vec![amqp_listener, kafka_listener, http_listener];
     if let Some(acceptor) = &tls {
         let a = settings.amqp.tls_listen;
@@ -388,9 +422,10 @@ async fn serve(settings: settings::Settings) -> Result<()> {
         history,
         listeners: reported,
         jobs: Default::default(),
+        cluster: cluster.clone(),
     });
     let amqp = eddy_amqp::Amqp::new(broker.clone(), settings.amqp());
-    let kafka = eddy_kafka::Kafka::new(broker.clone(), kafka_cfg);
+    let kafka = eddy_kafka::Kafka::in_cluster(broker.clone(), kafka_cfg, cluster.clone());
     let http = eddy_http::Http::new(api);
     let limits = settings.listener_limits();
     // AMQP and Kafka connections draw from one descriptor budget; the management listener
@@ -430,6 +465,9 @@ async fn serve(settings: settings::Settings) -> Result<()> {
         .is_err()
     {
         tracing::warn!("connections did not close in time");
+    }
+    if let Some(c) = &cluster {
+        c.shutdown().await;
     }
     housekeeping.abort();
     sampler.abort();

@@ -30,6 +30,8 @@ pub struct Settings {
     pub storage: Storage,
     /// What clients may make the broker hold.
     pub limits: Limits,
+    /// Running as a node of a cluster.
+    pub cluster: Cluster,
     /// Users created at first start (administrators with full permissions on `/`); without
     /// the key, guest/guest (loopback only); `users = []`: none.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +118,68 @@ impl Default for Http {
             listen: ([127, 0, 0, 1], 15672).into(),
             tls_listen: ([127, 0, 0, 1], 15671).into(),
         }
+    }
+}
+
+/// `[cluster]`: without `node_id`, `listen` and `peers` Eddy runs alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// This node's id (a number, unique in the cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Inter-node listener, host:port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Every member, this node too: `id@host:port,…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<String>,
+    /// Replicas of a new topic's partitions when not asked for (default min(3, nodes)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_replication_factor: Option<usize>,
+}
+
+impl Settings {
+    /// The cluster this node is to join, if the settings name one; a partial set is an error
+    /// naming what is missing.
+    pub fn cluster_config(
+        &self,
+        info: eddy_cluster::NodeInfo,
+    ) -> Result<Option<eddy_cluster::ClusterConfig>> {
+        let c = &self.cluster;
+        if c.node_id.is_none() && c.listen.is_none() && c.peers.is_none() {
+            if c.default_replication_factor.is_some() {
+                bail!("--default-replication-factor needs a cluster (--node-id, --cluster-listen, --cluster-peers)");
+            }
+            return Ok(None);
+        }
+        let (Some(id), Some(listen), Some(peers)) = (c.node_id, &c.listen, &c.peers) else {
+            bail!("a cluster node needs all of --node-id, --cluster-listen and --cluster-peers");
+        };
+        let peers = eddy_cluster::parse_peers(peers).map_err(anyhow::Error::msg)?;
+        if !peers.contains_key(&id) {
+            bail!("--cluster-peers must list this node ({id}) too");
+        }
+        if let Some(rf) = c.default_replication_factor {
+            if rf == 0 || rf > peers.len() {
+                bail!(
+                    "--default-replication-factor {rf} is not between 1 and the {} nodes of --cluster-peers",
+                    peers.len()
+                );
+            }
+        }
+        Ok(Some(eddy_cluster::ClusterConfig {
+            node_id: id,
+            listen: listen.clone(),
+            peers,
+            dir: self.storage.data_dir.join("cluster"),
+            default_replication_factor: c.default_replication_factor,
+            info: eddy_cluster::NodeInfo {
+                id,
+                cluster: listen.clone(),
+                ..info
+            },
+        }))
     }
 }
 
@@ -321,6 +385,13 @@ pub const FLAGS: &[(&str, &str)] = &[
         "limits.max_connections_per_address",
     ),
     ("descriptor_reserve", "limits.descriptor_reserve"),
+    ("node_id", "cluster.node_id"),
+    ("cluster_listen", "cluster.listen"),
+    ("cluster_peers", "cluster.peers"),
+    (
+        "default_replication_factor",
+        "cluster.default_replication_factor",
+    ),
 ];
 
 /// Where a key of the flat file format (before sections) went, if `key = value` is one: `amqp`,
@@ -368,7 +439,7 @@ impl Settings {
                     for (old, value) in &t {
                         if let Some(new) = moved_key(old, value) {
                             bail!(
-                                "config file {}: `{old}` is now `{new}` (the settings are in sections: [amqp] [kafka] [http] [tls] [storage] [limits]; `eddy serve --print-config` prints them all)",
+                                "config file {}: `{old}` is now `{new}` (the settings are in sections: [amqp] [kafka] [http] [tls] [storage] [limits] [cluster]; `eddy serve --print-config` prints them all)",
                                 p.display()
                             );
                         }
@@ -391,6 +462,16 @@ impl Settings {
             // a number where the default is one, a string otherwise
             let value = match lookup(&defaults, key) {
                 Some(toml::Value::Integer(_)) => {
+                    toml::Value::Integer(raw.parse().with_context(|| {
+                        format!("--{}: '{raw}' is not a whole number", id.replace('_', "-"))
+                    })?)
+                }
+                // numbers without a default
+                None if matches!(
+                    key,
+                    "cluster.node_id" | "cluster.default_replication_factor"
+                ) =>
+                {
                     toml::Value::Integer(raw.parse().with_context(|| {
                         format!("--{}: '{raw}' is not a whole number", id.replace('_', "-"))
                     })?)
@@ -550,7 +631,19 @@ mod tests {
             }
         }
         // the keys that have no default are flags too
-        keys.extend(["kafka.advertised", "tls.cert", "tls.key", "tls.client_ca"].map(String::from));
+        keys.extend(
+            [
+                "kafka.advertised",
+                "tls.cert",
+                "tls.key",
+                "tls.client_ca",
+                "cluster.node_id",
+                "cluster.listen",
+                "cluster.peers",
+                "cluster.default_replication_factor",
+            ]
+            .map(String::from),
+        );
         for k in &keys {
             assert!(FLAGS.iter().any(|(_, key)| key == k), "no flag sets {k}");
         }

@@ -606,8 +606,8 @@ class Cluster:
     # -- status over HTTP
 
     def status(self, i, timeout=3.0):
-        """GET /api/nodes on node i (dict); raises on any failure."""
-        req = urllib.request.Request(f"{self.nodes[i].http}/api/nodes", headers={"Authorization": AUTH})
+        """GET /api/cluster on node i (dict: node_id, nodes, groups); raises on any failure."""
+        req = urllib.request.Request(f"{self.nodes[i].http}/api/cluster", headers={"Authorization": AUTH})
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
 
@@ -767,7 +767,9 @@ class Cluster:
         from confluent_kafka.admin import NewTopic
 
         def attempt():
-            fut = self.admin().create_topics(
+            # the client must outlive the future, or it is destroyed under it
+            admin = self.admin()
+            fut = admin.create_topics(
                 [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
                           config=config or {})], operation_timeout=30)[name]
             try:
@@ -831,9 +833,10 @@ def _definite_errors():
     # Refused before anything could have been written: a bad request, never a retried one.
     # Everything else (timeouts, purges, transport and leadership errors) may have been
     # persisted by an earlier attempt and is recorded as unknown.
-    return {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._MSG_SIZE_TOO_LARGE, KafkaError.INVALID_TOPIC_EXCEPTION,
-            KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION,
-            KafkaError._INVALID_ARG}
+    names = ["MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_TOPIC_EXCEPTION",
+             "TOPIC_AUTHORIZATION_FAILED", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION", "_INVALID_ARG"]
+    # not every name exists in every client version
+    return {getattr(KafkaError, n) for n in names if hasattr(KafkaError, n)}
 
 
 class ProducerThread(threading.Thread):
@@ -1002,7 +1005,7 @@ def read_all(bootstrap, topic, partitions=None, timeout=120, at_least=None):
 
 
 class LeaderMonitor(threading.Thread):
-    """Samples every live node's /api/nodes while running and records which node claimed to
+    """Samples every live node's /api/cluster while running and records which node claimed to
     lead which group in which term: Raft's election safety says at most one per term."""
 
     def __init__(self, cluster, interval=0.3):

@@ -433,6 +433,11 @@ impl Broker {
         })
     }
 
+    /// The group committer every log of this broker shares.
+    pub fn syncer(&self) -> Arc<Syncer> {
+        self.0.syncer.clone()
+    }
+
     /// Changes whenever a record is appended to any partition (long-polling readers wait on
     /// it, then look at their partitions again).
     pub fn appends(&self) -> watch::Receiver<u64> {

@@ -102,6 +102,10 @@ pub struct Partition {
     appended: Arc<watch::Sender<u64>>,
     /// Sealed end at the last compaction (cleanup.policy=compact).
     compacted_through: std::sync::atomic::AtomicU64,
+    /// Replicated by a Raft group (cluster mode): the log holds Raft entries, only what is
+    /// below `committed` may be read, and appends go through the group.
+    replicated: std::sync::atomic::AtomicBool,
+    committed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Partition {
@@ -123,6 +127,8 @@ impl Partition {
             log,
             appended,
             compacted_through: Default::default(),
+            replicated: Default::default(),
+            committed: Default::default(),
         })
     }
 
@@ -131,9 +137,34 @@ impl Partition {
         &self.log
     }
 
+    /// Mark the partition replicated (its Raft group appends; readers see only what is
+    /// committed, and no Raft envelope).
+    pub fn replicate(&self) {
+        self.replicated
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a Raft group replicates this partition.
+    pub fn is_replicated(&self) -> bool {
+        self.replicated.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A replicated partition's committed end moved (its high watermark); wakes readers.
+    pub fn set_committed(&self, end: u64) {
+        self.committed
+            .fetch_max(end, std::sync::atomic::Ordering::AcqRel);
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Append one batch of `record_count` records; returns its base offset. The caller waits
-    /// for [`Log::wait_durable`] when it needs durability.
+    /// for [`Log::wait_durable`] when it needs durability. A replicated partition refuses:
+    /// its group appends.
     pub fn append(&self, record_count: u32, max_timestamp_ms: i64, batch: &[u8]) -> Result<u64> {
+        if self.is_replicated() {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "partition {self:?} is replicated: appends go through its leader"
+            )));
+        }
         let base = self.log.append(record_count, max_timestamp_ms, batch)?;
         self.appended.send_modify(|n| *n = n.wrapping_add(1));
         Ok(base)
@@ -141,7 +172,29 @@ impl Partition {
 
     /// Batches from the one holding `offset`, up to about `max_bytes`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
-        Ok(self.log.read(offset, max_bytes)?)
+        if !self.is_replicated() {
+            return Ok(self.log.read(offset, max_bytes)?);
+        }
+        // committed data only, without the Raft envelopes (blank and membership entries, whose
+        // byte 16 is not a Kafka batch's magic); a read that finds only envelopes goes on past
+        // them, so a reader never stays stuck on one
+        let hw = self.end_offset();
+        let mut from = offset;
+        while from < hw {
+            let batches = self.log.read(from, max_bytes)?;
+            let Some(last) = batches.last() else {
+                break;
+            };
+            from = last.base_offset + last.record_count.max(1) as u64;
+            let data: Vec<Batch> = batches
+                .into_iter()
+                .filter(|b| b.base_offset < hw && b.payload.get(16) == Some(&2))
+                .collect();
+            if !data.is_empty() {
+                return Ok(data);
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// An offset from which about the last `bytes` of the partition follow.
@@ -157,6 +210,12 @@ impl Partition {
     /// The offset the next record gets (Kafka's log end offset and high watermark: one
     /// replica).
     pub fn end_offset(&self) -> u64 {
+        if self.is_replicated() {
+            return self
+                .committed
+                .load(std::sync::atomic::Ordering::Acquire)
+                .min(self.log.next_offset());
+        }
         self.log.next_offset()
     }
 
@@ -233,6 +292,11 @@ impl Partition {
     }
 
     pub(crate) fn apply_retention(&self, config: &TopicConfig) {
+        if self.is_replicated() {
+            // the log is the Raft log: deleting its head would take entries a lagging
+            // replica may still need (not yet supported; README says so)
+            return;
+        }
         if config.cleanup_policy == "compact" {
             if let Err(e) = self.compact_if_due() {
                 tracing::warn!(partition = ?self, "compaction failed: {e}");

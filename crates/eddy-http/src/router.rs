@@ -192,6 +192,7 @@ pub(crate) fn api(api: &Api, req: &Request, user: &User) -> ApiResult {
         ("GET", ["overview"]) => json(overview::overview(c)),
         ("GET", ["whoami"]) => overview::whoami(c),
         ("GET", ["nodes"]) => overview::nodes(c),
+        ("GET", ["cluster"]) => overview::cluster(c),
         ("GET", ["connections"]) => json(overview::connections(c)),
         ("GET", ["connections", name]) => overview::connection(c, name),
         ("DELETE", ["connections", name]) => overview::close_connection(c, name, req),

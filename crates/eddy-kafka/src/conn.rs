@@ -493,10 +493,13 @@ async fn write_pending<W: AsyncWrite + Unpin>(
 fn ready(o: &Outgoing) -> bool {
     match o {
         Outgoing::Bytes(_) => true,
-        Outgoing::Reply { reply, .. } => reply
-            .waits
-            .iter()
-            .all(|(log, end)| log.durable_offset() >= *end),
+        Outgoing::Reply { reply, .. } => {
+            reply.commits.is_empty()
+                && reply
+                    .waits
+                    .iter()
+                    .all(|(log, end)| log.durable_offset() >= *end)
+        }
     }
 }
 
@@ -514,6 +517,10 @@ async fn encode(p: &mut Pending, o: Outgoing, wait: bool) -> bool {
             version,
             mut reply,
         } => {
+            for c in std::mem::take(&mut reply.commits) {
+                let result = c.result.await;
+                api::apply_commit(&mut reply.response, c.topic, c.partition, result, version);
+            }
             if wait {
                 for (log, end) in &reply.waits {
                     if let Err(e) = log.wait_durable(*end).await {

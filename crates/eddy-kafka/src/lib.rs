@@ -86,8 +86,21 @@ impl Kafka {
     /// A front end over `broker`; starts the sweep that ends consumer-group members whose
     /// session timed out (it stops once every front end sharing the groups is dropped).
     pub fn new(broker: Broker, config: KafkaConfig) -> Arc<Kafka> {
+        Self::in_cluster(broker, config, None)
+    }
+
+    /// A front end of a node of `cluster` (None: alone): replicated partitions are produced
+    /// to through their Raft groups, served only by their leaders, and Metadata lists every
+    /// node.
+    pub fn in_cluster(
+        broker: Broker,
+        config: KafkaConfig,
+        cluster: Option<Arc<eddy_cluster::Cluster>>,
+    ) -> Arc<Kafka> {
+        let node = cluster.as_ref().map_or(0, |c| c.node_id());
         let shared = Arc::new(api::Shared {
-            producers: Arc::new(producers::Producers::new()),
+            cluster,
+            producers: Arc::new(producers::Producers::new(node)),
             groups: Arc::new(groups::Groups::default()),
             buffered: budget::Global::new(config.max_buffered),
             receiving: Arc::new(tokio::sync::Semaphore::new(config.max_receiving)),

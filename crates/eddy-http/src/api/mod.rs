@@ -38,6 +38,8 @@ pub struct Api {
     pub listeners: Vec<(String, std::net::SocketAddr)>,
     /// Stream jobs' latest reports, by name.
     pub jobs: parking_lot::Mutex<std::collections::BTreeMap<String, (std::time::Instant, Value)>>,
+    /// The cluster this node is part of (None: alone).
+    pub cluster: Option<Arc<eddy_cluster::Cluster>>,
 }
 
 /// An API error: an HTTP status, RabbitMQ's `error` word and a reason.

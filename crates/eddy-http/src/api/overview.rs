@@ -156,7 +156,55 @@ pub(crate) fn nodes(c: &Caller<'_>) -> ApiResult {
             c.user.name
         )));
     }
-    Ok(Response::json(200, &json!([node(c.api)])))
+    let Some(cluster) = &c.api.cluster else {
+        return Ok(Response::json(200, &json!([node(c.api)])));
+    };
+    // a cluster: one entry per node in RabbitMQ's shape (name, running) with its addresses;
+    // this node's also carries its own entry's usual fields and its Raft groups
+    let status = cluster_status(cluster);
+    let me = cluster.node_id();
+    let nodes: Vec<Value> = status["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| {
+            let id = n["id"].as_u64().unwrap_or(0);
+            let mut v = if id == me { node(c.api) } else { json!({}) };
+            v["name"] = json!(format!("eddy@{id}"));
+            v["running"] = n["up"].clone();
+            for k in ["id", "up", "cluster", "kafka", "amqp", "http"] {
+                v[k] = n[k].clone();
+            }
+            if id == me {
+                v["groups"] = status["groups"].clone();
+            }
+            v
+        })
+        .collect();
+    Ok(Response::json(200, &Value::Array(nodes)))
+}
+
+fn cluster_status(cluster: &eddy_cluster::Cluster) -> Value {
+    // API handlers run on a blocking thread: the peers are asked from here
+    tokio::runtime::Handle::current().block_on(cluster.status())
+}
+
+/// `GET /api/cluster`: this node's view of the cluster — every node (up, addresses) and each
+/// Raft group on this node (leader, term, commit index, followers' lag). 404 when alone.
+pub(crate) fn cluster(c: &Caller<'_>) -> ApiResult {
+    if !c.sees_all() {
+        return Err(ApiError::forbidden(format!(
+            "user '{}' needs the monitoring or administrator tag",
+            c.user.name
+        )));
+    }
+    match &c.api.cluster {
+        Some(cluster) => Ok(Response::json(200, &cluster_status(cluster))),
+        None => Err(ApiError::not_found(
+            "this node runs alone (no --node-id, --cluster-listen, --cluster-peers)".to_string(),
+        )),
+    }
 }
 
 /// `GET /api/connections/{name}`.

@@ -48,6 +48,7 @@ impl Fixture {
             history: Default::default(),
             listeners: Vec::new(),
             jobs: Default::default(),
+            cluster: None,
         });
         let (shutdown, _) = watch::channel(false);
         Fixture {

@@ -82,6 +82,9 @@ impl Handler {
             }
             let topic = self.broker.topic(name);
             t.partitions.iter().any(|p| {
+                if self.leader_error(name, p.partition).is_some() {
+                    return true;
+                }
                 match topic.as_ref().and_then(|t| t.partition(p.partition)) {
                     None => true,
                     // past the end is an error; before the end there are records
@@ -131,6 +134,12 @@ impl Handler {
                     tr.partitions.push(pd);
                     continue;
                 };
+                if let Some(c) = self.leader_error(t.topic.0.as_str(), p.partition) {
+                    pd.error_code = c;
+                    errors = true;
+                    tr.partitions.push(pd);
+                    continue;
+                }
                 let (start, end) = (part.start_offset(), part.end_offset());
                 pd.high_watermark = end as i64;
                 pd.last_stable_offset = end as i64;
@@ -138,7 +147,14 @@ impl Handler {
                     pd.log_start_offset = start as i64;
                 }
                 let from = p.fetch_offset;
-                if from < start as i64 || from > end as i64 {
+                // on a new leader the high watermark may trail what the old one reported until
+                // it commits an entry: a reader ahead of it but within the log waits
+                let ceiling = if part.is_replicated() {
+                    part.log().next_offset().max(end)
+                } else {
+                    end
+                };
+                if from < start as i64 || from > ceiling as i64 {
                     pd.error_code = ResponseError::OffsetOutOfRange.code();
                     errors = true;
                     tr.partitions.push(pd);
@@ -208,10 +224,19 @@ impl Handler {
                 if version >= 4 {
                     pr.leader_epoch = 0;
                 }
+                let not_leader = self.leader_error(tr.name.0.as_str(), p.partition_index);
+                if let (Some(g), true) = (
+                    self.replicated(tr.name.0.as_str(), p.partition_index)
+                        .flatten(),
+                    version >= 4,
+                ) {
+                    pr.leader_epoch = g.term() as i32;
+                }
                 match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                     _ if !readable => {
                         pr.error_code = ResponseError::TopicAuthorizationFailed.code()
                     }
+                    _ if not_leader.is_some() => pr.error_code = not_leader.unwrap_or_default(),
                     None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
                     Some(part) => match p.timestamp {
                         -1 => pr.offset = part.end_offset() as i64,

@@ -14,11 +14,17 @@ use super::{str_bytes, topic_name, uuid, Handler};
 impl Handler {
     pub(super) fn metadata(&self, r: MetadataRequest, version: i16) -> MetadataResponse {
         let mut resp = MetadataResponse::default();
-        let mut b = MetadataResponseBroker::default();
-        b.node_id = BrokerId(self.cfg.node_id);
-        b.host = str_bytes(&self.cfg.advertised_host);
-        b.port = self.cfg.advertised_port as i32;
-        resp.brokers = vec![b];
+        resp.brokers = self
+            .brokers()
+            .into_iter()
+            .map(|(id, host, port)| {
+                let mut b = MetadataResponseBroker::default();
+                b.node_id = BrokerId(id);
+                b.host = str_bytes(&host);
+                b.port = port;
+                b
+            })
+            .collect();
         // a field a version does not have must keep its default, or encoding fails
         if version >= 2 {
             resp.cluster_id = Some(str_bytes(&self.cfg.cluster_id));
@@ -86,6 +92,9 @@ impl Handler {
                             }
                             mp.replica_nodes = vec![BrokerId(self.cfg.node_id)];
                             mp.isr_nodes = vec![BrokerId(self.cfg.node_id)];
+                            if let Some(group) = self.replicated(&name, p.index) {
+                                self.replicated_partition(&mut mp, &name, group, version);
+                            }
                             mp
                         })
                         .collect();
@@ -96,6 +105,79 @@ impl Handler {
         resp
     }
 
+    /// Every broker clients may use: this one alone, or every node of the cluster with a
+    /// Kafka listener (id, host, port).
+    fn brokers(&self) -> Vec<(i32, String, i32)> {
+        let me = (
+            self.cfg.node_id,
+            self.cfg.advertised_host.clone(),
+            self.cfg.advertised_port as i32,
+        );
+        let Some(c) = &self.cluster else {
+            return vec![me];
+        };
+        let mut out = vec![me];
+        for (id, info) in c.meta().nodes {
+            if id as i32 == self.cfg.node_id {
+                continue;
+            }
+            let Some((host, port)) = info.kafka.as_deref().and_then(|a| a.rsplit_once(':')) else {
+                continue;
+            };
+            if let Ok(port) = port.parse::<i32>() {
+                out.push((id as i32, host.to_owned(), port));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A replicated partition's leader, epoch, replicas and in-sync replicas as this node
+    /// knows them (LEADER_NOT_AVAILABLE while there is none).
+    fn replicated_partition(
+        &self,
+        mp: &mut MetadataResponsePartition,
+        topic: &str,
+        group: Option<Arc<eddy_cluster::Group>>,
+        version: i16,
+    ) {
+        let placement = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.meta().topics.get(topic).cloned());
+        let replicas: Vec<BrokerId> = placement
+            .and_then(|t| t.replicas.get(mp.partition_index as usize).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| BrokerId(n as i32))
+            .collect();
+        mp.replica_nodes = replicas.clone();
+        match group {
+            Some(g) => {
+                let leader = g.leader();
+                mp.leader_id = BrokerId(leader.map_or(-1, |l| l as i32));
+                if version >= 7 {
+                    mp.leader_epoch = g.term() as i32;
+                }
+                mp.isr_nodes = g
+                    .in_sync()
+                    .into_iter()
+                    .map(|n| BrokerId(n as i32))
+                    .collect();
+                if leader.is_none() {
+                    mp.error_code = ResponseError::LeaderNotAvailable.code();
+                }
+            }
+            None => {
+                // no replica here: the leader is whoever the replicas' own view says; this
+                // node does not know it
+                mp.leader_id = BrokerId(-1);
+                mp.isr_nodes = replicas;
+                mp.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+        }
+    }
+
     pub(super) fn describe_cluster(
         &self,
         _r: DescribeClusterRequest,
@@ -104,11 +186,17 @@ impl Handler {
         let mut resp = DescribeClusterResponse::default();
         resp.cluster_id = str_bytes(&self.cfg.cluster_id);
         resp.controller_id = BrokerId(self.cfg.node_id);
-        let mut b = describe_cluster_response::DescribeClusterBroker::default();
-        b.broker_id = BrokerId(self.cfg.node_id);
-        b.host = str_bytes(&self.cfg.advertised_host);
-        b.port = self.cfg.advertised_port as i32;
-        resp.brokers = vec![b];
+        resp.brokers = self
+            .brokers()
+            .into_iter()
+            .map(|(id, host, port)| {
+                let mut b = describe_cluster_response::DescribeClusterBroker::default();
+                b.broker_id = BrokerId(id);
+                b.host = str_bytes(&host);
+                b.port = port;
+                b
+            })
+            .collect();
         resp
     }
 }

@@ -132,10 +132,25 @@ pub(crate) enum Answer {
     Closing,
 }
 
+/// A produce to a replicated partition waiting for its commit: the future gives the base
+/// offset or an error code and message, for partition `partition` of topic `topic` (indexes in
+/// the response).
+pub(crate) struct Commit {
+    pub(crate) topic: usize,
+    pub(crate) partition: usize,
+    pub(crate) result: CommitFuture,
+}
+
+/// A replicated produce's outcome: its base offset, or a Kafka error code and message.
+pub(crate) type CommitFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, (i16, String)>> + Send>>;
+
 /// A response, and the logs it may only be sent after (acks=all, offset commits).
 pub(crate) struct Reply {
     pub(crate) response: ResponseKind,
     pub(crate) waits: Vec<(Arc<Log>, u64)>,
+    /// Produces to replicated partitions: the response waits for their commits.
+    pub(crate) commits: Vec<Commit>,
     /// Close the connection after this response (failed SASL login).
     pub(crate) close: bool,
     /// The response bytes set aside for it before it was built (a fetch).
@@ -147,8 +162,39 @@ impl From<ResponseKind> for Reply {
         Reply {
             response,
             waits: Vec::new(),
+            commits: Vec::new(),
             close: false,
             held: None,
+        }
+    }
+}
+
+/// A replicated produce's commit is known: its partition's answer says so.
+pub(crate) fn apply_commit(
+    resp: &mut ResponseKind,
+    topic: usize,
+    partition: usize,
+    result: Result<u64, (i16, String)>,
+    version: i16,
+) {
+    let ResponseKind::Produce(r) = resp else {
+        return;
+    };
+    let Some(p) = r
+        .responses
+        .get_mut(topic)
+        .and_then(|t| t.partition_responses.get_mut(partition))
+    else {
+        return;
+    };
+    match result {
+        Ok(base) => p.base_offset = base as i64,
+        Err((code, msg)) => {
+            p.error_code = code;
+            p.base_offset = -1;
+            if version >= 8 {
+                p.error_message = Some(str_bytes(&msg));
+            }
         }
     }
 }
@@ -203,6 +249,8 @@ pub(crate) struct Handler {
     pub(crate) span: tracing::Span,
     /// The bounds on the response bytes it holds.
     pub(crate) budget: Budget,
+    /// The cluster this node is part of (None: alone).
+    pub(crate) cluster: Option<Arc<eddy_cluster::Cluster>>,
 }
 
 /// What every connection shares.
@@ -213,6 +261,8 @@ pub(crate) struct Shared {
     pub(crate) buffered: Global,
     /// The bound on bytes of large requests being received, over all connections.
     pub(crate) receiving: Arc<tokio::sync::Semaphore>,
+    /// The cluster this node is part of (None: alone).
+    pub(crate) cluster: Option<Arc<eddy_cluster::Cluster>>,
 }
 
 impl Handler {
@@ -237,6 +287,27 @@ impl Handler {
             anonymous: std::sync::OnceLock::new(),
             granted: Default::default(),
             span: tracing::Span::none(),
+            cluster: shared.cluster.clone(),
+        }
+    }
+
+    /// The group of a replicated partition, when this node is in a cluster and the topic is
+    /// replicated: Some(None) when this node holds no replica of it.
+    pub(crate) fn replicated(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Option<Arc<eddy_cluster::Group>>> {
+        let c = self.cluster.as_ref()?;
+        c.is_replicated(topic).then(|| c.group(topic, partition))
+    }
+
+    /// NOT_LEADER_OR_FOLLOWER when a replicated partition is not led by this node.
+    pub(crate) fn leader_error(&self, topic: &str, partition: i32) -> Option<i16> {
+        match self.replicated(topic, partition) {
+            Some(Some(g)) if g.is_leader() => None,
+            Some(_) => Some(ResponseError::NotLeaderOrFollower.code()),
+            None => None,
         }
     }
 
@@ -338,8 +409,12 @@ impl Handler {
                 // waits (and the connection's next ones unread) until it clears
                 self.wait_unblocked().await;
                 let acks = r.acks;
-                let (resp, waits) = self.produce(r, version);
+                let (resp, waits, commits) = self.produce(r, version).await;
                 if acks == 0 {
+                    // nobody waits for these commits, but the producers' state settles
+                    for c in commits {
+                        tokio::spawn(c.result);
+                    }
                     // no answer is due; a failure closes the connection so that the client
                     // notices, as Kafka does
                     let failed = resp.responses.iter().find_map(|t| {
@@ -356,6 +431,7 @@ impl Handler {
                 Reply {
                     response: ResponseKind::Produce(resp),
                     waits,
+                    commits,
                     close: false,
                     held: None,
                 }
@@ -365,6 +441,7 @@ impl Handler {
                 Reply {
                     response: ResponseKind::OffsetCommit(resp),
                     waits,
+                    commits: Vec::new(),
                     close: false,
                     held: None,
                 }
@@ -373,6 +450,7 @@ impl Handler {
                 Some((resp, held)) => Reply {
                     response: ResponseKind::Fetch(resp),
                     waits: Vec::new(),
+                    commits: Vec::new(),
                     close: false,
                     held: Some(held),
                 },
@@ -384,6 +462,7 @@ impl Handler {
                 Reply {
                     response: ResponseKind::SaslAuthenticate(resp),
                     waits: Vec::new(),
+                    commits: Vec::new(),
                     close,
                     held: None,
                 }
@@ -407,10 +486,10 @@ impl Handler {
             RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version)),
             RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(self.list_offsets(r, version)),
             RequestKind::CreateTopics(r) => {
-                ResponseKind::CreateTopics(self.create_topics(r, version))
+                ResponseKind::CreateTopics(self.create_topics(r, version).await)
             }
             RequestKind::DeleteTopics(r) => {
-                ResponseKind::DeleteTopics(self.delete_topics(r, version))
+                ResponseKind::DeleteTopics(self.delete_topics(r, version).await)
             }
             RequestKind::CreatePartitions(r) => {
                 ResponseKind::CreatePartitions(self.create_partitions(r))
@@ -469,6 +548,23 @@ impl Handler {
         }
         if !self.allowed(eddy_broker::Access::Configure, "topic", name) {
             return Err(ResponseError::TopicAuthorizationFailed.code());
+        }
+        if let Some(c) = &self.cluster {
+            // created through the metadata group in the background; the client asks again
+            // (Kafka answers a first auto-creating request the same way)
+            if eddy_broker::topic::check_topic_name(name).is_err() {
+                return Err(ResponseError::InvalidTopicException.code());
+            }
+            let (c, name, partitions) = (c.clone(), name.to_owned(), self.cfg.default_partitions);
+            tokio::spawn(async move {
+                if let Err(e) = c
+                    .create_topic(&name, partitions, None, &TopicConfig::default())
+                    .await
+                {
+                    tracing::debug!(topic = %name, "auto-creating a replicated topic: {e}");
+                }
+            });
+            return Err(ResponseError::LeaderNotAvailable.code());
         }
         let made = eddy_broker::run_blocking(|| {
             self.broker

@@ -8,27 +8,44 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
 
-use crate::producers::Outcome;
+use std::time::Duration;
+
+use crate::producers::{Outcome, Reserved};
 use crate::records::{for_each_header, split_batches, BatchInfo};
 
 /// The record header AMQP consumers of a stream queue get as the message's `user_id`.
 const USER_ID_HEADER: &str = "amqp.user-id";
 
-use super::{str_bytes, Handler};
+use super::{str_bytes, Commit, CommitFuture, Handler};
+
+/// A replicated produce's failure as Kafka's error code and message.
+fn propose_error(e: &eddy_cluster::ProposeError) -> (i16, String) {
+    use eddy_cluster::ProposeError as P;
+    let code = match e {
+        P::NotLeader(_) => ResponseError::NotLeaderOrFollower.code(),
+        P::NoQuorum(..) => ResponseError::NotEnoughReplicas.code(),
+        P::TimedOut(..) => ResponseError::RequestTimedOut.code(),
+        P::Failed(_) => ResponseError::KafkaStorageError.code(),
+    };
+    (code, e.to_string())
+}
 
 impl Handler {
     /// Append what a produce carries; the response may only go out once `waits` are durable
     /// (acks=all). None: acks=0, no response.
     #[allow(clippy::type_complexity)]
-    pub(super) fn produce(
+    pub(super) async fn produce(
         &self,
         r: ProduceRequest,
         version: i16,
-    ) -> (ProduceResponse, Vec<(Arc<Log>, u64)>) {
+    ) -> (ProduceResponse, Vec<(Arc<Log>, u64)>, Vec<Commit>) {
         let message = |m: &str| (version >= 8).then(|| str_bytes(m));
         let mut resp = ProduceResponse::default();
         let mut waits: Vec<(Arc<Log>, u64)> = Vec::new();
-        for t in r.topic_data {
+        let mut commits: Vec<Commit> = Vec::new();
+        // a replicated produce not committed by then is answered REQUEST_TIMED_OUT
+        let timeout = Duration::from_millis(r.timeout_ms.clamp(1_000, 30_000) as u64);
+        for (ti, t) in r.topic_data.into_iter().enumerate() {
             let name = t.name.0.to_string();
             let topic = if self.allowed(eddy_broker::Access::Write, "topic", &name) {
                 self.topic_or_create(&name, true)
@@ -76,6 +93,22 @@ impl Handler {
                     tr.partition_responses.push(pr);
                     continue;
                 }
+                if let Some(group) = self.replicated(&name, p.index) {
+                    let pi = tr.partition_responses.len();
+                    match self.propose(group, &partition, &batches, timeout).await {
+                        Ok(result) => commits.push(Commit {
+                            topic: ti,
+                            partition: pi,
+                            result,
+                        }),
+                        Err((c, msg)) => {
+                            pr.error_code = c;
+                            pr.error_message = message(&msg);
+                        }
+                    }
+                    tr.partition_responses.push(pr);
+                    continue;
+                }
                 match self.producers.append(&partition, &batches) {
                     Err((c, msg)) => {
                         if c == ResponseError::KafkaStorageError.code() {
@@ -113,7 +146,87 @@ impl Handler {
             resp.responses.push(tr);
         }
         // acks=all: the answer waits until these are durable under the fsync policy
-        (resp, waits)
+        (resp, waits, commits)
+    }
+
+    /// Propose a produce's batches to a replicated partition this node leads; the future
+    /// resolves once all are committed (the first's base offset) or one failed.
+    async fn propose(
+        &self,
+        group: Option<Arc<eddy_cluster::Group>>,
+        partition: &Arc<eddy_broker::Partition>,
+        batches: &[(&[u8], BatchInfo)],
+        timeout: Duration,
+    ) -> Result<CommitFuture, (i16, String)> {
+        let not_leader = || {
+            (
+                ResponseError::NotLeaderOrFollower.code(),
+                format!("this node does not lead {partition:?}"),
+            )
+        };
+        let group = group.filter(|g| g.is_leader()).ok_or_else(not_leader)?;
+        let reserved = self.producers.reserve(partition, group.term(), batches)?;
+        let mut pending = Vec::with_capacity(batches.len());
+        for ((bytes, info), r) in batches.iter().zip(reserved) {
+            match r {
+                Reserved::Duplicate(base) => pending.push((*info, None, Some(base))),
+                Reserved::InFlight => {
+                    return Err((
+                        ResponseError::NotEnoughReplicas.code(),
+                        "an earlier send of this batch is still being committed: retry".into(),
+                    ))
+                }
+                Reserved::New => {
+                    match group
+                        .propose(bytes::Bytes::copy_from_slice(bytes), timeout)
+                        .await
+                    {
+                        Ok(f) => pending.push((*info, Some(f), None)),
+                        Err(e) => {
+                            self.producers.forget(partition);
+                            return Err(propose_error(&e));
+                        }
+                    }
+                }
+            }
+        }
+        let producers = self.producers.clone();
+        let partition = partition.clone();
+        Ok(Box::pin(async move {
+            let mut first = None;
+            let mut failed = None;
+            for (info, fut, dup) in pending {
+                let base = match (fut, dup) {
+                    (Some(f), _) => match f.await {
+                        Ok(b) => {
+                            if info.producer_id >= 0 {
+                                producers.settle(&partition, &info, b);
+                            }
+                            b
+                        }
+                        Err(e) => {
+                            failed.get_or_insert_with(|| propose_error(&e));
+                            continue;
+                        }
+                    },
+                    (None, Some(b)) => b,
+                    (None, None) => continue,
+                };
+                first.get_or_insert(base);
+            }
+            match failed {
+                Some(e) => {
+                    producers.forget(&partition);
+                    Err(e)
+                }
+                None => first.ok_or_else(|| {
+                    (
+                        ResponseError::UnknownServerError.code(),
+                        "no batch in the produce".into(),
+                    )
+                }),
+            }
+        }))
     }
 
     /// A record's `amqp.user-id` header is the `user_id` AMQP consumers of a stream queue get,

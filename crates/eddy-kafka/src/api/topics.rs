@@ -14,7 +14,7 @@ use kafka_protocol::messages::*;
 use super::{code, str_bytes, topic_name, uuid, Handler};
 
 impl Handler {
-    pub(super) fn create_topics(
+    pub(super) async fn create_topics(
         &self,
         r: CreateTopicsRequest,
         version: i16,
@@ -28,7 +28,7 @@ impl Handler {
                 res.configs = None;
             }
             let outcome = if self.allowed(eddy_broker::Access::Configure, "topic", &name) {
-                self.create_one(&name, &t, r.validate_only)
+                self.create_one(&name, &t, r.validate_only).await
             } else {
                 Err((
                     ResponseError::TopicAuthorizationFailed.code(),
@@ -39,7 +39,16 @@ impl Handler {
                 Ok(_) if version < 5 => {}
                 Ok((topic, partitions, config)) => {
                     res.num_partitions = partitions as i32;
-                    res.replication_factor = 1;
+                    res.replication_factor = self
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| {
+                            c.meta()
+                                .topics
+                                .get(&name)
+                                .map(|t| t.replicas.first().map_or(1, |r| r.len()))
+                        })
+                        .unwrap_or(1) as i16;
                     if let (Some(topic), true) = (topic, version >= 7) {
                         res.topic_id = uuid(&topic);
                     }
@@ -68,7 +77,7 @@ impl Handler {
     }
 
     #[allow(clippy::type_complexity)]
-    pub(super) fn create_one(
+    pub(super) async fn create_one(
         &self,
         name: &str,
         t: &create_topics_request::CreatableTopic,
@@ -77,11 +86,14 @@ impl Handler {
         if let Err(e) = eddy_broker::topic::check_topic_name(name) {
             return Err((ResponseError::InvalidTopicException.code(), e.to_string()));
         }
-        if !(t.replication_factor == -1 || t.replication_factor == 1) {
+        let nodes = self.cluster.as_ref().map_or(1, |c| c.member_ids().len());
+        if !(t.replication_factor == -1
+            || (1..=nodes as i64).contains(&(t.replication_factor as i64)))
+        {
             return Err((
                 ResponseError::InvalidReplicationFactor.code(),
                 format!(
-                    "replication factor {} is larger than the 1 broker available",
+                    "replication factor {} is not between 1 and the {nodes} broker(s) available",
                     t.replication_factor
                 ),
             ));
@@ -114,6 +126,19 @@ impl Handler {
         if validate_only {
             return Ok((None, partitions as usize, config));
         }
+        if let Some(c) = &self.cluster {
+            if !t.assignments.is_empty() {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment.code(),
+                    "manual replica assignments are not supported: Eddy places replicas".into(),
+                ));
+            }
+            let rf = (t.replication_factor > 0).then_some(t.replication_factor as usize);
+            return match c.create_topic(name, partitions as usize, rf, &config).await {
+                Ok(()) => Ok((self.broker.topic(name), partitions as usize, config)),
+                Err(e) => Err((cluster_code(&e), e.to_string())),
+            };
+        }
         let made = eddy_broker::run_blocking(|| {
             self.broker
                 .create_topic(name, partitions as usize, config.clone())
@@ -124,7 +149,7 @@ impl Handler {
         }
     }
 
-    pub(super) fn delete_topics(
+    pub(super) async fn delete_topics(
         &self,
         r: DeleteTopicsRequest,
         version: i16,
@@ -169,7 +194,15 @@ impl Handler {
                         res.topic_id = uuid(&t);
                     }
                     self.producers.forget_topic(&t.name);
-                    if let Err(e) = eddy_broker::run_blocking(|| self.broker.delete_topic(&t.name))
+                    if let Some(c) = self.cluster.as_ref().filter(|c| c.is_replicated(&t.name)) {
+                        if let Err(e) = c.delete_topic(&t.name).await {
+                            res.error_code = cluster_code(&e);
+                            if version >= 5 {
+                                res.error_message = Some(str_bytes(&e.to_string()));
+                            }
+                        }
+                    } else if let Err(e) =
+                        eddy_broker::run_blocking(|| self.broker.delete_topic(&t.name))
                     {
                         res.error_code = code(&e);
                         if version >= 5 {
@@ -227,5 +260,21 @@ impl Handler {
             resp.results.push(res);
         }
         resp
+    }
+}
+
+/// A cluster operation's failure as Kafka's error code.
+pub(super) fn cluster_code(e: &eddy_cluster::ClusterError) -> i16 {
+    use eddy_cluster::ClusterError as C;
+    match e {
+        C::NoLeader(..) => ResponseError::RequestTimedOut.code(),
+        C::Meta(eddy_cluster::MetaError::AlreadyExists(_)) => {
+            ResponseError::TopicAlreadyExists.code()
+        }
+        C::Meta(eddy_cluster::MetaError::NotFound(_)) => {
+            ResponseError::UnknownTopicOrPartition.code()
+        }
+        C::Meta(eddy_cluster::MetaError::Invalid(_)) => ResponseError::InvalidRequest.code(),
+        C::Failed(_) => ResponseError::UnknownServerError.code(),
     }
 }

@@ -1,0 +1,397 @@
+//! A Raft log that *is* an eddy-log: every entry is one batch of the log, so a partition's
+//! Raft log is the partition's data with no second copy.
+//!
+//! A [`Command::Batch`] entry is stored as the Kafka batch itself, its partition leader epoch
+//! field (payload bytes 12..16, big-endian) holding the entry's term, as Kafka stores a
+//! leader's epoch in the batches it appends. Every other entry (blank, membership, metadata
+//! command) is an envelope that readers of data skip: bytes 0..8 `EDDYRAFT`, 12..16 the term,
+//! byte 16 (where a Kafka batch has its magic, 2) [`ENVELOPE`], then the bincode of the entry.
+//! An envelope takes one offset of the partition, a gap consumers skip as they skip Kafka's
+//! control batches.
+//!
+//! Raft indexes are consecutive while offsets grow by each batch's record count, so the log
+//! keeps an in-memory index (offset and term of every entry, 12 bytes each) rebuilt at open
+//! from the batch headers; the first entry's Raft index is kept in a small file beside it.
+//! The vote is a file written and fsynced before it is answered; an append's callback fires
+//! when the log's syncer has made the entries durable under the node's fsync policy.
+
+use std::fs;
+use std::io::Write;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use eddy_log::Log;
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, LogState, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Command, NodeId, TypeConfig};
+
+/// Byte 16 of an envelope (a Kafka batch has its magic, 2, there).
+pub const ENVELOPE: u8 = 0xE5;
+const MAGIC: &[u8; 8] = b"EDDYRAFT";
+/// Bytes before an envelope's body.
+const ENVELOPE_HEADER: usize = 17;
+
+/// Whether a stored batch is a Raft envelope rather than data.
+pub fn is_envelope(payload: &[u8]) -> bool {
+    payload.len() >= ENVELOPE_HEADER && payload[16] == ENVELOPE && &payload[..8] == MAGIC
+}
+
+/// The term stored in an entry's batch.
+fn term_of(payload: &[u8]) -> u32 {
+    payload
+        .get(12..16)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[derive(Serialize, Deserialize)]
+enum Envelope {
+    Blank,
+    Membership(openraft::Membership<NodeId, openraft::BasicNode>),
+    Command(Command),
+}
+
+/// Offsets and terms of the entries in the log.
+#[derive(Default)]
+pub(crate) struct Index {
+    /// Raft index of `entries[0]`.
+    pub(crate) first: u64,
+    /// (base offset, term) of each entry.
+    pub(crate) entries: Vec<(u64, u32)>,
+}
+
+impl Index {
+    pub(crate) fn last_index(&self) -> Option<u64> {
+        (!self.entries.is_empty()).then(|| self.first + self.entries.len() as u64 - 1)
+    }
+
+    fn slot(&self, index: u64) -> Option<usize> {
+        let k = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        (k < self.entries.len()).then_some(k)
+    }
+
+    /// Base offset of the entry at `index`.
+    pub(crate) fn offset(&self, index: u64) -> Option<u64> {
+        self.slot(index).map(|k| self.entries[k].0)
+    }
+
+    pub(crate) fn log_id(&self, index: u64) -> Option<LogId<NodeId>> {
+        self.slot(index)
+            .map(|k| log_id(self.entries[k].1 as u64, index))
+    }
+
+    /// The offset right after the entry at `index`.
+    pub(crate) fn end_offset(&self, index: u64, log_end: u64) -> Option<u64> {
+        let k = self.slot(index)?;
+        Some(self.entries.get(k + 1).map_or(log_end, |e| e.0))
+    }
+}
+
+pub(crate) fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+fn io_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&std::io::Error::other(e.to_string())).into()
+}
+
+fn read_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&std::io::Error::other(e.to_string())).into()
+}
+
+/// Write a small file durably: a temporary file, fsynced, renamed over, the directory fsynced.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A group's Raft log over an eddy-log.
+pub struct RaftLog {
+    log: Arc<Log>,
+    dir: PathBuf,
+    pub(crate) index: Arc<Mutex<Index>>,
+    vote: Option<Vote<NodeId>>,
+}
+
+impl RaftLog {
+    /// Open the Raft state of the log whose vote and first index live in `dir`.
+    pub fn open(log: Arc<Log>, dir: &Path) -> std::io::Result<RaftLog> {
+        fs::create_dir_all(dir)?;
+        let first = match fs::read(dir.join("raft-first")) {
+            Ok(b) if b.len() == 8 => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            _ => 0,
+        };
+        let mut entries = Vec::new();
+        log.scan_headers(log.start_offset(), 17, |offset, _count, prefix| {
+            entries.push((offset, term_of(prefix)));
+        })
+        .map_err(std::io::Error::other)?;
+        let vote = match fs::read(dir.join("raft-vote")) {
+            Ok(b) => Some(bincode::deserialize(&b).map_err(std::io::Error::other)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(RaftLog {
+            log,
+            dir: dir.to_owned(),
+            index: Arc::new(Mutex::new(Index { first, entries })),
+            vote,
+        })
+    }
+
+    fn reader(&self) -> Reader {
+        Reader {
+            log: self.log.clone(),
+            index: self.index.clone(),
+        }
+    }
+
+    fn encode(entry: &Entry<TypeConfig>) -> Result<(u32, i64, Vec<u8>), StorageError<NodeId>> {
+        let term = entry.log_id.leader_id.term as u32;
+        let body = match &entry.payload {
+            EntryPayload::Normal(Command::Batch(b)) => {
+                let mut v = b.to_vec();
+                if v.len() < 61 {
+                    return Err(io_error("a record batch shorter than its header"));
+                }
+                v[12..16].copy_from_slice(&term.to_be_bytes());
+                let info = eddy_records::validate(&v).map_err(io_error)?;
+                return Ok((info.record_count, info.max_timestamp, v));
+            }
+            EntryPayload::Normal(c) => Envelope::Command(c.clone()),
+            EntryPayload::Blank => Envelope::Blank,
+            EntryPayload::Membership(m) => Envelope::Membership(m.clone()),
+        };
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&[0; 4]);
+        v.extend_from_slice(&term.to_be_bytes());
+        v.push(ENVELOPE);
+        bincode::serialize_into(&mut v, &body).map_err(io_error)?;
+        Ok((1, eddy_log::now_ms(), v))
+    }
+}
+
+fn decode(index: u64, term: u32, payload: Vec<u8>) -> Result<Entry<TypeConfig>, String> {
+    let log_id = log_id(term as u64, index);
+    let payload = if is_envelope(&payload) {
+        match bincode::deserialize::<Envelope>(&payload[ENVELOPE_HEADER..])
+            .map_err(|e| format!("entry {index}: {e}"))?
+        {
+            Envelope::Blank => EntryPayload::Blank,
+            Envelope::Membership(m) => EntryPayload::Membership(m),
+            Envelope::Command(c) => EntryPayload::Normal(c),
+        }
+    } else {
+        EntryPayload::Normal(Command::Batch(Bytes::from(payload)))
+    };
+    Ok(Entry { log_id, payload })
+}
+
+/// Reads entries back (replication, applying).
+#[derive(Clone)]
+pub struct Reader {
+    log: Arc<Log>,
+    index: Arc<Mutex<Index>>,
+}
+
+impl Reader {
+    fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, String> {
+        let mut out = Vec::new();
+        let mut next = from;
+        while next < to {
+            let (offset, want) = {
+                let ix = self.index.lock();
+                let Some(offset) = ix.offset(next) else {
+                    break;
+                };
+                (offset, ix.entries[ix.slot(next).expect("present")..].len())
+            };
+            let batches = self
+                .log
+                .read(offset, 1 << 20)
+                .map_err(|e| format!("reading entry {next}: {e}"))?;
+            if batches.is_empty() {
+                break;
+            }
+            let mut progressed = false;
+            for b in batches {
+                if next >= to || want == 0 {
+                    break;
+                }
+                let ix = self.index.lock();
+                match ix.slot(next) {
+                    Some(k) if ix.entries[k].0 == b.base_offset => {
+                        let term = ix.entries[k].1;
+                        drop(ix);
+                        out.push(decode(next, term, b.payload)?);
+                        next += 1;
+                        progressed = true;
+                    }
+                    // the log moved under us (truncated meanwhile): stop here
+                    _ => return Ok(out),
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i + 1,
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+impl RaftLogReader<TypeConfig> for Reader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let (from, to) = bounds(&range);
+        self.entries(from, to).map_err(read_error)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for RaftLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        self.reader().try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RaftLog {
+    type LogReader = Reader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let ix = self.index.lock();
+        let last = ix.last_index().and_then(|i| ix.log_id(i));
+        Ok(LogState {
+            last_purged_log_id: None,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes = bincode::serialize(vote).map_err(io_error)?;
+        let path = self.dir.join("raft-vote");
+        tokio::task::block_in_place(|| write_durably(&path, &bytes))
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        self.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        for entry in entries {
+            let (count, ts, bytes) = Self::encode(&entry)?;
+            let index = entry.log_id.index;
+            {
+                let ix = self.index.lock();
+                let expected = ix.last_index().map_or(index, |l| l + 1);
+                if index != expected {
+                    return Err(io_error(format!(
+                        "entry {index} appended where {expected} comes next"
+                    )));
+                }
+            }
+            if self.index.lock().entries.is_empty() {
+                let path = self.dir.join("raft-first");
+                tokio::task::block_in_place(|| write_durably(&path, &index.to_le_bytes()))
+                    .map_err(io_error)?;
+                self.index.lock().first = index;
+            }
+            let offset = self.log.append(count, ts, &bytes).map_err(io_error)?;
+            self.index
+                .lock()
+                .entries
+                .push((offset, entry.log_id.leader_id.term as u32));
+        }
+        let end = self.log.next_offset();
+        let durable = self.log.wait_durable(end);
+        tokio::spawn(async move {
+            let r = durable.await.map_err(std::io::Error::other);
+            callback.log_io_completed(r);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut ix = self.index.lock();
+        let Some(k) = ix.slot(log_id.index) else {
+            return Ok(());
+        };
+        let offset = ix.entries[k].0;
+        tokio::task::block_in_place(|| self.log.truncate(offset)).map_err(io_error)?;
+        ix.entries.truncate(k);
+        tracing::info!(dir = %self.dir.display(), from = log_id.index, offset, "truncated a diverged suffix");
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // groups never build snapshots (snapshot policy Never), so openraft never purges; the
+        // log's own retention is what removes data
+        Err(io_error(format!(
+            "purging the Raft log up to {log_id} is not supported: Eddy's groups take no snapshots"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_are_not_kafka_batches() {
+        let mut v = MAGIC.to_vec();
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7, ENVELOPE]);
+        assert!(is_envelope(&v));
+        assert_eq!(term_of(&v), 7);
+        v[16] = 2;
+        assert!(!is_envelope(&v));
+    }
+}
