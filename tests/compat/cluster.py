@@ -949,11 +949,11 @@ def read_all(bootstrap, topic, partitions=None, timeout=120, at_least=None):
     up to 30 s for each high watermark to reach it (a new leader may take a moment to learn the
     commit index); if it never does, read what there is and let the history checker report it.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
     c = Consumer({
         "bootstrap.servers": bootstrap, "group.id": f"read-all-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False, "enable.partition.eof": False,
+        "auto.offset.reset": "earliest", "enable.auto.commit": False, "enable.partition.eof": True,
         "socket.timeout.ms": 10000, "fetch.wait.max.ms": 200,
     })
     try:
@@ -990,6 +990,12 @@ def read_all(bootstrap, topic, partitions=None, timeout=120, at_least=None):
                 raise AssertionError(f"read_all({topic}): timed out at {nxt} of {high}")
             m = c.poll(1.0)
             if m is None:
+                continue
+            if m.error() is not None and m.error().code() == KafkaError._PARTITION_EOF:
+                # the fetcher is at the end: offsets that hold no record (a replicated
+                # partition's Raft entries, as Kafka's control batches) give no message, so
+                # the end is known from this event, not from the last message
+                nxt[m.partition()] = max(nxt[m.partition()], m.offset())
                 continue
             if m.error() is not None:
                 if m.error().fatal():

@@ -192,7 +192,10 @@ def test_partition_minority_refuses_majority_continues(clusters):
         # whatever the minority client got acknowledged must have gone to the majority's
         # leader (librdkafka follows metadata); none from the isolated node itself
         assert mino.sent > 0
-        assert mino.errors, "the client of the isolated node saw no error at all"
+        # the isolated node names no leader for the partition (it has lost its majority), so
+        # the client finds the new one through the brokers Metadata listed: it either got
+        # its messages acknowledged there or saw errors, never silence
+        assert mino.acks > 0 or mino.errors, "the client of the isolated node got no answer at all"
         c.heal_all()
         c.wait_ready(timeout=90)
         acked = maj.acks

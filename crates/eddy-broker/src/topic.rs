@@ -172,29 +172,20 @@ impl Partition {
 
     /// Batches from the one holding `offset`, up to about `max_bytes`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
-        if !self.is_replicated() {
-            return Ok(self.log.read(offset, max_bytes)?);
-        }
-        // committed data only, without the Raft envelopes (blank and membership entries, whose
-        // byte 16 is not a Kafka batch's magic); a read that finds only envelopes goes on past
-        // them, so a reader never stays stuck on one
-        let hw = self.end_offset();
-        let mut from = offset;
-        while from < hw {
-            let batches = self.log.read(from, max_bytes)?;
-            let Some(last) = batches.last() else {
-                break;
-            };
-            from = last.base_offset + last.record_count.max(1) as u64;
-            let data: Vec<Batch> = batches
-                .into_iter()
-                .filter(|b| b.base_offset < hw && b.payload.get(16) == Some(&2))
-                .collect();
-            if !data.is_empty() {
-                return Ok(data);
+        let mut batches = self.log.read(offset, max_bytes)?;
+        if self.is_replicated() {
+            // committed data only; a Raft entry that is not a record batch (blank and
+            // membership entries: byte 16 is not a Kafka batch's magic) is shown as an empty
+            // batch at its offset, so a reader moves past it
+            let hw = self.end_offset();
+            batches.retain(|b| b.base_offset < hw);
+            for b in &mut batches {
+                if b.payload.get(16) != Some(&2) {
+                    b.payload = eddy_records::empty_batch(b.base_offset, b.timestamp_ms);
+                }
             }
         }
-        Ok(Vec::new())
+        Ok(batches)
     }
 
     /// An offset from which about the last `bytes` of the partition follow.

@@ -88,9 +88,28 @@ pub struct Group {
 }
 
 impl Group {
-    /// The leader this node knows of.
+    /// The leader this node knows of (None when it is itself a leader cut off from the
+    /// majority: clients must look elsewhere).
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(l) if l == self.me && !self.serving(&m) => None,
+            other => other,
+        }
+    }
+
+    /// Whether this node, leading, may serve: it has heard from a majority within twice the
+    /// election timeout (a leader cut off from the others stops at once rather than when a
+    /// new one is elected) and has committed an entry of its own term (so the high watermark
+    /// it reports is never below its predecessor's).
+    fn serving(&self, m: &openraft::RaftMetrics<NodeId, BasicNode>) -> bool {
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.me)
+            && m.millis_since_quorum_ack
+                .is_none_or(|ms| ms <= 2 * self.election_ms)
+            && m.last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term)
     }
 
     /// The current term (Kafka's leader epoch).
@@ -102,7 +121,7 @@ impl Group {
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.me)
+        self.serving(&m)
     }
 
     /// Replicas that are caught up (within the last second's appends of the leader); on a
@@ -153,8 +172,33 @@ impl Group {
             .await
             .map_err(|e| ProposeError::Failed(e.to_string()))?;
         let name = self.name.clone();
+        let mut metrics = self.raft.metrics();
+        let (me, limit) = (self.me, 2 * self.election_ms);
+        // a leader that loses its majority or its leadership while the batch waits answers
+        // at once instead of at the timeout, so the client looks for the new leader
+        let deposed = async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if m.state != ServerState::Leader || m.current_leader != Some(me) {
+                        return "leadership lost";
+                    }
+                    if m.millis_since_quorum_ack.is_some_and(|ms| ms > limit) {
+                        return "cut off from the majority";
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+            }
+        };
         Ok(async move {
-            match tokio::time::timeout(timeout, rx).await {
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(timeout, rx) => r,
+                why = deposed => {
+                    tracing::debug!(group = %name, "a proposal is abandoned: {why}");
+                    return Err(ProposeError::NotLeader(name));
+                }
+            };
+            match outcome {
                 Err(_) => Err(ProposeError::TimedOut(name, timeout.as_millis() as u64)),
                 Ok(Err(_)) => Err(ProposeError::NotLeader(name)),
                 Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => {
@@ -270,6 +314,10 @@ impl Cluster {
             .validate()
             .map_err(|e| fail(&e))?,
         );
+        // a node without cluster state is new, or was wiped and rejoins: it lost the record of
+        // its votes, so it keeps out of elections until any election it may have voted in
+        // before has ended (a vote is only ever given once per term)
+        let fresh = !cfg.dir.join("meta").exists();
         let meta_dir = cfg.dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(|e| fail(&e))?;
         let log = Log::open(&meta_dir.join("log"), LogConfig::default(), syncer.clone())
@@ -304,7 +352,12 @@ impl Cluster {
         let listener = TcpListener::bind(&cluster.cfg.listen)
             .await
             .map_err(|e| ClusterError::Failed(format!("{}: {e}", cluster.cfg.listen)))?;
-        tokio::spawn(cluster.clone().serve(listener));
+        let quiet = if fresh {
+            Duration::from_millis(3 * cluster.raft_config.election_timeout_max)
+        } else {
+            Duration::ZERO
+        };
+        tokio::spawn(cluster.clone().serve(listener, quiet));
         // the groups already placed here, then every change as it is applied
         cluster.reconcile().await;
         tokio::spawn(cluster.clone().effects(effects_rx));
@@ -595,7 +648,14 @@ impl Cluster {
     }
 
     /// Accept peers' connections.
-    async fn serve(self: Arc<Self>, listener: TcpListener) {
+    async fn serve(self: Arc<Self>, listener: TcpListener, quiet: Duration) {
+        if !quiet.is_zero() {
+            tracing::info!(
+                ms = quiet.as_millis() as u64,
+                "no cluster state here (new or wiped): waiting before taking part in elections"
+            );
+            tokio::time::sleep(quiet).await;
+        }
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,

@@ -300,6 +300,26 @@ pub fn validate(batch: &[u8]) -> Result<BatchInfo, BatchError> {
     })
 }
 
+/// A batch of no records that takes the offset `base_offset`: what a reader is given where a
+/// log holds something that is not a record (a Raft entry of a replicated partition), so it
+/// moves past that offset as it does past a batch emptied by compaction.
+pub fn empty_batch(base_offset: u64, timestamp_ms: i64) -> Vec<u8> {
+    let mut b = vec![0u8; HEADER];
+    let mut h = BatchHeader::new(&mut b[..]).expect("a header's worth of bytes");
+    h.set_base_offset(base_offset as i64);
+    h.set_batch_length((HEADER - LOG_OVERHEAD) as i32);
+    h.set_magic(2);
+    h.set_last_offset_delta(0);
+    h.set_base_timestamp(timestamp_ms);
+    h.set_max_timestamp(timestamp_ms);
+    h.set_producer_id(-1);
+    h.set_producer_epoch(-1);
+    h.set_base_sequence(-1);
+    h.set_record_count(0);
+    h.update_crc();
+    b
+}
+
 /// Write the broker-assigned base offset (and leader epoch 0) into a stored batch.
 #[inline]
 pub fn patch_for_fetch(batch: &mut [u8], base_offset: u64) {
@@ -313,6 +333,16 @@ pub fn patch_for_fetch(batch: &mut [u8], base_offset: u64) {
 mod tests {
     use super::*;
     use crate::BatchBuilder;
+
+    #[test]
+    fn an_empty_batch_is_valid_and_takes_one_offset() {
+        let b = empty_batch(41, 7);
+        let info = validate(&b).expect("valid");
+        assert_eq!(info.record_count, 1, "lastOffsetDelta 0: one offset");
+        assert_eq!(BatchHeader::new(&b[..]).unwrap().record_count(), 0);
+        assert_eq!(BatchHeader::new(&b[..]).unwrap().base_offset(), 41);
+        assert!(!is_control(&b));
+    }
 
     /// A valid uncompressed batch with `n` records of the given value.
     fn batch(n: i32, value: &[u8]) -> Vec<u8> {

@@ -22,8 +22,8 @@ mod batch;
 mod varint;
 
 pub use batch::{
-    is_control, patch_for_fetch, split_batches, validate, BatchError, BatchHeader, BatchInfo,
-    HEADER, LOG_OVERHEAD,
+    empty_batch, is_control, patch_for_fetch, split_batches, validate, BatchError, BatchHeader,
+    BatchInfo, HEADER, LOG_OVERHEAD,
 };
 pub use varint::{get_varint, put_varint, VarintError};
 
