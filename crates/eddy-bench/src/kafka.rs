@@ -35,9 +35,13 @@ use crate::hist;
 /// Arguments of `eddy bench kafka`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct KafkaBenchArgs {
-    /// Bootstrap broker HOST:PORT (the one every request goes to: single-broker benchmark)
+    /// Bootstrap broker HOST:PORT: the topic is created there, and each partition is then
+    /// produced to and fetched from its leader as Metadata names it (a cluster too)
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub bootstrap: String,
+    /// Replicas of each partition of the fresh benchmark topic
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: i16,
     /// Producer connections
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -206,10 +210,11 @@ async fn produce(
     topic: String,
     shared: Arc<Shared>,
     deadline: Instant,
+    (addr, partitions): (String, Vec<i32>),
 ) -> Result<()> {
-    let mut conn = Conn::connect(&args.bootstrap).await?;
+    let mut conn = Conn::connect(&addr).await?;
     let template = Template::new(args.batch, args.size);
-    let per_request = (args.batch * args.partitions) as u64;
+    let per_request = (args.batch * partitions.len()) as u64;
     let mut in_flight: std::collections::VecDeque<(i32, u64)> = Default::default();
     let mut out = BytesMut::new();
     let mut local = hist();
@@ -220,8 +225,9 @@ async fn produce(
             let batch = template.stamp(t, wall_ms());
             let mut td = TopicProduceData::default();
             td.name = TopicName(StrBytes::from_string(topic.clone()));
-            td.partition_data = (0..args.partitions as i32)
-                .map(|p| {
+            td.partition_data = partitions
+                .iter()
+                .map(|&p| {
                     let mut pd = PartitionProduceData::default();
                     pd.index = p;
                     pd.records = Some(batch.clone());
@@ -307,9 +313,14 @@ fn first_value_stamp(mut recs: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(recs.get(..8)?.try_into().ok()?))
 }
 
-async fn consume(args: KafkaBenchArgs, topic: String, shared: Arc<Shared>) -> Result<()> {
-    let mut conn = Conn::connect(&args.bootstrap).await?;
-    let mut offsets = vec![0i64; args.partitions];
+async fn consume(
+    topic: String,
+    shared: Arc<Shared>,
+    (addr, partitions): (String, Vec<i32>),
+) -> Result<()> {
+    let mut conn = Conn::connect(&addr).await?;
+    let mut offsets: std::collections::BTreeMap<i32, i64> =
+        partitions.iter().map(|&p| (p, 0)).collect();
     let mut local = hist();
     let mut idle_since = None::<Instant>;
     loop {
@@ -317,10 +328,9 @@ async fn consume(args: KafkaBenchArgs, topic: String, shared: Arc<Shared>) -> Re
         ft.topic = TopicName(StrBytes::from_string(topic.clone()));
         ft.partitions = offsets
             .iter()
-            .enumerate()
-            .map(|(i, o)| {
+            .map(|(&i, o)| {
                 let mut fp = FetchPartition::default();
-                fp.partition = i as i32;
+                fp.partition = i;
                 fp.fetch_offset = *o;
                 fp.partition_max_bytes = 8 << 20;
                 fp
@@ -348,7 +358,7 @@ async fn consume(args: KafkaBenchArgs, topic: String, shared: Arc<Shared>) -> Re
                     let (n, next) = scan(recs, &mut local, now);
                     got += n;
                     if let Some(next) = next {
-                        offsets[p.partition_index as usize] = next;
+                        offsets.insert(p.partition_index, next);
                     }
                 }
             }
@@ -365,6 +375,50 @@ async fn consume(args: KafkaBenchArgs, topic: String, shared: Arc<Shared>) -> Re
     }
     shared.e2e.lock().add(&local).ok();
     Ok(())
+}
+
+/// Each leader's address and the partitions it leads, once Metadata names a leader for
+/// every partition (a new topic's replicas elect theirs first).
+async fn leaders(
+    admin: &mut Conn,
+    topic: &str,
+    partitions: usize,
+) -> Result<Vec<(String, Vec<i32>)>> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut req = MetadataRequest::default();
+        let mut t = MetadataRequestTopic::default();
+        t.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
+        req.topics = Some(vec![t]);
+        let resp: MetadataResponse = admin.call(ApiKey::Metadata, 1, &req).await?;
+        let brokers: std::collections::HashMap<i32, String> = resp
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+            .collect();
+        let mut routes: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+        let mut led = 0;
+        for t in &resp.topics {
+            for p in &t.partitions {
+                if let Some(addr) = brokers.get(&p.leader_id.0).filter(|_| p.error_code == 0) {
+                    routes
+                        .entry(addr.clone())
+                        .or_default()
+                        .push(p.partition_index);
+                    led += 1;
+                }
+            }
+        }
+        if led == partitions {
+            return Ok(routes.into_iter().collect());
+        }
+        if Instant::now() > deadline {
+            bail!("{led} of the {partitions} partitions of {topic} have a leader after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Run the benchmark and print its report.
@@ -386,7 +440,7 @@ pub async fn run_kafka(args: KafkaBenchArgs) -> Result<()> {
     let mut ct = CreatableTopic::default();
     ct.name = TopicName(StrBytes::from_string(topic.clone()));
     ct.num_partitions = args.partitions as i32;
-    ct.replication_factor = 1;
+    ct.replication_factor = args.replication_factor;
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![ct];
     req.timeout_ms = 30_000;
@@ -396,6 +450,7 @@ pub async fn run_kafka(args: KafkaBenchArgs) -> Result<()> {
             return Err(anyhow!("creating topic {topic}: error {}", t.error_code));
         }
     }
+    let routes = leaders(&mut admin, &topic, args.partitions).await?;
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         produced: AtomicU64::new(0),
@@ -406,17 +461,20 @@ pub async fn run_kafka(args: KafkaBenchArgs) -> Result<()> {
         e2e: Mutex::new(hist()),
     });
     let consumers: Vec<_> = (0..args.consumers)
-        .map(|_| tokio::spawn(consume(args.clone(), topic.clone(), shared.clone())))
+        .flat_map(|_| routes.iter().cloned())
+        .map(|route| tokio::spawn(consume(topic.clone(), shared.clone(), route)))
         .collect();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
     let producers: Vec<_> = (0..args.producers)
-        .map(|_| {
+        .flat_map(|_| routes.iter().cloned())
+        .map(|route| {
             tokio::spawn(produce(
                 args.clone(),
                 topic.clone(),
                 shared.clone(),
                 deadline,
+                route,
             ))
         })
         .collect();
