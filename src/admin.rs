@@ -161,6 +161,73 @@ pub enum Definitions {
     Import { file: String },
 }
 
+/// `eddy cluster …`
+#[derive(Subcommand, Debug)]
+pub enum Cluster {
+    /// Every node (up, addresses) and each Raft group on the node asked (leader, term, commit
+    /// index, followers' lag).
+    Status,
+}
+
+/// `eddy cluster status`
+pub fn cluster(conn: &Conn, cmd: Cluster) -> Result<()> {
+    match cmd {
+        Cluster::Status => {
+            let status = conn.get("/api/cluster")?;
+            if conn.json {
+                print(conn, &status, &[]);
+                return Ok(());
+            }
+            println!("nodes (as node {} sees them):", status["node_id"]);
+            print(
+                conn,
+                &status["nodes"],
+                &[
+                    ("id", "/id"),
+                    ("up", "/up"),
+                    ("cluster", "/cluster"),
+                    ("kafka", "/kafka"),
+                    ("amqp", "/amqp"),
+                    ("http", "/http"),
+                ],
+            );
+            println!();
+            let groups: Vec<Value> = status["groups"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut g| {
+                    let lag: Vec<String> = g["followers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|f| format!("{}:{}", f["id"], f["lag"]))
+                        .collect();
+                    g["follower_lag"] = json!(lag.join(" "));
+                    g
+                })
+                .collect();
+            println!("raft groups on node {}:", status["node_id"]);
+            print(
+                conn,
+                &Value::Array(groups),
+                &[
+                    ("group", "/group"),
+                    ("state", "/state"),
+                    ("leader", "/leader"),
+                    ("term", "/term"),
+                    ("commit", "/commit_index"),
+                    ("replicas", "/replicas"),
+                    ("follower:lag", "/follower_lag"),
+                ],
+            );
+            Ok(())
+        }
+    }
+}
+
 /// `eddy X list` for read-only resources.
 #[derive(Subcommand, Debug)]
 pub enum ListOnly {

@@ -83,6 +83,13 @@ enum Command {
         #[command(subcommand)]
         cmd: admin::ListOnly,
     },
+    /// The cluster as a node sees it: `eddy cluster status`.
+    Cluster {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::Cluster,
+    },
     /// Users: list, add NAME --password P [--tags T], delete, passwd.
     Users {
         #[command(flatten)]
@@ -317,6 +324,7 @@ fn main() -> Result<()> {
         Command::Groups { conn, .. } => return admin::groups(&conn),
         Command::Connections { conn, .. } => return admin::connections(&conn),
         Command::Users { conn, cmd } => return admin::users(&conn, cmd),
+        Command::Cluster { conn, cmd } => return admin::cluster(&conn, cmd),
         Command::Vhosts { conn, cmd } => return admin::vhosts(&conn, cmd),
         Command::Permissions { conn, cmd } => return admin::permissions(&conn, cmd),
         Command::Definitions { conn, cmd } => return admin::definitions(&conn, cmd),

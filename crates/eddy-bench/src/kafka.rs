@@ -287,7 +287,9 @@ fn scan(records: &[u8], local: &mut Histogram<u64>, now_us: u64) -> (u64, Option
             break; // a partial batch at the end of a fetch
         }
         let last_delta = h.last_offset_delta();
-        count += last_delta as u64 + 1;
+        // the records the batch holds (a batch emptied by compaction, or a replicated
+        // partition's Raft entry, holds none but still takes its offsets)
+        count += h.record_count().max(0) as u64;
         next = Some(base + last_delta as i64 + 1);
         if let Some(t0) = first_value_stamp(&records[at + HEADER..at + LOG_OVERHEAD + len]) {
             let _ = local.record(now_us.saturating_sub(t0).max(1));

@@ -25,7 +25,7 @@ mod types;
 
 pub use node::{Cluster, ClusterConfig, ClusterError, Group, ProposeError};
 pub use store::{is_envelope, RaftLog};
-pub use types::{MetaError, MetaState, NodeId, NodeInfo, TopicPlacement};
+pub use types::{CommittedOffset, MetaError, MetaState, NodeId, NodeInfo, TopicPlacement};
 
 /// Parse `--cluster-peers`: `id@host:port` separated by commas.
 pub fn parse_peers(s: &str) -> Result<std::collections::BTreeMap<NodeId, String>, String> {

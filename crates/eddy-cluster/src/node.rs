@@ -326,10 +326,29 @@ impl Cluster {
         let last = rlog.index.lock().last_index();
         let meta_state = Arc::new(RwLock::new(MetaState::default()));
         let (effects_tx, effects_rx) = mpsc::unbounded_channel();
+        let store = broker.clone();
+        let offsets: crate::sm::OffsetSink = Box::new(move |group, offsets| {
+            let commits = offsets
+                .into_iter()
+                .map(|o| {
+                    let c = eddy_broker::Committed {
+                        offset: o.offset,
+                        leader_epoch: o.leader_epoch,
+                        metadata: o.metadata,
+                    };
+                    (o.topic, o.partition, c)
+                })
+                .collect();
+            // the metadata log is the durable record: no wait for the store's own fsync
+            if let Err(e) = store.offsets().commit(group, commits) {
+                tracing::error!(group, "keeping committed offsets failed: {e}");
+            }
+        });
         let sm = MetaSm::open(
             meta_dir.join("state.json"),
             meta_state.clone(),
             effects_tx,
+            offsets,
             last,
         );
         let network = Network {
@@ -457,6 +476,42 @@ impl Cluster {
         self.propose_meta(cmd).await
     }
 
+    /// Commit a consumer group's offsets through the metadata group (every node keeps them);
+    /// answered once committed.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: Vec<crate::types::CommittedOffset>,
+    ) -> Result<(), ClusterError> {
+        self.propose_meta(MetaCommand::CommitOffsets {
+            group: group.to_owned(),
+            offsets,
+        })
+        .await
+    }
+
+    /// The node that coordinates consumer groups: the metadata group's leader (None during an
+    /// election), with its addresses.
+    pub fn coordinator(&self) -> Option<NodeInfo> {
+        let m = self.meta.metrics();
+        let leader = {
+            let m = m.borrow();
+            // a leader cut off from the majority does not coordinate, nor one that has not yet
+            // applied everything its predecessors committed (the offsets it would answer with)
+            if m.state == ServerState::Leader
+                && (m
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms > 2 * self.raft_config.election_timeout_max)
+                    || m.last_applied
+                        .is_none_or(|l| l.leader_id.term != m.current_term))
+            {
+                return None;
+            }
+            m.current_leader?
+        };
+        self.meta_state.read().nodes.get(&leader).cloned()
+    }
+
     /// Delete a replicated topic everywhere.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClusterError> {
         self.propose_meta(MetaCommand::DeleteTopic {
@@ -523,7 +578,7 @@ impl Cluster {
     async fn effects(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Effect>) {
         while let Some(e) = rx.recv().await {
             match &e.command {
-                Some(MetaCommand::RegisterNode(_)) => {}
+                Some(MetaCommand::RegisterNode(_) | MetaCommand::CommitOffsets { .. }) => {}
                 Some(MetaCommand::DeleteTopic { name }) => self.drop_topic(name).await,
                 _ => {
                     *self.meta_state.write() = e.state.clone();

@@ -199,13 +199,18 @@ pub struct MetaSm {
     path: PathBuf,
     shared: Arc<parking_lot::RwLock<MetaState>>,
     effects: mpsc::UnboundedSender<Effect>,
+    offsets: OffsetSink,
 }
+
+/// Where committed consumer-group offsets go as they are applied.
+pub(crate) type OffsetSink = Box<dyn Fn(&str, Vec<crate::types::CommittedOffset>) + Send + Sync>;
 
 impl MetaSm {
     pub(crate) fn open(
         path: PathBuf,
         shared: Arc<parking_lot::RwLock<MetaState>>,
         effects: mpsc::UnboundedSender<Effect>,
+        offsets: OffsetSink,
         last_log_index: Option<u64>,
     ) -> MetaSm {
         let mut inner: MetaSnapshot = std::fs::read(&path)
@@ -224,6 +229,7 @@ impl MetaSm {
             path,
             shared,
             effects,
+            offsets,
         }
     }
 
@@ -262,6 +268,8 @@ impl MetaSm {
                     return Err(MetaError::NotFound(format!("no topic '{name}'")));
                 }
             }
+            // kept by the broker's offset store, not in the state (see `apply`)
+            MetaCommand::CommitOffsets { .. } => {}
         }
         Ok(())
     }
@@ -315,6 +323,16 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
         for e in entries {
             self.inner.last = Some(e.log_id);
             match e.payload {
+                EntryPayload::Normal(Command::Meta(MetaCommand::CommitOffsets {
+                    group,
+                    offsets,
+                })) => {
+                    // every node keeps every group's offsets in its own offset store; a
+                    // restart applies the commits again from the last saved point, in order,
+                    // so the state is not saved for each
+                    (self.offsets)(&group, offsets);
+                    out.push(Reply::Meta(Ok(())));
+                }
                 EntryPayload::Normal(Command::Meta(c)) => {
                     let r = Self::change(&mut self.inner.state, &c);
                     *self.shared.write() = self.inner.state.clone();

@@ -94,6 +94,28 @@ pub enum MetaCommand {
         /// Name.
         name: String,
     },
+    /// A consumer group's committed offsets (Kafka OffsetCommit), kept by every node.
+    CommitOffsets {
+        /// Group id.
+        group: String,
+        /// (topic, partition, committed offset).
+        offsets: Vec<CommittedOffset>,
+    },
+}
+
+/// One committed offset of a consumer group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The next offset to read.
+    pub offset: i64,
+    /// The leader epoch the client saw.
+    pub leader_epoch: i32,
+    /// Client metadata.
+    pub metadata: String,
 }
 
 /// A replicated topic's definition and placement.

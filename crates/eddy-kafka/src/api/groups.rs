@@ -19,7 +19,31 @@ impl Handler {
         version: i16,
     ) -> FindCoordinatorResponse {
         let mut resp = FindCoordinatorResponse::default();
-        // this broker coordinates every group (and would every transaction)
+        // alone, this broker coordinates every group (and would every transaction); in a
+        // cluster, the metadata leader does
+        let (node_id, host, port, error) = match self.cluster.as_ref().map(|c| c.coordinator()) {
+            None => (
+                self.cfg.node_id,
+                self.cfg.advertised_host.clone(),
+                self.cfg.advertised_port as i32,
+                0,
+            ),
+            Some(Some(n)) => match n.kafka.as_deref().and_then(|a| a.rsplit_once(':')) {
+                Some((h, p)) => (n.id as i32, h.to_owned(), p.parse().unwrap_or(-1), 0),
+                None => (
+                    -1,
+                    String::new(),
+                    -1,
+                    ResponseError::CoordinatorNotAvailable.code(),
+                ),
+            },
+            Some(None) => (
+                -1,
+                String::new(),
+                -1,
+                ResponseError::CoordinatorNotAvailable.code(),
+            ),
+        };
         if version >= 4 {
             resp.coordinators = r
                 .coordinator_keys
@@ -27,16 +51,18 @@ impl Handler {
                 .map(|key| {
                     let mut c = find_coordinator_response::Coordinator::default();
                     c.key = key;
-                    c.node_id = BrokerId(self.cfg.node_id);
-                    c.host = str_bytes(&self.cfg.advertised_host);
-                    c.port = self.cfg.advertised_port as i32;
+                    c.node_id = BrokerId(node_id);
+                    c.host = str_bytes(&host);
+                    c.port = port;
+                    c.error_code = error;
                     c
                 })
                 .collect();
         } else {
-            resp.node_id = BrokerId(self.cfg.node_id);
-            resp.host = str_bytes(&self.cfg.advertised_host);
-            resp.port = self.cfg.advertised_port as i32;
+            resp.node_id = BrokerId(node_id);
+            resp.host = str_bytes(&host);
+            resp.port = port;
+            resp.error_code = error;
         }
         resp
     }
@@ -223,6 +249,11 @@ impl Handler {
         if commits.is_empty() {
             return (resp, Vec::new());
         }
+        if self.cluster.is_some() {
+            // committed through the metadata group by the caller (`offset_commit_replicated`)
+            self.pending_offsets.lock().replace((group, commits));
+            return (resp, Vec::new());
+        }
         match self.broker.offsets().commit(&group, commits) {
             // durable before the answer
             Ok(wait) => (resp, vec![wait]),
@@ -237,6 +268,54 @@ impl Handler {
                 }
                 (resp, Vec::new())
             }
+        }
+    }
+
+    /// OffsetCommit in a cluster: checked as alone, then committed through the metadata group
+    /// so that every node keeps the offsets and a coordinator failover loses none.
+    pub(super) async fn offset_commit_replicated(
+        &self,
+        r: OffsetCommitRequest,
+    ) -> OffsetCommitResponse {
+        let (mut resp, _) = self.offset_commit(r);
+        let Some((group, commits)) = self.pending_offsets.lock().take() else {
+            return resp;
+        };
+        let Some(cluster) = &self.cluster else {
+            return resp;
+        };
+        let offsets = commits
+            .into_iter()
+            .map(|(topic, partition, c)| eddy_cluster::CommittedOffset {
+                topic,
+                partition,
+                offset: c.offset,
+                leader_epoch: c.leader_epoch,
+                metadata: c.metadata,
+            })
+            .collect();
+        if let Err(e) = cluster.commit_offsets(&group, offsets).await {
+            tracing::warn!(group, "committing offsets through the cluster failed: {e}");
+            for t in &mut resp.topics {
+                for p in &mut t.partitions {
+                    if p.error_code == 0 {
+                        p.error_code = ResponseError::CoordinatorNotAvailable.code();
+                    }
+                }
+            }
+        }
+        resp
+    }
+
+    /// In a cluster, the group APIs are served by the coordinator only (the metadata leader):
+    /// NOT_COORDINATOR elsewhere (COORDINATOR_NOT_AVAILABLE during an election), so the client
+    /// asks FindCoordinator again.
+    pub(super) fn coordinator_error(&self) -> Option<i16> {
+        let c = self.cluster.as_ref()?;
+        match c.coordinator() {
+            Some(n) if n.id as i32 == self.cfg.node_id => None,
+            Some(_) => Some(ResponseError::NotCoordinator.code()),
+            None => Some(ResponseError::CoordinatorNotAvailable.code()),
         }
     }
 

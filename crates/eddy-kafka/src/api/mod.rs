@@ -251,6 +251,10 @@ pub(crate) struct Handler {
     pub(crate) budget: Budget,
     /// The cluster this node is part of (None: alone).
     pub(crate) cluster: Option<Arc<eddy_cluster::Cluster>>,
+    /// An OffsetCommit's checked offsets, on their way to the metadata group (cluster only).
+    #[allow(clippy::type_complexity)]
+    pending_offsets:
+        parking_lot::Mutex<Option<(String, Vec<(String, i32, eddy_broker::Committed)>)>>,
 }
 
 /// What every connection shares.
@@ -288,6 +292,7 @@ impl Handler {
             granted: Default::default(),
             span: tracing::Span::none(),
             cluster: shared.cluster.clone(),
+            pending_offsets: Default::default(),
         }
     }
 
@@ -436,6 +441,32 @@ impl Handler {
                     held: None,
                 }
             }
+            RequestKind::OffsetCommit(r) if self.cluster.is_some() => {
+                let resp = match self.coordinator_error() {
+                    Some(code) => {
+                        let (mut resp, _) = self.offset_commit(r);
+                        self.pending_offsets.lock().take();
+                        for t in &mut resp.topics {
+                            for p in &mut t.partitions {
+                                p.error_code = code;
+                            }
+                        }
+                        resp
+                    }
+                    None => self.offset_commit_replicated(r).await,
+                };
+                Reply::from(ResponseKind::OffsetCommit(resp))
+            }
+            RequestKind::JoinGroup(_)
+            | RequestKind::SyncGroup(_)
+            | RequestKind::Heartbeat(_)
+            | RequestKind::LeaveGroup(_)
+            | RequestKind::OffsetFetch(_)
+                if self.coordinator_error().is_some() =>
+            {
+                let code = self.coordinator_error().unwrap_or_default();
+                Reply::from(not_coordinator(&request, code, version))
+            }
             RequestKind::OffsetCommit(r) => {
                 let (resp, waits) = self.offset_commit(r);
                 Reply {
@@ -582,5 +613,51 @@ impl Handler {
             }
             Err(e) => Err(code(&e)),
         }
+    }
+}
+
+/// A group API's answer from a node that does not coordinate groups: only the error.
+fn not_coordinator(request: &RequestKind, code: i16, version: i16) -> ResponseKind {
+    match request {
+        RequestKind::JoinGroup(_) => {
+            let mut r = JoinGroupResponse::default();
+            r.error_code = code;
+            r.generation_id = -1;
+            ResponseKind::JoinGroup(r)
+        }
+        RequestKind::SyncGroup(_) => {
+            let mut r = SyncGroupResponse::default();
+            r.error_code = code;
+            ResponseKind::SyncGroup(r)
+        }
+        RequestKind::Heartbeat(_) => {
+            let mut r = HeartbeatResponse::default();
+            r.error_code = code;
+            ResponseKind::Heartbeat(r)
+        }
+        RequestKind::LeaveGroup(_) => {
+            let mut r = LeaveGroupResponse::default();
+            r.error_code = code;
+            ResponseKind::LeaveGroup(r)
+        }
+        RequestKind::OffsetFetch(req) => {
+            let mut r = OffsetFetchResponse::default();
+            if version >= 8 {
+                r.groups = req
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        let mut x = offset_fetch_response::OffsetFetchResponseGroup::default();
+                        x.group_id = g.group_id.clone();
+                        x.error_code = code;
+                        x
+                    })
+                    .collect();
+            } else {
+                r.error_code = code;
+            }
+            ResponseKind::OffsetFetch(r)
+        }
+        _ => unreachable!("only group APIs are answered so"),
     }
 }
