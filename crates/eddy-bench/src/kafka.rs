@@ -102,11 +102,22 @@ impl Conn {
             .with_context(|| format!("connecting to {addr}"))?;
         s.set_nodelay(true)?;
         let (rd, wr) = s.into_split();
-        Ok(Conn {
+        let mut conn = Conn {
             rd,
             wr,
             next_corr: 1,
-        })
+        };
+        // as every client does first (a broker may bound a connection's first request to
+        // keep unauthenticated clients small, as Eddy does)
+        let _: kafka_protocol::messages::ApiVersionsResponse = conn
+            .call(
+                ApiKey::ApiVersions,
+                0,
+                &kafka_protocol::messages::ApiVersionsRequest::default(),
+            )
+            .await
+            .with_context(|| format!("ApiVersions to {addr}"))?;
+        Ok(conn)
     }
 
     fn encode<R: Encodable>(

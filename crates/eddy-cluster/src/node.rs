@@ -304,9 +304,11 @@ impl Cluster {
         let raft_config = Arc::new(
             openraft::Config {
                 cluster_name: "eddy".into(),
-                heartbeat_interval: 100,
-                election_timeout_min: 500,
-                election_timeout_max: 1000,
+                // a dead leader is replaced within about a second; shorter timeouts made
+                // elections happen under load on this 2-core machine
+                heartbeat_interval: 75,
+                election_timeout_min: 400,
+                election_timeout_max: 800,
                 max_payload_entries: 64,
                 snapshot_policy: SnapshotPolicy::Never,
                 ..Default::default()
@@ -733,7 +735,7 @@ impl Cluster {
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut buf = first;
-                while buf.len() < (1 << 20) {
+                while buf.len() < crate::transport::COALESCE {
                     match rx.try_recv() {
                         Ok(more) => buf.extend_from_slice(&more),
                         Err(_) => break,

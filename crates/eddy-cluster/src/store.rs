@@ -121,11 +121,69 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The newest entries, kept in memory as appended so that replicating them to followers
+/// does not read them back from the log (bounded by [`TAIL_CACHE_BYTES`]).
+#[derive(Default)]
+pub(crate) struct Tail {
+    entries: std::collections::VecDeque<Entry<TypeConfig>>,
+    bytes: usize,
+}
+
+/// Most payload bytes [`Tail`] keeps.
+const TAIL_CACHE_BYTES: usize = 32 << 20;
+
+fn entry_bytes(e: &Entry<TypeConfig>) -> usize {
+    match &e.payload {
+        EntryPayload::Normal(Command::Batch(b)) => b.len(),
+        _ => 64,
+    }
+}
+
+impl Tail {
+    fn push(&mut self, e: Entry<TypeConfig>) {
+        self.bytes += entry_bytes(&e);
+        self.entries.push_back(e);
+        while self.bytes > TAIL_CACHE_BYTES {
+            match self.entries.pop_front() {
+                Some(old) => self.bytes -= entry_bytes(&old),
+                None => break,
+            }
+        }
+    }
+
+    /// Drop entries at `index` and after (a truncated suffix).
+    fn cut(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= index) {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= entry_bytes(&e);
+            }
+        }
+    }
+
+    /// Entries `from..to` when the cache holds `from`.
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.entries.front()?.log_id.index;
+        let k = usize::try_from(from.checked_sub(first)?).ok()?;
+        if k >= self.entries.len() {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .skip(k)
+                .take_while(|e| e.log_id.index < to)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
 /// A group's Raft log over an eddy-log.
 pub struct RaftLog {
     log: Arc<Log>,
     dir: PathBuf,
     pub(crate) index: Arc<Mutex<Index>>,
+    tail: Arc<Mutex<Tail>>,
     vote: Option<Vote<NodeId>>,
 }
 
@@ -151,6 +209,7 @@ impl RaftLog {
             log,
             dir: dir.to_owned(),
             index: Arc::new(Mutex::new(Index { first, entries })),
+            tail: Default::default(),
             vote,
         })
     }
@@ -159,20 +218,36 @@ impl RaftLog {
         Reader {
             log: self.log.clone(),
             index: self.index.clone(),
+            tail: self.tail.clone(),
         }
+    }
+
+    /// Append one entry to the log; its base offset.
+    fn append_entry(&self, entry: &Entry<TypeConfig>) -> Result<u64, StorageError<NodeId>> {
+        let term = entry.log_id.leader_id.term as u32;
+        if let EntryPayload::Normal(Command::Batch(b)) = &entry.payload {
+            // checked by the leader's produce (sizes, magic, CRC) before it was proposed; the
+            // header gives the count and time, and the term goes into the epoch field as the
+            // batch is written, without a copy of the batch first
+            let h = eddy_records::BatchHeader::new(&b[..])
+                .filter(|h| h.magic() == 2)
+                .ok_or_else(|| io_error("a record batch shorter than its header"))?;
+            let count = (h.last_offset_delta().max(0) as u32).saturating_add(1);
+            let ts = h.max_timestamp();
+            return self
+                .log
+                .append_parts(count, ts, &[&b[..12], &term.to_be_bytes(), &b[16..]])
+                .map_err(io_error);
+        }
+        let (count, ts, bytes) = Self::encode(entry)?;
+        self.log.append(count, ts, &bytes).map_err(io_error)
     }
 
     fn encode(entry: &Entry<TypeConfig>) -> Result<(u32, i64, Vec<u8>), StorageError<NodeId>> {
         let term = entry.log_id.leader_id.term as u32;
         let body = match &entry.payload {
-            EntryPayload::Normal(Command::Batch(b)) => {
-                let mut v = b.to_vec();
-                if v.len() < 61 {
-                    return Err(io_error("a record batch shorter than its header"));
-                }
-                v[12..16].copy_from_slice(&term.to_be_bytes());
-                let info = eddy_records::validate(&v).map_err(io_error)?;
-                return Ok((info.record_count, info.max_timestamp, v));
+            EntryPayload::Normal(Command::Batch(_)) => {
+                return Err(io_error("record batches are appended by append_entry"))
             }
             EntryPayload::Normal(c) => Envelope::Command(c.clone()),
             EntryPayload::Blank => Envelope::Blank,
@@ -209,10 +284,14 @@ fn decode(index: u64, term: u32, payload: Vec<u8>) -> Result<Entry<TypeConfig>, 
 pub struct Reader {
     log: Arc<Log>,
     index: Arc<Mutex<Index>>,
+    tail: Arc<Mutex<Tail>>,
 }
 
 impl Reader {
     fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, String> {
+        if let Some(hit) = self.tail.lock().get(from, to) {
+            return Ok(hit);
+        }
         let mut out = Vec::new();
         let mut next = from;
         while next < to {
@@ -328,7 +407,6 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         I::IntoIter: Send,
     {
         for entry in entries {
-            let (count, ts, bytes) = Self::encode(&entry)?;
             let index = entry.log_id.index;
             {
                 let ix = self.index.lock();
@@ -345,11 +423,12 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
                     .map_err(io_error)?;
                 self.index.lock().first = index;
             }
-            let offset = self.log.append(count, ts, &bytes).map_err(io_error)?;
+            let offset = self.append_entry(&entry)?;
             self.index
                 .lock()
                 .entries
                 .push((offset, entry.log_id.leader_id.term as u32));
+            self.tail.lock().push(entry);
         }
         let end = self.log.next_offset();
         let durable = self.log.wait_durable(end);
@@ -368,6 +447,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         let offset = ix.entries[k].0;
         tokio::task::block_in_place(|| self.log.truncate(offset)).map_err(io_error)?;
         ix.entries.truncate(k);
+        self.tail.lock().cut(log_id.index);
         tracing::info!(dir = %self.dir.display(), from = log_id.index, offset, "truncated a diverged suffix");
         Ok(())
     }

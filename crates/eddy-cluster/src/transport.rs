@@ -26,6 +26,8 @@ use crate::types::{MetaCommand, NodeId, Reply, TypeConfig};
 
 /// Largest inter-node frame (an AppendEntries of several large batches).
 pub const MAX_FRAME: usize = 512 << 20;
+/// Frames are gathered into one write up to this size.
+pub(crate) const COALESCE: usize = 64 << 10;
 /// Requests one peer connection may have unanswered.
 const MAX_IN_FLIGHT: usize = 4096;
 
@@ -70,8 +72,12 @@ pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
             "inter-node frame of {len} bytes is over the {MAX_FRAME}-byte limit"
         )));
     }
-    let mut buf = vec![0; len];
-    r.read_exact(&mut buf).await?;
+    // read into spare capacity: no zeroing of what the read overwrites at once
+    let mut buf = Vec::with_capacity(len);
+    (&mut *r).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let f: Frame<T> = bincode::deserialize(&buf).map_err(std::io::Error::other)?;
     Ok((f.id, f.group, f.body))
 }
@@ -140,8 +146,9 @@ impl Peer {
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut buf = first;
-                // write what queued up meanwhile in one go
-                while buf.len() < (1 << 20) {
+                // write what queued up meanwhile in one go (small frames: a large one is
+                // written as it is, not copied)
+                while buf.len() < COALESCE {
                     match rx.try_recv() {
                         Ok(more) => buf.extend_from_slice(&more),
                         Err(_) => break,

@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use crate::error::{io_err, LogError};
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{
-    encode_header, index_entry, open_rw, segment_path, sync_dir, write_index, Segment, HEADER,
-    MAX_BATCH_BYTES,
+    encode_header_parts, index_entry, open_rw, segment_path, sync_dir, write_index, Segment,
+    HEADER, MAX_BATCH_BYTES,
 };
 use crate::syncer::{Cuts, Durable, FsyncPolicy, SyncTarget, Syncer};
 
@@ -144,9 +144,21 @@ impl Log {
         timestamp_ms: i64,
         payload: &[u8],
     ) -> Result<u64, LogError> {
-        if payload.len() > MAX_BATCH_BYTES {
+        self.append_parts(record_count, timestamp_ms, &[payload])
+    }
+
+    /// [`Log::append`] of a payload given in parts (stored one after the other, as one batch):
+    /// a caller that patches a few bytes of a payload appends it without copying it first.
+    pub fn append_parts(
+        &self,
+        record_count: u32,
+        timestamp_ms: i64,
+        parts: &[&[u8]],
+    ) -> Result<u64, LogError> {
+        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+        if payload_len > MAX_BATCH_BYTES {
             return Err(LogError::TooLarge {
-                size: payload.len(),
+                size: payload_len,
                 limit: MAX_BATCH_BYTES,
             });
         }
@@ -158,7 +170,7 @@ impl Log {
         if inner.closed {
             return Err(LogError::Closed);
         }
-        let need = (HEADER + payload.len()) as u64;
+        let need = (HEADER + payload_len) as u64;
         let roll = {
             let a = inner.segments.last().expect("active segment");
             a.size > 0
@@ -172,13 +184,15 @@ impl Log {
             self.roll(&mut inner)?;
         }
         let base = inner.next_offset;
-        let header = encode_header(base, count, timestamp_ms, payload);
+        let header = encode_header_parts(base, count, timestamp_ms, parts);
         let interval = self.config.index_interval_bytes as u64;
         let a = inner.segments.last_mut().expect("active segment");
         let pos = a.size;
         let mut buf = Vec::with_capacity(need as usize);
         buf.extend_from_slice(&header);
-        buf.extend_from_slice(payload);
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
         if let Err(e) = a.file.write_all_at(&buf, pos) {
             // leave no partial batch behind
             let _ = a.file.set_len(pos);

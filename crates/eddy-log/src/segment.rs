@@ -91,12 +91,20 @@ pub(crate) fn open_rw(path: &Path) -> Result<File, LogError> {
 }
 
 pub(crate) fn encode_header(base: u64, count: u32, ts: i64, payload: &[u8]) -> [u8; HEADER] {
+    encode_header_parts(base, count, ts, &[payload])
+}
+
+/// The header of a batch whose payload is `parts` one after the other.
+pub(crate) fn encode_header_parts(base: u64, count: u32, ts: i64, parts: &[&[u8]]) -> [u8; HEADER] {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut h = [0u8; HEADER];
     h[0..8].copy_from_slice(&base.to_le_bytes());
-    h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
     h[16..20].copy_from_slice(&count.to_le_bytes());
     h[20..28].copy_from_slice(&ts.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[16..28]), payload);
+    let crc = parts.iter().fold(crc32c::crc32c(&h[16..28]), |c, p| {
+        crc32c::crc32c_append(c, p)
+    });
     h[12..16].copy_from_slice(&crc.to_le_bytes());
     h
 }

@@ -95,7 +95,10 @@ impl Handler {
                 }
                 if let Some(group) = self.replicated(&name, p.index) {
                     let pi = tr.partition_responses.len();
-                    match self.propose(group, &partition, &batches, timeout).await {
+                    match self
+                        .propose(group, &partition, &records, &batches, timeout)
+                        .await
+                    {
                         Ok(result) => commits.push(Commit {
                             topic: ti,
                             partition: pi,
@@ -155,6 +158,7 @@ impl Handler {
         &self,
         group: Option<Arc<eddy_cluster::Group>>,
         partition: &Arc<eddy_broker::Partition>,
+        records: &bytes::Bytes,
         batches: &[(&[u8], BatchInfo)],
         timeout: Duration,
     ) -> Result<CommitFuture, (i16, String)> {
@@ -178,7 +182,8 @@ impl Handler {
                 }
                 Reserved::New => {
                     match group
-                        .propose(bytes::Bytes::copy_from_slice(bytes), timeout)
+                        // a view of the request's bytes, not a copy
+                        .propose(records.slice_ref(bytes), timeout)
                         .await
                     {
                         Ok(f) => pending.push((*info, Some(f), None)),
