@@ -464,6 +464,132 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eddy_log::{FsyncPolicy, LogConfig, Syncer};
+    use openraft::storage::RaftLogStorageExt;
+
+    fn batch(n: i64) -> Bytes {
+        let mut b = eddy_records::BatchBuilder::new();
+        for i in 0..n {
+            b.push(1_000 + i, i, None, Some(format!("v{i}").as_bytes()), &[]);
+        }
+        Bytes::from(b.finish())
+    }
+
+    fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(term, index),
+            payload,
+        }
+    }
+
+    fn open(dir: &Path, syncer: &Arc<Syncer>) -> RaftLog {
+        let log = Log::open(&dir.join("log"), LogConfig::default(), syncer.clone()).unwrap();
+        RaftLog::open(log, dir).unwrap()
+    }
+
+    /// Append and wait until openraft would be told the entries are durable.
+    async fn append(store: &mut RaftLog, entries: Vec<Entry<TypeConfig>>) {
+        store.blocking_append(entries).await.unwrap();
+    }
+
+    /// (term, index, what) of each entry; `stored`: read from the log, where a batch's leader
+    /// epoch field holds its term (the in-memory tail has the batch as proposed).
+    fn kinds(entries: &[Entry<TypeConfig>], stored: bool) -> Vec<(u64, u64, String)> {
+        entries
+            .iter()
+            .map(|e| {
+                let what = match &e.payload {
+                    EntryPayload::Blank => "blank".to_string(),
+                    EntryPayload::Membership(_) => "membership".to_string(),
+                    EntryPayload::Normal(Command::Batch(b)) => {
+                        let h = eddy_records::BatchHeader::new(&b[..]).unwrap();
+                        if stored {
+                            assert_eq!(h.partition_leader_epoch() as u64, e.log_id.leader_id.term);
+                        }
+                        format!("batch of {}", h.record_count())
+                    }
+                    EntryPayload::Normal(Command::Meta(_)) => "meta".to_string(),
+                };
+                (e.log_id.leader_id.term, e.log_id.index, what)
+            })
+            .collect()
+    }
+
+    /// Entries go in as batches and envelopes, come back the same (also after a reopen, from
+    /// the log alone), the vote survives, a diverged suffix is truncated and written anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_raft_log_is_the_partition_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let syncer = Syncer::new(FsyncPolicy::Always);
+        let mut store = open(dir.path(), &syncer);
+        let members = openraft::Membership::new(vec![[1u64, 2, 3].into_iter().collect()], None);
+        append(
+            &mut store,
+            vec![
+                entry(0, 0, EntryPayload::Membership(members)),
+                entry(1, 1, EntryPayload::Blank),
+                entry(1, 2, EntryPayload::Normal(Command::Batch(batch(3)))),
+                entry(1, 3, EntryPayload::Normal(Command::Batch(batch(2)))),
+                entry(2, 4, EntryPayload::Blank),
+                entry(2, 5, EntryPayload::Normal(Command::Batch(batch(4)))),
+            ],
+        )
+        .await;
+        let vote = Vote::new(2, 3);
+        store.save_vote(&vote).await.unwrap();
+        let want = vec![
+            (0, 0, "membership".to_string()),
+            (1, 1, "blank".to_string()),
+            (1, 2, "batch of 3".to_string()),
+            (1, 3, "batch of 2".to_string()),
+            (2, 4, "blank".to_string()),
+            (2, 5, "batch of 4".to_string()),
+        ];
+        assert_eq!(
+            kinds(&store.try_get_log_entries(0..6).await.unwrap(), false),
+            want
+        );
+        // offsets: envelopes take one, a batch its records
+        let offsets: Vec<u64> = store.index.lock().entries.iter().map(|e| e.0).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 5, 7, 8]);
+        drop(store);
+
+        // reopened: everything from the log itself (no memory of the appends)
+        let mut store = open(dir.path(), &syncer);
+        assert_eq!(
+            kinds(&store.try_get_log_entries(0..6).await.unwrap(), true),
+            want
+        );
+        assert_eq!(
+            kinds(&store.try_get_log_entries(2..4).await.unwrap(), true),
+            want[2..4]
+        );
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(2, 5)));
+
+        // a new leader of term 3 overwrites from index 4
+        store.truncate(log_id(2, 4)).await.unwrap();
+        append(
+            &mut store,
+            vec![entry(3, 4, EntryPayload::Normal(Command::Batch(batch(1))))],
+        )
+        .await;
+        let after = kinds(&store.try_get_log_entries(0..10).await.unwrap(), false);
+        assert_eq!(after.len(), 5);
+        assert_eq!(after[4], (3, 4, "batch of 1".to_string()));
+        drop(store);
+        let mut store = open(dir.path(), &syncer);
+        assert_eq!(
+            kinds(&store.try_get_log_entries(0..10).await.unwrap(), true),
+            after
+        );
+        // an entry out of sequence is refused
+        assert!(store
+            .blocking_append(vec![entry(3, 9, EntryPayload::Blank)])
+            .await
+            .is_err());
+    }
 
     #[test]
     fn envelopes_are_not_kafka_batches() {

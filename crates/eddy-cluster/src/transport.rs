@@ -72,8 +72,9 @@ pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
             "inter-node frame of {len} bytes is over the {MAX_FRAME}-byte limit"
         )));
     }
-    // read into spare capacity: no zeroing of what the read overwrites at once
-    let mut buf = Vec::with_capacity(len);
+    // read into spare capacity (no zeroing of what the read overwrites at once), grown as the
+    // bytes arrive: a frame announced and not sent holds only what was sent
+    let mut buf = Vec::with_capacity(len.min(1 << 20));
     (&mut *r).take(len as u64).read_to_end(&mut buf).await?;
     if buf.len() != len {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
