@@ -168,7 +168,21 @@ impl Settings {
                 );
             }
         }
+        // with a certificate, nodes speak mutual TLS: each verifies the others against the CA
+        let tls = match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => {
+                let Some(ca) = &self.tls.client_ca else {
+                    bail!("a cluster node with --tls-cert needs --tls-client-ca: the CA the nodes' certificates are verified against (nodes speak mutual TLS)");
+                };
+                Some(eddy_cluster::PeerTls {
+                    acceptor: eddy_net::tls_acceptor(cert, key, Some(ca))?,
+                    connector: eddy_net::tls_peer_connector(cert, key, ca)?,
+                })
+            }
+            _ => None,
+        };
         Ok(Some(eddy_cluster::ClusterConfig {
+            tls,
             node_id: id,
             listen: listen.clone(),
             peers,

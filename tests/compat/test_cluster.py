@@ -340,6 +340,57 @@ def test_group_offsets_survive_coordinator_kill(clusters):
     assert rest[0][0] >= committed
 
 
+def test_nodes_speak_mutual_tls(clusters, tmp_path):
+    """With --tls-cert/--tls-key/--tls-client-ca the nodes talk TLS, each verifying the others'
+    certificates against the CA: the cluster forms and replicates; a peer without a certificate
+    from that CA is not served."""
+    import socket
+    import ssl
+    import subprocess
+
+    from cluster import alloc_port
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=Eddy cluster test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node")
+    (tmp_path / "node.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "node.pem", "-days", "2", "-extfile", "node.ext")
+    tls = ["--tls-cert", str(tmp_path / "node.pem"), "--tls-key", str(tmp_path / "node.key"),
+           "--tls-client-ca", str(tmp_path / "ca.pem")]
+    node_extra = {i: tls + ["--amqps", f"127.0.0.1:{alloc_port()}", "--kafka-tls", f"127.0.0.1:{alloc_port()}",
+                            "--https", f"127.0.0.1:{alloc_port()}"] for i in (1, 2, 3)}
+    c = clusters(3, node_extra=node_extra)
+    c.create_topic("t", partitions=1, replication_factor=3)
+    h = History()
+    read_after = ProducerThread(h, c.bootstrap, "t")
+    read_after.start()
+    read_after.wait_acks(200, timeout=60)
+    read_after.stop()
+    assert all(g["leader"] is not None for g in [c.group(i, "t/0") for i in c.ids])
+    read_back(c, h, "t")
+    check_history(h, exactly_once=True)
+
+    # the cluster port speaks TLS: a holder of a certificate from the CA completes a handshake
+    port = c.node(1).cluster_port
+    ok = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    ok.load_cert_chain(str(tmp_path / "node.pem"), str(tmp_path / "node.key"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ok.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            assert s.version() is not None
+    # ... and a client without a certificate is refused
+    anon = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            with anon.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall((64).to_bytes(4, "little") + b"\x00" * 64)
+                if s.recv(100) == b"":
+                    raise ConnectionResetError("closed")
+
+
 @pytest.mark.skip(reason="replicated stream queues: not yet")
 def test_stream_queue_confirmed_survive_leader_kill(clusters):
     import pika

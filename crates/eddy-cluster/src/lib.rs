@@ -23,7 +23,7 @@ mod store;
 mod transport;
 mod types;
 
-pub use node::{Cluster, ClusterConfig, ClusterError, Group, ProposeError};
+pub use node::{Cluster, ClusterConfig, ClusterError, Group, PeerTls, ProposeError};
 pub use store::{is_envelope, RaftLog};
 pub use types::{CommittedOffset, MetaError, MetaState, NodeId, NodeInfo, TopicPlacement};
 

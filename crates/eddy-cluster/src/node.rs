@@ -41,6 +41,23 @@ pub struct ClusterConfig {
     pub default_replication_factor: Option<usize>,
     /// Addresses this node serves clients on, told to the others.
     pub info: NodeInfo,
+    /// Mutual TLS between nodes (from `--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<PeerTls>,
+}
+
+/// TLS between nodes: each presents the certificate and verifies the other's against the CA.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The cluster listener's side (client certificates required).
+    pub acceptor: eddy_net::TlsAcceptor,
+    /// The dialing side.
+    pub connector: eddy_net::TlsConnector,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls")
+    }
 }
 
 /// Why a cluster operation failed.
@@ -298,7 +315,10 @@ impl Cluster {
             .peers
             .iter()
             .filter(|(id, _)| **id != cfg.node_id)
-            .map(|(id, addr)| (*id, Peer::new(*id, addr.clone())))
+            .map(|(id, addr)| {
+                let tls = cfg.tls.as_ref().map(|t| t.connector.clone());
+                (*id, Peer::new(*id, addr.clone(), tls))
+            })
             .collect();
         let peers = Arc::new(peers);
         let raft_config = Arc::new(
@@ -730,7 +750,33 @@ impl Cluster {
 
     async fn serve_peer(self: Arc<Self>, stream: tokio::net::TcpStream) {
         use tokio::io::AsyncWriteExt;
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr): crate::transport::Halves = match &self.cfg.tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            Some(tls) => {
+                let accepted = tokio::time::timeout(
+                    crate::transport::TLS_HANDSHAKE,
+                    tls.acceptor.accept(stream),
+                )
+                .await;
+                match accepted {
+                    Ok(Ok(s)) => {
+                        let (rd, wr) = tokio::io::split(s);
+                        (Box::new(rd), Box::new(wr))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!("a peer's TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!("a peer's TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {

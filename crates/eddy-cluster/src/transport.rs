@@ -18,7 +18,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -98,6 +98,36 @@ pub(crate) fn encode_frame<T: Serialize>(id: u64, group: &str, body: &T) -> Vec<
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>>;
 
+/// The halves of an inter-node connection, plain or TLS.
+pub(crate) type Halves = (
+    Box<dyn AsyncRead + Send + Unpin>,
+    Box<dyn AsyncWrite + Send + Unpin>,
+);
+
+/// How long a TLS handshake between nodes may take.
+pub(crate) const TLS_HANDSHAKE: Duration = Duration::from_secs(5);
+
+/// Split a connection, after a TLS handshake as the dialing side when `tls` is given.
+async fn dial_halves(
+    stream: TcpStream,
+    addr: &str,
+    tls: Option<&eddy_net::TlsConnector>,
+) -> std::io::Result<Halves> {
+    let Some(tls) = tls else {
+        let (rd, wr) = stream.into_split();
+        return Ok((Box::new(rd), Box::new(wr)));
+    };
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = eddy_net::ServerName::try_from(host.to_owned())
+        .map_err(|e| std::io::Error::other(format!("peer address {addr}: {e}")))?;
+    let s = tokio::time::timeout(TLS_HANDSHAKE, tls.connect(name, stream))
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake with the peer timed out"))??;
+    let (rd, wr) = tokio::io::split(s);
+    Ok((Box::new(rd), Box::new(wr)))
+}
+
 struct Connection {
     tx: mpsc::Sender<Vec<u8>>,
     pending: Pending,
@@ -107,6 +137,7 @@ struct Connection {
 pub(crate) struct Peer {
     pub(crate) id: NodeId,
     pub(crate) addr: String,
+    tls: Option<eddy_net::TlsConnector>,
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
     next_id: AtomicU64,
 }
@@ -121,10 +152,11 @@ pub(crate) enum CallError {
 }
 
 impl Peer {
-    pub(crate) fn new(id: NodeId, addr: String) -> Arc<Peer> {
+    pub(crate) fn new(id: NodeId, addr: String, tls: Option<eddy_net::TlsConnector>) -> Arc<Peer> {
         Arc::new(Peer {
             id,
             addr,
+            tls,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
         })
@@ -141,7 +173,9 @@ impl Peer {
                 .map_err(|_| CallError::Unreachable(self.id, "connect timed out".into()))?
                 .map_err(|e| CallError::Unreachable(self.id, e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = dial_halves(stream, &self.addr, self.tls.as_ref())
+            .await
+            .map_err(|e| CallError::Unreachable(self.id, e.to_string()))?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
         let pending: Pending = Default::default();
         tokio::spawn(async move {

@@ -42,10 +42,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-pub use stream::{ReadHalf, Stream, WriteHalf};
-pub use tls::{tls_acceptor, TlsError};
 /// A TLS server configuration ready to accept connections (rustls, ring provider).
-pub use tokio_rustls::TlsAcceptor;
+pub use rustls_pki_types::ServerName;
+pub use stream::{ReadHalf, Stream, WriteHalf};
+pub use tls::{tls_acceptor, tls_peer_connector, TlsError};
+pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The limits every listener applies, whatever its protocol. A connection over a cap is
 /// accepted and closed at once (the handler may say why first: [`Handler::refuse`]).

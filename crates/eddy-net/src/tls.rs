@@ -1,5 +1,6 @@
 //! TLS for every listener: one rustls server configuration (ring provider, TLS 1.2 and 1.3)
-//! from PEM files, with client certificates required when a CA is given.
+//! from PEM files, with client certificates required when a CA is given; and the client side a
+//! cluster node dials its peers with (the same certificate, peers verified against the CA).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,44 @@ fn config(what: &'static str) -> impl FnOnce(rustls::Error) -> TlsError {
     }
 }
 
+fn read_certs(cert: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(pem("the TLS certificate", cert))?
+        .collect::<Result<_, _>>()
+        .map_err(pem("the TLS certificate", cert))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(cert.to_owned()));
+    }
+    Ok(certs)
+}
+
+fn read_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(pem("the client CA", ca))? {
+        let c = c.map_err(pem("the client CA", ca))?;
+        roots
+            .add(c)
+            .map_err(config("a certificate of the client CA"))?;
+    }
+    Ok(roots)
+}
+
+/// The TLS client side of a cluster node: it presents `cert` and `key` (PEM) to the peers it
+/// dials and verifies theirs against `ca` (PEM), so only holders of a certificate from that CA
+/// take part (mutual TLS, with [`tls_acceptor`] given the same CA on the other side).
+pub fn tls_peer_connector(cert: &Path, key: &Path, ca: &Path) -> Result<TlsConnector, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = read_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(pem("the TLS private key", key))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(config("TLS protocol versions"))?
+        .with_root_certificates(read_roots(ca)?)
+        .with_client_auth_cert(certs, key)
+        .map_err(config("the TLS certificate and key do not fit together"))?;
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 /// A TLS acceptor from a certificate chain and key (PEM), optionally verifying clients'
 /// certificates against `client_ca` (PEM).
 pub fn tls_acceptor(
@@ -58,13 +97,7 @@ pub fn tls_acceptor(
     client_ca: Option<&Path>,
 ) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(pem("the TLS certificate", cert))?
-        .collect::<Result<_, _>>()
-        .map_err(pem("the TLS certificate", cert))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(cert.to_owned()));
-    }
+    let certs = read_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(pem("the TLS private key", key))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -72,13 +105,7 @@ pub fn tls_acceptor(
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(pem("the client CA", ca))? {
-                let c = c.map_err(pem("the client CA", ca))?;
-                roots
-                    .add(c)
-                    .map_err(config("a certificate of the client CA"))?;
-            }
+            let roots = read_roots(ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::Config {
