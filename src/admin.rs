@@ -167,11 +167,32 @@ pub enum Cluster {
     /// Every node (up, addresses) and each Raft group on the node asked (leader, term, commit
     /// index, followers' lag).
     Status,
+    /// Add a node to the cluster: start it first (`eddy serve --node-id ID --cluster-peers`
+    /// naming the cluster's nodes and itself), then add it; it catches up and becomes a voter.
+    AddNode {
+        /// Its node id.
+        id: u64,
+    },
+    /// Remove a node from the cluster (refused while it holds partition replicas).
+    RemoveNode {
+        /// Its node id.
+        id: u64,
+    },
 }
 
 /// `eddy cluster status`
 pub fn cluster(conn: &Conn, cmd: Cluster) -> Result<()> {
     match cmd {
+        Cluster::AddNode { id } => {
+            conn.call("PUT", &format!("/api/cluster/nodes/{id}"), None)?;
+            println!("node {id} added");
+            Ok(())
+        }
+        Cluster::RemoveNode { id } => {
+            conn.call("DELETE", &format!("/api/cluster/nodes/{id}"), None)?;
+            println!("node {id} removed");
+            Ok(())
+        }
         Cluster::Status => {
             let status = conn.get("/api/cluster")?;
             if conn.json {

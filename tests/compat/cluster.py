@@ -383,7 +383,7 @@ class Cluster:
     `node_extra`: {node id: flags} for single nodes; `env`: extra environment variables.
     """
 
-    def __init__(self, tmp_path, n=3, extra=(), proxied=False, node_extra=None, env=None):
+    def __init__(self, tmp_path, n=3, extra=(), proxied=False, node_extra=None, env=None, initial=None):
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.binary = os.environ.get("EDDY_BIN", str(ROOT / "target" / "debug" / "eddy"))
@@ -392,6 +392,8 @@ class Cluster:
         self.env = dict(env or {})
         self.nodes = {i: Node(i, self.dir) for i in range(1, n + 1)}
         self.proxied = proxied
+        # the nodes that form the cluster (the others are started later and added)
+        self.initial = sorted(initial) if initial else None
         self.proxies = {}
         self._stopped = False
         atexit.register(self.stop_all)
@@ -423,7 +425,7 @@ class Cluster:
         """Node i's --cluster-peers: itself at its listen address, the others at the address
         node i must dial (a proxy port when proxied)."""
         parts = []
-        for j in self.ids:
+        for j in (self.initial if self.initial and i in self.initial else self.ids):
             port = self.proxies[(i, j)].port if self.proxied and j != i else self.nodes[j].cluster_port
             parts.append(f"{j}@127.0.0.1:{port}")
         return ",".join(parts)
@@ -440,10 +442,11 @@ class Cluster:
     # -- process control
 
     def start(self, timeout=90):
-        """Start every node, then wait until all listen and the cluster has formed."""
-        for i in self.ids:
+        """Start every node (the initial ones, when given), then wait until all listen and the
+        cluster has formed."""
+        for i in self.initial or self.ids:
             self._launch(i)
-        for i in self.ids:
+        for i in self.initial or self.ids:
             self.wait_ports(i, timeout)
         self.wait_ready(timeout)
         return self

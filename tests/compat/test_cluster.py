@@ -391,6 +391,45 @@ def test_nodes_speak_mutual_tls(clusters, tmp_path):
                     raise ConnectionResetError("closed")
 
 
+def test_add_and_remove_a_node(clusters):
+    """`eddy cluster add-node` brings a started node into the metadata group (learner, then
+    voter); new topics place replicas on it; `remove-node` is refused while it holds replicas
+    and done once it holds none."""
+    import subprocess
+
+    c = clusters(4, initial=[1, 2, 3])
+    binary = c.binary
+    url = c.node(1).http
+
+    def eddy(*args):
+        return subprocess.run([binary, *args, "--url", url], capture_output=True, text=True, timeout=60)
+
+    c.start_node(4, wait=False)
+    c.wait_ports(4)
+    r = eddy("cluster", "add-node", "4")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: (c.group(4, "meta") or {}).get("state") == "Follower", 30, what="node 4 a voter")
+    assert sorted(c.group(1, "meta")["replicas"]) == [1, 2, 3, 4]
+    c.create_topic("spread", partitions=4, replication_factor=3)
+    placed = {tuple(c.group(c.partition_leader("spread", p), f"spread/{p}")["replicas"]) for p in range(4)}
+    assert any(4 in r for r in placed), placed
+    h = History()
+    prod = ProducerThread(h, c.bootstrap, "spread")
+    prod.start()
+    prod.wait_acks(200, timeout=60)
+    prod.stop()
+    read_back(c, h, "spread")
+    check_history(h, exactly_once=True)
+
+    r = eddy("cluster", "remove-node", "4")
+    assert r.returncode != 0 and "holds replicas" in r.stderr, r.stderr
+    r = eddy("topics", "delete", "spread")
+    assert r.returncode == 0, r.stderr
+    r = eddy("cluster", "remove-node", "4")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: sorted(c.group(1, "meta")["replicas"]) == [1, 2, 3], 30, what="node 4 removed")
+
+
 @pytest.mark.skip(reason="replicated stream queues: not yet")
 def test_stream_queue_confirmed_survive_leader_kill(clusters):
     import pika

@@ -279,12 +279,15 @@ impl Watermark for PartitionWatermark {
     }
 }
 
+/// Marks a refusal (as opposed to a failure worth retrying) in a membership answer.
+const REFUSED: &str = "refused: ";
+
 /// This node's part of the cluster.
 pub struct Cluster {
     cfg: ClusterConfig,
     broker: Broker,
     syncer: Arc<Syncer>,
-    peers: Arc<HashMap<NodeId, Arc<Peer>>>,
+    peers: crate::transport::Peers,
     raft_config: Arc<openraft::Config>,
     meta: Raft<TypeConfig>,
     meta_state: Arc<RwLock<MetaState>>,
@@ -320,7 +323,7 @@ impl Cluster {
                 (*id, Peer::new(*id, addr.clone(), tls))
             })
             .collect();
-        let peers = Arc::new(peers);
+        let peers = Arc::new(RwLock::new(peers));
         let raft_config = Arc::new(
             openraft::Config {
                 cluster_name: "eddy".into(),
@@ -402,14 +405,50 @@ impl Cluster {
         // the groups already placed here, then every change as it is applied
         cluster.reconcile().await;
         tokio::spawn(cluster.clone().effects(effects_rx));
-        if !cluster.meta.is_initialized().await.map_err(|e| fail(&e))? {
+        let known: Vec<NodeInfo> = cluster.meta_state.read().nodes.values().cloned().collect();
+        for info in &known {
+            cluster.add_peer(info);
+        }
+        if !cluster.meta.is_initialized().await.map_err(|e| fail(&e))?
+            && !cluster.cluster_exists().await
+        {
             let all = members(cluster.cfg.peers.keys().copied());
             if let Err(e) = cluster.meta.initialize(all).await {
                 tracing::debug!("metadata group already initialized: {e}");
             }
+        } else if !cluster.meta.is_initialized().await.map_err(|e| fail(&e))? {
+            tracing::info!(
+                "a cluster already runs: this node waits to be added (eddy cluster add-node)"
+            );
         }
         tokio::spawn(cluster.clone().register());
         Ok(cluster)
+    }
+
+    /// Whether a peer already has a metadata group with a leader: a node starting with no
+    /// state then joins it (it is added with `eddy cluster add-node`, or, being a member
+    /// already, is caught up), rather than forming one.
+    async fn cluster_exists(&self) -> bool {
+        let peers: Vec<Arc<Peer>> = self.peers.read().values().cloned().collect();
+        for p in peers {
+            if let Ok(Answer::Status(s)) = p
+                .call(META_GROUP, &Rpc::Status, Duration::from_millis(500))
+                .await
+            {
+                let led = serde_json::from_str::<serde_json::Value>(&s)
+                    .ok()
+                    .is_some_and(|v| {
+                        v["groups"]
+                            .as_array()
+                            .and_then(|g| g.iter().find(|g| g["group"] == META_GROUP))
+                            .is_some_and(|g| !g["leader"].is_null())
+                    });
+                if led {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// This node's id.
@@ -534,6 +573,128 @@ impl Cluster {
         self.meta_state.read().nodes.get(&leader).cloned()
     }
 
+    /// Add a node to the metadata group (`eddy cluster add-node`): it must have started
+    /// (with `--cluster-peers` naming this cluster's nodes and itself) and registered. It joins
+    /// as a learner, catches up, then becomes a voter (openraft's joint consensus). New topics
+    /// may place replicas on it; existing partitions keep theirs.
+    pub async fn add_node(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.change_membership(id, true).await
+    }
+
+    /// Remove a node from the metadata group (`eddy cluster remove-node`); refused while it
+    /// holds replicas of partitions (they are not moved yet).
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.change_membership(id, false).await
+    }
+
+    async fn change_membership(&self, id: NodeId, add: bool) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = self.meta.metrics().borrow().current_leader;
+            let r = if leader == Some(self.cfg.node_id) {
+                self.change_membership_here(id, add)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else if let Some(peer) = leader.and_then(|l| self.peers.read().get(&l).cloned()) {
+                match peer
+                    .call(
+                        META_GROUP,
+                        &Rpc::Membership(id, add),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                {
+                    Ok(Answer::Changed(r)) => r,
+                    Ok(_) => Err("unexpected answer".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            } else {
+                Err("no leader of the metadata group is known".into())
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.starts_with(REFUSED) => {
+                    return Err(MetaError::Invalid(e[REFUSED.len()..].to_owned()).into())
+                }
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(ClusterError::NoLeader(META_GROUP.into(), e))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Make a membership change on this node, the metadata leader.
+    async fn change_membership_here(&self, id: NodeId, add: bool) -> Result<(), String> {
+        use openraft::ChangeMembers;
+        let voters: BTreeSet<NodeId> = {
+            let m = self.meta.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        if add {
+            if voters.contains(&id) {
+                return Ok(());
+            }
+            let info = self.meta_state.read().nodes.get(&id).cloned().ok_or_else(|| {
+                format!("{REFUSED}node {id} has not registered: start it first, with --cluster-peers naming this cluster's nodes and itself")
+            })?;
+            self.add_peer(&info);
+            self.meta
+                .add_learner(
+                    id,
+                    BasicNode {
+                        addr: info.cluster.clone(),
+                    },
+                    true,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            self.meta
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            if !voters.contains(&id) {
+                return Ok(());
+            }
+            if id == self.cfg.node_id && voters.len() > 1 {
+                // the leader leaves last: step aside first is not offered by openraft 0.9
+                return Err(format!("{REFUSED}node {id} leads the metadata group; remove it from another node's view after a new leader is elected, or stop it first"));
+            }
+            let holding: Vec<String> = self
+                .meta_state
+                .read()
+                .topics
+                .iter()
+                .filter(|(_, t)| t.replicas.iter().any(|r| r.contains(&id)))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !holding.is_empty() {
+                return Err(format!(
+                    "{REFUSED}node {id} holds replicas of topics {holding:?}: delete or move them first (moving replicas is not supported yet)"
+                ));
+            }
+            self.meta
+                .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Dial a registered node that `--cluster-peers` did not name (one added later).
+    fn add_peer(&self, info: &NodeInfo) {
+        if info.id == self.cfg.node_id {
+            return;
+        }
+        let mut peers = self.peers.write();
+        peers.entry(info.id).or_insert_with(|| {
+            let tls = self.cfg.tls.as_ref().map(|t| t.connector.clone());
+            Peer::new(info.id, info.cluster.clone(), tls)
+        });
+    }
+
     /// Delete a replicated topic everywhere.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClusterError> {
         self.propose_meta(MetaCommand::DeleteTopic {
@@ -548,37 +709,59 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let mut why = String::from("no leader elected");
         while tokio::time::Instant::now() < deadline {
-            match self.meta.client_write(Command::Meta(cmd.clone())).await {
+            let leader = match self.meta.client_write(Command::Meta(cmd.clone())).await {
                 Ok(r) => return reply_of(r.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(peer) = f.leader_id.and_then(|l| self.peers.get(&l)) {
-                        match peer
-                            .call(
-                                META_GROUP,
-                                &Rpc::Forward(cmd.clone()),
-                                Duration::from_secs(10),
-                            )
-                            .await
-                        {
-                            Ok(Answer::Forwarded(Ok((index, reply)))) => {
-                                let _ = self
-                                    .meta
-                                    .wait(Some(Duration::from_secs(10)))
-                                    .applied_index_at_least(Some(index), "forwarded change")
-                                    .await;
-                                return reply_of(reply);
-                            }
-                            Ok(Answer::Forwarded(Err(e))) => why = e,
-                            Ok(_) => why = "unexpected answer".into(),
-                            Err(e) => why = e.to_string(),
-                        }
-                    }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
+                Err(e) => {
+                    why = e.to_string();
+                    None
                 }
-                Err(e) => why = e.to_string(),
+            };
+            // to the leader this node knows of, else to every peer (a node not yet added
+            // knows no leader; a peer that does not lead answers so)
+            let targets: Vec<Arc<Peer>> = match leader {
+                Some(l) => self.peers.read().get(&l).cloned().into_iter().collect(),
+                None => self.peers.read().values().cloned().collect(),
+            };
+            for peer in targets {
+                match peer
+                    .call(
+                        META_GROUP,
+                        &Rpc::Forward(cmd.clone()),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    Ok(Answer::Forwarded(Ok((index, reply)))) => {
+                        if self.is_member() {
+                            let _ = self
+                                .meta
+                                .wait(Some(Duration::from_secs(10)))
+                                .applied_index_at_least(Some(index), "forwarded change")
+                                .await;
+                        }
+                        return reply_of(reply);
+                    }
+                    Ok(Answer::Forwarded(Err(e))) => why = e,
+                    Ok(_) => why = "unexpected answer".into(),
+                    Err(e) => why = e.to_string(),
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(ClusterError::NoLeader(META_GROUP.into(), why))
+    }
+
+    /// Whether this node is in the metadata group's membership (a voter or learner).
+    fn is_member(&self) -> bool {
+        let m = self.meta.metrics();
+        let member = m
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == self.cfg.node_id);
+        member
     }
 
     /// Tell the others this node's addresses, until the metadata holds them.
@@ -600,7 +783,8 @@ impl Cluster {
     async fn effects(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Effect>) {
         while let Some(e) = rx.recv().await {
             match &e.command {
-                Some(MetaCommand::RegisterNode(_) | MetaCommand::CommitOffsets { .. }) => {}
+                Some(MetaCommand::RegisterNode(info)) => self.add_peer(info),
+                Some(MetaCommand::CommitOffsets { .. }) => {}
                 Some(MetaCommand::DeleteTopic { name }) => self.drop_topic(name).await,
                 _ => {
                     *self.meta_state.write() = e.state.clone();
@@ -844,6 +1028,11 @@ impl Cluster {
                 })
             }
             Rpc::Status => unreachable!("answered above"),
+            Rpc::Membership(id, add) => Answer::Changed(
+                self.change_membership_here(id, add)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
         }
     }
 
@@ -870,9 +1059,10 @@ impl Cluster {
             .chain(state.nodes.keys().copied())
             .collect::<BTreeSet<_>>()
         {
+            let peer = self.peers.read().get(&id).cloned();
             let up = if id == self.cfg.node_id {
                 true
-            } else if let Some(p) = self.peers.get(&id) {
+            } else if let Some(p) = peer {
                 matches!(
                     p.call(META_GROUP, &Rpc::Status, Duration::from_millis(500))
                         .await,

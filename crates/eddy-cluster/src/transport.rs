@@ -41,6 +41,9 @@ pub(crate) enum Rpc {
     Forward(MetaCommand),
     /// This node's view of its groups.
     Status,
+    /// A membership change of the metadata group, for its leader to make: add (true) or
+    /// remove (false) a node.
+    Membership(NodeId, bool),
 }
 
 /// A peer's answer.
@@ -50,6 +53,8 @@ pub(crate) enum Answer {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Forwarded(Result<(u64, Reply), String>),
+    /// A membership change made (or why not).
+    Changed(Result<(), String>),
     /// JSON text (bincode cannot carry a `serde_json::Value`).
     Status(String),
     /// The peer could not take the request (no such group on it yet, say).
@@ -265,11 +270,15 @@ impl Peer {
     }
 }
 
+/// The peers this node dials, by id: those of `--cluster-peers`, and nodes added later (their
+/// address from the metadata).
+pub(crate) type Peers = Arc<parking_lot::RwLock<HashMap<NodeId, Arc<Peer>>>>;
+
 /// Makes each group's clients to its peers.
 #[derive(Clone)]
 pub struct Network {
     pub(crate) group: String,
-    pub(crate) peers: Arc<HashMap<NodeId, Arc<Peer>>>,
+    pub(crate) peers: Peers,
 }
 
 /// One group's client to one peer.
@@ -285,7 +294,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
         PeerClient {
             group: self.group.clone(),
-            peer: self.peers.get(&target).cloned(),
+            peer: self.peers.read().get(&target).cloned(),
             target,
         }
     }

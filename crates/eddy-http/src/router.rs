@@ -193,6 +193,8 @@ pub(crate) fn api(api: &Api, req: &Request, user: &User) -> ApiResult {
         ("GET", ["whoami"]) => overview::whoami(c),
         ("GET", ["nodes"]) => overview::nodes(c),
         ("GET", ["cluster"]) => overview::cluster(c),
+        ("PUT", ["cluster", "nodes", id]) => overview::cluster_member(c, id, true),
+        ("DELETE", ["cluster", "nodes", id]) => overview::cluster_member(c, id, false),
         ("GET", ["connections"]) => json(overview::connections(c)),
         ("GET", ["connections", name]) => overview::connection(c, name),
         ("DELETE", ["connections", name]) => overview::close_connection(c, name, req),

@@ -233,3 +233,29 @@ pub(crate) fn close_connection(c: &Caller<'_>, name: &str, req: &Request) -> Api
     conn.request_close(&reason);
     Ok(Response::empty(204))
 }
+
+/// `PUT /api/cluster/nodes/{id}` adds a started, registered node to the cluster's metadata
+/// group; `DELETE` removes one (refused while it holds partition replicas). Administrators only.
+pub(crate) fn cluster_member(c: &Caller<'_>, id: &str, add: bool) -> ApiResult {
+    c.need_admin()?;
+    let Some(cluster) = &c.api.cluster else {
+        return Err(ApiError::not_found(
+            "this node runs alone (no --node-id, --cluster-listen, --cluster-peers)".to_string(),
+        ));
+    };
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad(format!("'{id}' is not a node id (a number)")))?;
+    let r = tokio::runtime::Handle::current().block_on(async {
+        if add {
+            cluster.add_node(id).await
+        } else {
+            cluster.remove_node(id).await
+        }
+    });
+    match r {
+        Ok(()) => Ok(Response::empty(204)),
+        Err(eddy_cluster::ClusterError::Meta(e)) => Err(ApiError::bad(e.to_string())),
+        Err(e) => Err(ApiError::new(503, "unavailable", e.to_string())),
+    }
+}

@@ -139,15 +139,58 @@ pub(crate) fn put_topic(c: &Caller<'_>, name: &str, req: &Request) -> ApiResult 
             .ok_or_else(|| ApiError::bad("partitions must be a positive integer"))?
             as usize,
     };
-    c.api
-        .broker
-        .create_topic(name, partitions, topic_config(b.get("config"))?)?;
+    let config = topic_config(b.get("config"))?;
+    if let Some(cluster) = &c.api.cluster {
+        // replicated: through the metadata group, as Kafka's CreateTopics (`"replication_factor"`
+        // in the body, else the default)
+        eddy_broker::topic::check_topic_name(name)?;
+        let rf = match b.get("replication_factor") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| ApiError::bad("replication_factor must be a positive integer"))?
+                    as usize,
+            ),
+        };
+        let r = tokio::runtime::Handle::current()
+            .block_on(cluster.create_topic(name, partitions, rf, &config));
+        return match r {
+            Ok(()) => Ok(Response::empty(201)),
+            Err(e) => Err(cluster_error(e)),
+        };
+    }
+    if b.get("replication_factor")
+        .is_some_and(|v| v.as_u64() != Some(1))
+    {
+        return Err(ApiError::bad(
+            "replication_factor above 1 needs a cluster: this node runs alone",
+        ));
+    }
+    c.api.broker.create_topic(name, partitions, config)?;
     Ok(Response::empty(201))
+}
+
+/// A cluster operation's failure as an API error.
+fn cluster_error(e: eddy_cluster::ClusterError) -> ApiError {
+    match e {
+        eddy_cluster::ClusterError::Meta(eddy_cluster::MetaError::NotFound(m)) => {
+            ApiError::not_found(m)
+        }
+        eddy_cluster::ClusterError::Meta(m) => ApiError::bad(m.to_string()),
+        other => ApiError::new(503, "unavailable", other.to_string()),
+    }
 }
 
 /// `DELETE /api/topics/{name}`.
 pub(crate) fn delete_topic(c: &Caller<'_>, name: &str) -> ApiResult {
     c.check("/", Access::Configure, "topic", name)?;
+    if let Some(cluster) = c.api.cluster.as_ref().filter(|cl| cl.is_replicated(name)) {
+        tokio::runtime::Handle::current()
+            .block_on(cluster.delete_topic(name))
+            .map_err(cluster_error)?;
+        return Ok(Response::empty(204));
+    }
     c.api.broker.delete_topic(name)?;
     Ok(Response::empty(204))
 }
