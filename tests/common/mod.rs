@@ -42,11 +42,61 @@ impl Server {
             _tmp: Some(tmp),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        s.spawn();
+        s.spawn_first();
         s
     }
 
+    /// The first start: a port picked free may be taken before eddy binds it (by another
+    /// test's outgoing connection); then new ports are picked and eddy started again.
+    fn spawn_first(&mut self) {
+        for _ in 0..5 {
+            let before = self.log_text().len();
+            self.spawn_only();
+            if self.wait_up() {
+                return;
+            }
+            let tail = self.log_text()[before..].to_string();
+            if !tail.contains("Address already in use") {
+                break;
+            }
+            self.kill9();
+            self.port = free_port();
+            self.kafka_port = free_port();
+            self.http_port = free_port();
+        }
+        panic!("eddy did not start; log:\n{}", self.log_text());
+    }
+
+    /// Whether eddy listens on its AMQP and Kafka ports (false: it exited or did not within
+    /// 30 s).
+    fn wait_up(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in [self.port, self.kafka_port] {
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            loop {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                let exited = self
+                    .child
+                    .as_mut()
+                    .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited || Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        true
+    }
+
     fn spawn(&mut self) {
+        self.spawn_only();
+        wait_listening(self.port, Duration::from_secs(30), &self.log);
+        wait_listening(self.kafka_port, Duration::from_secs(30), &self.log);
+    }
+
+    fn spawn_only(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -69,8 +119,6 @@ impl Server {
             .spawn()
             .expect("spawn eddy");
         self.child = Some(child);
-        wait_listening(self.port, Duration::from_secs(30), &self.log);
-        wait_listening(self.kafka_port, Duration::from_secs(30), &self.log);
     }
 
     pub fn uri(&self) -> String {
