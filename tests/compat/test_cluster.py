@@ -430,6 +430,36 @@ def test_add_and_remove_a_node(clusters):
     wait_until(lambda: sorted(c.group(1, "meta")["replicas"]) == [1, 2, 3], 30, what="node 4 removed")
 
 
+def test_five_nodes_rf3(clusters):
+    """Five nodes, RF=3 (the default, min(3, nodes)): every node names every partition's
+    leader in Metadata, also for partitions it holds no replica of; a leader killed under load
+    loses nothing acknowledged."""
+    from confluent_kafka.admin import AdminClient
+
+    c = clusters(5)
+    c.create_topic("five", partitions=5, replication_factor=3)
+    for i in c.ids:
+        def all_led(i=i):
+            md = AdminClient({"bootstrap.servers": c.node(i).kafka}).list_topics("five", timeout=5)
+            parts = md.topics["five"].partitions
+            return len(parts) == 5 and all(p.leader in c.ids and len(p.replicas) == 3 for p in parts.values())
+        wait_until(all_led, 30, 0.5, f"node {i}'s Metadata naming every leader")
+    h = History()
+    prod = ProducerThread(h, c.bootstrap, "five")
+    prod.start()
+    try:
+        prod.wait_acks(300, timeout=60)
+        leader = c.wait_partition_leader("five", 0)
+        c.kill9(leader)
+        c.wait_partition_leader("five", 0, exclude={leader}, timeout=30)
+        prod.wait_acks(prod.acks + 300, timeout=60)
+    finally:
+        prod.stop()
+    assert not prod.fatal, prod.fatal
+    read_back(c, h, "five", ids=[i for i in c.ids if i != leader])
+    check_history(h, exactly_once=True)
+
+
 @pytest.mark.skip(reason="replicated stream queues: not yet")
 def test_stream_queue_confirmed_survive_leader_kill(clusters):
     import pika

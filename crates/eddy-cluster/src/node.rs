@@ -292,7 +292,13 @@ pub struct Cluster {
     meta: Raft<TypeConfig>,
     meta_state: Arc<RwLock<MetaState>>,
     groups: RwLock<HashMap<String, Arc<Group>>>,
+    /// Leaders of groups this node has no replica of, as their leaders claim them (group →
+    /// (leader, term)), refreshed from the peers' status every [`LEADERS_EVERY`].
+    remote_leaders: RwLock<HashMap<String, (NodeId, u64)>>,
 }
+
+/// How often a node asks its peers which groups they lead.
+const LEADERS_EVERY: Duration = Duration::from_millis(500);
 
 fn members(ids: impl IntoIterator<Item = NodeId>) -> BTreeSet<NodeId> {
     ids.into_iter().collect()
@@ -392,6 +398,7 @@ impl Cluster {
             meta,
             meta_state,
             groups: RwLock::new(HashMap::new()),
+            remote_leaders: RwLock::new(HashMap::new()),
         });
         let listener = TcpListener::bind(&cluster.cfg.listen)
             .await
@@ -422,6 +429,7 @@ impl Cluster {
             );
         }
         tokio::spawn(cluster.clone().register());
+        tokio::spawn(cluster.clone().learn_leaders());
         Ok(cluster)
     }
 
@@ -762,6 +770,49 @@ impl Cluster {
             .nodes()
             .any(|(id, _)| *id == self.cfg.node_id);
         member
+    }
+
+    /// Learn who leads the groups this node has no replica of (with RF below the node count a
+    /// node holds only some partitions, yet answers Metadata for all): each peer says which
+    /// groups it leads, and the claim with the highest term wins.
+    async fn learn_leaders(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(LEADERS_EVERY).await;
+            let peers: Vec<Arc<Peer>> = self.peers.read().values().cloned().collect();
+            let mut seen: HashMap<String, (NodeId, u64)> = HashMap::new();
+            for p in peers {
+                let Ok(Answer::Status(text)) = p
+                    .call(META_GROUP, &Rpc::Status, Duration::from_millis(300))
+                    .await
+                else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                for g in v["groups"].as_array().into_iter().flatten() {
+                    let (Some(name), Some(term)) = (g["group"].as_str(), g["term"].as_u64()) else {
+                        continue;
+                    };
+                    if g["state"] == "Leader" && g["leader"].as_u64() == Some(p.id) {
+                        let e = seen.entry(name.to_owned()).or_insert((p.id, term));
+                        if term > e.1 {
+                            *e = (p.id, term);
+                        }
+                    }
+                }
+            }
+            *self.remote_leaders.write() = seen;
+        }
+    }
+
+    /// The leader and term of a partition's group this node has no replica of, as its leader
+    /// claimed them within the last second.
+    pub fn remote_leader(&self, topic: &str, partition: i32) -> Option<(NodeId, u64)> {
+        self.remote_leaders
+            .read()
+            .get(&partition_group(topic, partition))
+            .copied()
     }
 
     /// Tell the others this node's addresses, until the metadata holds them.

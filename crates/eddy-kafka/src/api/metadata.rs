@@ -169,11 +169,24 @@ impl Handler {
                 }
             }
             None => {
-                // no replica here: the leader is whoever the replicas' own view says; this
-                // node does not know it
-                mp.leader_id = BrokerId(-1);
+                // no replica here: the leader as it claims itself to the other nodes
+                let remote = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.remote_leader(topic, mp.partition_index));
                 mp.isr_nodes = replicas;
-                mp.error_code = ResponseError::LeaderNotAvailable.code();
+                match remote {
+                    Some((leader, term)) => {
+                        mp.leader_id = BrokerId(leader as i32);
+                        if version >= 7 {
+                            mp.leader_epoch = term as i32;
+                        }
+                    }
+                    None => {
+                        mp.leader_id = BrokerId(-1);
+                        mp.error_code = ResponseError::LeaderNotAvailable.code();
+                    }
+                }
             }
         }
     }
