@@ -39,6 +39,9 @@ def read_back(c, h, topic, ids=None):
 def test_three_nodes_form_and_report(clusters):
     c = clusters(3)
     leader = c.wait_leader("meta")
+    # each node registers its addresses through the metadata group once it has a leader
+    wait_until(lambda: all(n.get("kafka") for i in c.ids for n in c.status(i)["nodes"]), 30, 0.2,
+               "every node's addresses in every node's view")
     views = c.wait_converged("meta")
     for i in c.ids:
         st = c.status(i)
