@@ -463,6 +463,39 @@ def test_five_nodes_rf3(clusters):
     check_history(h, exactly_once=True)
 
 
+def test_cluster_port_bounds_strangers(clusters):
+    """The cluster port holds at most 128 connections (more are closed at once) and closes one
+    whose frame does not arrive: 300 idle sockets and a frame announced at 100 MiB but never
+    sent neither exhaust the node's descriptors nor stop the cluster."""
+    import socket
+
+    c = clusters(3)
+    pid = c.node(1).proc.pid
+    fds = lambda: len(os.listdir(f"/proc/{pid}/fd"))  # noqa: E731
+    before = fds()
+    held = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", c.node(1).cluster_port), timeout=5)
+            held.append(s)
+        big = held[0]
+        big.sendall((100 << 20).to_bytes(4, "little") + b"\x00" * 1024)
+        time.sleep(1)
+        assert fds() - before < 160, (before, fds())
+        # the cluster goes on meanwhile
+        c.create_topic("after", partitions=1, replication_factor=3)
+        h = History()
+        prod = ProducerThread(h, c.bootstrap, "after")
+        prod.start()
+        prod.wait_acks(100, timeout=60)
+        prod.stop()
+        read_back(c, h, "after")
+        check_history(h, exactly_once=True)
+    finally:
+        for s in held:
+            s.close()
+
+
 @pytest.mark.skip(reason="replicated stream queues: not yet")
 def test_stream_queue_confirmed_survive_leader_kill(clusters):
     import pika

@@ -968,6 +968,10 @@ impl Cluster {
             );
             tokio::time::sleep(quiet).await;
         }
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            crate::transport::MAX_PEER_CONNECTIONS,
+        ));
+        let mut warned: Option<tokio::time::Instant> = None;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -977,9 +981,25 @@ impl Cluster {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // over the bound: closed at once (a warning at most every 10 s)
+                if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        %peer,
+                        "cluster listener: {} connections open, refusing more",
+                        crate::transport::MAX_PEER_CONNECTIONS
+                    );
+                    warned = Some(tokio::time::Instant::now());
+                }
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             tracing::debug!(%peer, "peer connected");
-            tokio::spawn(self.clone().serve_peer(stream));
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.serve_peer(stream).await;
+                drop(slot);
+            });
         }
     }
 

@@ -68,10 +68,32 @@ struct Frame<T> {
     body: T,
 }
 
+/// A frame must arrive in full within this long of its length.
+pub(crate) const FRAME_DEADLINE: Duration = Duration::from_secs(30);
+/// A peer connection that sends nothing for this long is closed (a live peer sends
+/// heartbeats many times a second; the dialing side reconnects when it needs to).
+pub(crate) const PEER_IDLE: Duration = Duration::from_secs(60);
+/// Most inter-node connections a node accepts at once.
+pub(crate) const MAX_PEER_CONNECTIONS: usize = 128;
+
 pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
     r: &mut (impl AsyncReadExt + Unpin),
 ) -> std::io::Result<(u64, String, T)> {
-    let len = r.read_u32_le().await? as usize;
+    let len = tokio::time::timeout(PEER_IDLE, r.read_u32_le())
+        .await
+        .map_err(|_| std::io::Error::other("the peer sent nothing for 60 s"))??
+        as usize;
+    tokio::time::timeout(FRAME_DEADLINE, read_body(r, len))
+        .await
+        .map_err(|_| {
+            std::io::Error::other(format!("a {len}-byte frame did not arrive within 30 s"))
+        })?
+}
+
+async fn read_body<T: for<'de> Deserialize<'de>>(
+    r: &mut (impl AsyncReadExt + Unpin),
+    len: usize,
+) -> std::io::Result<(u64, String, T)> {
     if len > MAX_FRAME {
         return Err(std::io::Error::other(format!(
             "inter-node frame of {len} bytes is over the {MAX_FRAME}-byte limit"
