@@ -414,7 +414,7 @@ def test_add_and_remove_a_node(clusters):
     wait_until(lambda: (c.group(4, "meta") or {}).get("state") == "Follower", 30, what="node 4 a voter")
     assert sorted(c.group(1, "meta")["replicas"]) == [1, 2, 3, 4]
     c.create_topic("spread", partitions=4, replication_factor=3)
-    placed = {tuple(c.group(c.partition_leader("spread", p), f"spread/{p}")["replicas"]) for p in range(4)}
+    placed = {tuple(c.group(c.wait_partition_leader("spread", p), f"spread/{p}")["replicas"]) for p in range(4)}
     assert any(4 in r for r in placed), placed
     h = History()
     prod = ProducerThread(h, c.bootstrap, "spread")
