@@ -12,7 +12,8 @@
 //! - `sm.rs`: the state machines (a partition's moves its high watermark; the metadata's
 //!   creates topics and starts groups).
 //! - `transport.rs`: the inter-node connections every group shares.
-//! - `node.rs`: [`Cluster`] and [`Group`].
+//! - `node/`: [`Cluster`] (`mod.rs`: start, status), [`Group`] (`group.rs`), the metadata
+//!   group's uses (`meta.rs`), membership (`membership.rs`), the cluster listener (`serve.rs`).
 
 // openraft's storage traits return its `StorageError` (over 200 bytes); helpers return it too
 #![allow(clippy::result_large_err)]
