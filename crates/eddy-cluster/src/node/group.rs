@@ -53,8 +53,8 @@ impl Group {
         self.serving(&m)
     }
 
-    /// Replicas that are caught up (within the last second's appends of the leader); on a
-    /// follower, every replica (it does not know better).
+    /// Replicas that are caught up (within 1,000 entries of the leader's log); on a follower,
+    /// every replica (it does not know better).
     pub fn in_sync(&self) -> Vec<NodeId> {
         let m = self.raft.metrics();
         let m = m.borrow();

@@ -175,10 +175,13 @@ impl Handler {
             match r {
                 Reserved::Duplicate(base) => pending.push((*info, None, Some(base))),
                 Reserved::InFlight => {
+                    // batches of this produce reserved before it will not be settled here:
+                    // the state is rebuilt from the log on the next produce
+                    self.producers.forget(partition);
                     return Err((
                         ResponseError::NotEnoughReplicas.code(),
                         "an earlier send of this batch is still being committed: retry".into(),
-                    ))
+                    ));
                 }
                 Reserved::New => {
                     match group
